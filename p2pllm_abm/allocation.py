@@ -1,0 +1,74 @@
+"""Layer reallocation by compute share (paper section 3.4, eq. 7-8).
+
+A peer's share of its stage is its inverse compute cost over the stage's total inverse cost,
+``s_l(c_i) = c_i^-1 / sum_{j in l} c_j^-1`` (eq. 7). In a stage it does not serve yet, a peer
+counts itself in the denominator: the share it *would* have after moving. Its optimal stage is
+``argmax_l s_l(c_i)`` (eq. 8). The network is efficient when no peer can raise its share by
+moving.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def stage_capacity(cost: np.ndarray, stage: np.ndarray, alive: np.ndarray, n_stages: int) -> np.ndarray:
+    """Inverse-cost capacity ``sum_{j in l} 1/c_j`` of every stage ``l`` (live peers only)."""
+    return np.bincount(stage[alive], weights=1.0 / cost[alive], minlength=n_stages)
+
+
+def candidate_shares(inverse_cost: np.ndarray, current: np.ndarray, capacity: np.ndarray) -> np.ndarray:
+    """Eq. 7 for peers (inverse costs ``inverse_cost``, stages ``current``) in every stage: the
+    share where they are, and the share they would have after moving anywhere else (counting
+    themselves there). Shape ``inverse_cost.shape + (n_stages,)``."""
+    inverse_cost, current = np.asarray(inverse_cost, dtype=float), np.asarray(current)
+    joined = capacity + inverse_cost[..., None]
+    np.put_along_axis(joined, current[..., None], capacity[current][..., None], axis=-1)
+    return inverse_cost[..., None] / joined
+
+
+def share_gains(cost: np.ndarray, stage: np.ndarray, alive: np.ndarray, n_stages: int) -> tuple[np.ndarray, np.ndarray]:
+    """For every peer, its best stage by eq. 8 and the share it would gain by moving there
+    (gain 0 and best = own stage when it is already in a best stage, and for dead peers)."""
+    shares = candidate_shares(1.0 / cost, stage, stage_capacity(cost, stage, alive, n_stages))
+    best = np.argmax(shares, axis=1)
+    rows = np.arange(len(cost))
+    gain = np.where(alive, shares[rows, best] - shares[rows, stage], 0.0)
+    return np.where(gain > 0, best, stage), gain
+
+
+def reallocate(
+    cost: np.ndarray,
+    stage: np.ndarray,
+    alive: np.ndarray,
+    candidates: np.ndarray,
+    hysteresis: float,
+    n_stages: int,
+) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """Let ``candidates`` (live peer indices, in the order given) move one after another.
+
+    A candidate moves to its eq.-8 optimal stage when the share there exceeds its current share
+    by more than the factor ``1 + hysteresis``; every move updates the capacities the next
+    candidate sees. Returns the new stage array and the moves as ``(peer, from, to)``.
+    """
+    stage = stage.copy()
+    capacity = stage_capacity(cost, stage, alive, n_stages)
+    moves = []
+    for peer in candidates.tolist():
+        inverse = 1.0 / float(cost[peer])
+        current = int(stage[peer])
+        shares = candidate_shares(inverse, current, capacity)
+        target = int(np.argmax(shares))
+        if shares[target] > shares[current] * (1.0 + hysteresis):
+            capacity[current] -= inverse
+            capacity[target] += inverse
+            stage[peer] = target
+            moves.append((peer, current, target))
+    return stage, moves
+
+
+def move_candidates(alive: np.ndarray, move_fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """A seeded random order of ``ceil(move_fraction * live peers)`` live peers."""
+    live = np.flatnonzero(alive)
+    count = int(np.ceil(move_fraction * len(live)))
+    return rng.permutation(live)[:count]

@@ -1,0 +1,54 @@
+"""``p2pllm-sim``: the Hydra entry point.
+
+    p2pllm-sim                                            # paper Table 1 setup
+    p2pllm-sim experiment=paper_28 market.temperature=2.0 seed=7
+    p2pllm-sim -m market.alpha=0.25,0.5,0.75 seed=0,1     # multirun
+
+Each run writes metrics.parquet, peers.parquet, summary.json and PNG figures into its Hydra
+output directory and prints the checkpoint table (beside the paper's numbers when the experiment
+names a reference).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from .config import CONF_DIR, Config, to_config
+from .figures import plot_stage_trajectories
+from .metrics import write_run_outputs
+from .model import P2PLLMModel
+from .paper import checkpoint_table
+
+
+def run_experiment(config: Config, outdir: Path) -> P2PLLMModel:
+    """Build the model, run ``config.run.steps`` steps and write the run directory. An interrupt
+    (Ctrl-C) still writes what was recorded so far before it propagates."""
+    model = P2PLLMModel(config)
+    started = time.perf_counter()
+    try:
+        model.run(config.run.steps, progress=config.run.progress)
+    finally:
+        paths = write_run_outputs(model, outdir, time.perf_counter() - started)
+        if config.run.figures:
+            paths.update({p.name: p for p in plot_stage_trajectories(model.metrics_frame(), outdir)})
+    steps = [s for s in config.report.table_steps if s <= model.steps]
+    table = checkpoint_table(model.metrics_frame(), steps, config.report.reference)
+    header = "ours (paper)" if config.report.reference else "ours"
+    print(f"\nNodes and average price per layer at checkpoints [{header}], seed {config.seed}:")
+    print(table.to_string())
+    print(f"\nRun directory: {outdir}")
+    for name, path in paths.items():
+        print(f"  {name}: {path}")
+    return model
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    logging.getLogger("MESA").setLevel(logging.WARNING)  # Mesa logs every step at INFO
+    run_experiment(to_config(cfg), Path(HydraConfig.get().runtime.output_dir))

@@ -1,0 +1,221 @@
+"""Configuration schema (Hydra structured configs) and validation.
+
+Every knob of a run lives in :class:`Config`. The dataclasses are registered in Hydra's
+ConfigStore as ``p2pllm_schema`` so that ``conf/config.yaml`` and the experiment files in
+``conf/experiment/`` are type-checked by OmegaConf; :func:`validate` then checks ranges and
+cross-field consistency *before* a run starts, raising :class:`ConfigError` with the field, the
+value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+UPDATE_RULES = ("gradient",)
+ALPHA_DISTRIBUTIONS = ("fixed", "uniform", "beta")
+REFERENCES = ("paper_table1",)
+
+
+@dataclass
+class NetworkConfig:
+    """The peers and the model they serve (paper section 3 and 5.2)."""
+
+    peers: int = 200  #: n, number of peers
+    stages: int = 4  #: m, number of model stages ("layers" in the paper)
+    #: peers per stage at step 0; None splits ``peers`` as evenly as possible
+    initial_distribution: list[int] | None = None
+    cost_range: list[float] = field(default_factory=lambda: [1.0, 50.0])  #: c_i ~ U(lo, hi), ms
+    latency_range: list[float] = field(default_factory=lambda: [1.0, 20.0])  #: l_ij in [lo, hi], ms
+    initial_price: float = 1.0  #: p_i at step 0
+
+
+@dataclass
+class MarketConfig:
+    """Per-stage price competition (paper eq. 1-5)."""
+
+    alpha: float = 0.5  #: price weight in w_i = alpha p_i + (1 - alpha) c_i (eq. 1)
+    eta: float = 1.0  #: gradient-ascent step size (eq. 4-5)
+    temperature: float = 1.0  #: T of the Boltzmann choice probabilities (eq. 3)
+    demand: float = 1.0  #: D, requests per step the price step expects (R_i = D p_i P_i)
+    update_rule: str = "gradient"  #: price update rule; "gradient" is the paper's eq. 5
+    price_floor: float = 0.0  #: prices are kept at or above this value after every update
+
+
+@dataclass
+class AllocationConfig:
+    """Periodic layer reallocation (paper eq. 7-8)."""
+
+    enabled: bool = True
+    period: int = 10  #: K, reallocation happens after every K-th step
+    move_fraction: float = 0.1  #: share of live peers that may consider a move per period
+    hysteresis: float = 0.0  #: move only if the new share exceeds the old by this factor
+
+
+@dataclass
+class ClientsConfig:
+    """Clients issuing inference requests every step."""
+
+    count: int = 64  #: number of clients; 0 switches the request phase off
+    #: how each client's alpha is drawn: "fixed", "uniform" or "beta"
+    alpha_distribution: str = "fixed"
+    #: fixed: [] (= market.alpha) or [a]; uniform: [low, high]; beta: [a, b]
+    alpha_params: list[float] = field(default_factory=list)
+    request_rate: float = 1.0  #: probability that a client sends a request in a step
+
+
+@dataclass
+class RunConfig:
+    steps: int = 1000  #: number of steps (iterations)
+    record_interval: int = 50  #: metrics and peer snapshots every this many steps (and at 0, last)
+    progress: bool = True  #: show a progress bar
+    figures: bool = True  #: write PNG figures into the run directory
+
+
+@dataclass
+class ReportConfig:
+    """The checkpoint table printed at the end of a CLI run."""
+
+    table_steps: list[int] = field(default_factory=lambda: [0, 100, 500, 1000])
+    #: published numbers printed beside the table ("paper_table1") or None
+    reference: str | None = None
+
+
+@dataclass
+class Config:
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    market: MarketConfig = field(default_factory=MarketConfig)
+    allocation: AllocationConfig = field(default_factory=AllocationConfig)
+    clients: ClientsConfig = field(default_factory=ClientsConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    seed: int = 0  #: one seed decides the whole run
+
+
+ConfigStore.instance().store(name="p2pllm_schema", node=Config)
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of its allowed range."""
+
+    def __init__(self, field_name: str, value: Any, allowed: str):
+        self.field = field_name
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{field_name} = {value!r} is invalid: allowed {allowed}")
+
+
+def _require(ok: bool, field_name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(field_name, value, allowed)
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _range_pair(values: Sequence[float], name: str, lower: float) -> None:
+    _require(len(values) == 2, name, list(values), "a list [low, high]")
+    low, high = values
+    _require(_finite(low) and _finite(high) and lower <= low <= high, name, list(values),
+             f"{lower} <= low <= high, both finite")
+
+
+def initial_distribution(network: NetworkConfig) -> list[int]:
+    """Peers per stage at step 0: the configured list, or ``peers`` split as evenly as possible."""
+    if network.initial_distribution is not None:
+        return list(network.initial_distribution)
+    base, extra = divmod(network.peers, network.stages)
+    return [base + (s < extra) for s in range(network.stages)]
+
+
+def validate(cfg: Config) -> Config:
+    """Check every field's range and the fields' consistency; return ``cfg`` unchanged.
+
+    Raises :class:`ConfigError` naming the first offending field, its value and what is allowed.
+    """
+    net, mkt, alloc, cli, run, rep = cfg.network, cfg.market, cfg.allocation, cfg.clients, cfg.run, cfg.report
+    _require(net.peers >= 1, "network.peers", net.peers, "an integer >= 1")
+    _require(net.stages >= 1, "network.stages", net.stages, "an integer >= 1")
+    dist = initial_distribution(net)
+    _require(len(dist) == net.stages, "network.initial_distribution", dist,
+             f"one count per stage ({net.stages} entries)")
+    _require(all(k >= 1 for k in dist), "network.initial_distribution", dist,
+             "at least 1 peer in every stage at start")
+    _require(sum(dist) == net.peers, "network.initial_distribution", dist,
+             f"counts summing to network.peers = {net.peers}")
+    _range_pair(net.cost_range, "network.cost_range", lower=0.0)
+    _require(net.cost_range[1] > 0, "network.cost_range", list(net.cost_range), "high > 0")
+    _range_pair(net.latency_range, "network.latency_range", lower=0.0)
+    _require(_finite(net.initial_price) and net.initial_price >= mkt.price_floor,
+             "network.initial_price", net.initial_price, f"a finite price >= market.price_floor = {mkt.price_floor}")
+
+    _require(_finite(mkt.alpha) and 0.0 <= mkt.alpha <= 1.0, "market.alpha", mkt.alpha, "0 <= alpha <= 1")
+    _require(_finite(mkt.eta) and mkt.eta > 0, "market.eta", mkt.eta, "eta > 0")
+    _require(_finite(mkt.temperature) and mkt.temperature > 0, "market.temperature", mkt.temperature, "T > 0")
+    _require(_finite(mkt.demand) and mkt.demand > 0, "market.demand", mkt.demand, "D > 0")
+    _require(mkt.update_rule in UPDATE_RULES, "market.update_rule", mkt.update_rule, f"one of {UPDATE_RULES}")
+    _require(_finite(mkt.price_floor) and mkt.price_floor >= 0, "market.price_floor", mkt.price_floor,
+             "a finite floor >= 0")
+
+    _require(alloc.period >= 1, "allocation.period", alloc.period, "an integer >= 1")
+    _require(_finite(alloc.move_fraction) and 0.0 < alloc.move_fraction <= 1.0,
+             "allocation.move_fraction", alloc.move_fraction, "0 < move_fraction <= 1")
+    _require(_finite(alloc.hysteresis) and alloc.hysteresis >= 0, "allocation.hysteresis", alloc.hysteresis,
+             "hysteresis >= 0")
+
+    _require(cli.count >= 0, "clients.count", cli.count, "an integer >= 0")
+    _require(_finite(cli.request_rate) and 0.0 < cli.request_rate <= 1.0, "clients.request_rate",
+             cli.request_rate, "0 < rate <= 1 (probability of one request per client per step)")
+    _require(cli.alpha_distribution in ALPHA_DISTRIBUTIONS, "clients.alpha_distribution",
+             cli.alpha_distribution, f"one of {ALPHA_DISTRIBUTIONS}")
+    params = list(cli.alpha_params)
+    if cli.alpha_distribution == "fixed":
+        _require(len(params) <= 1 and all(_finite(a) and 0 <= a <= 1 for a in params),
+                 "clients.alpha_params", params, "[] (use market.alpha) or [a] with 0 <= a <= 1")
+    elif cli.alpha_distribution == "uniform":
+        _require(len(params) == 2 and all(_finite(a) for a in params) and 0 <= params[0] <= params[1] <= 1,
+                 "clients.alpha_params", params, "[low, high] with 0 <= low <= high <= 1")
+    else:
+        _require(len(params) == 2 and all(_finite(a) and a > 0 for a in params),
+                 "clients.alpha_params", params, "[a, b] with a > 0 and b > 0")
+
+    _require(run.steps >= 0, "run.steps", run.steps, "an integer >= 0")
+    _require(run.record_interval >= 1, "run.record_interval", run.record_interval, "an integer >= 1")
+    for step in rep.table_steps:
+        _require(step >= 0 and step % run.record_interval == 0, "report.table_steps", list(rep.table_steps),
+                 f"recorded steps: multiples of run.record_interval = {run.record_interval} "
+                 "(steps beyond run.steps are left out of the table)")
+    _require(rep.reference is None or rep.reference in REFERENCES, "report.reference", rep.reference,
+             f"null or one of {REFERENCES}")
+    _require(rep.reference is None or net.stages == 4, "report.reference", rep.reference,
+             "a reference only for network.stages = 4 (the paper's setup)")
+    _require(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
+    return cfg
+
+
+def to_config(cfg: Config | DictConfig) -> Config:
+    """Turn a Hydra ``DictConfig`` (or a ``Config``) into a validated :class:`Config`."""
+    if isinstance(cfg, DictConfig):
+        merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        cfg = OmegaConf.to_object(merged)
+    return validate(cfg)
+
+
+def load_config(experiment: str = "paper_table1", overrides: Sequence[str] = ()) -> Config:
+    """Compose ``conf/config.yaml`` with ``experiment=<experiment>`` and Hydra ``overrides``.
+
+    >>> cfg = load_config("paper_28", overrides=["seed=3", "market.temperature=2.0"])
+    """
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        dcfg = compose(config_name="config", overrides=[f"experiment={experiment}", *overrides])
+    return to_config(dcfg)

@@ -1,0 +1,108 @@
+"""Per-stage price competition in JAX (paper section 3.3, eq. 1-5).
+
+All functions take arrays over *all* peers plus ``stage`` (the market each peer competes in)
+and compute every stage at once with segment operations; peers with ``alive == False`` take no
+part (choice probability 0, price unchanged). With ``jax_enable_x64`` (set by the package) all
+math is float64.
+
+Semantics: ``w_i = alpha p_i + (1 - alpha) c_i`` (eq. 1); a request picks peer ``i`` of its
+stage with the Boltzmann probability ``P_i = exp(-w_i/T) / sum_j exp(-w_j/T)`` (eq. 3);
+expected revenue ``R_i = D p_i P_i`` (eq. 2, the paper's per-request revenue for D = 1); prices
+move by gradient ascent ``p_i <- max(floor, p_i + eta dR_i/dp_i)`` (eq. 4-5), where
+``dR_i/dp_i = D P_i (1 - (alpha/T) p_i (1 - P_i))`` — at T = 1 the paper's
+``P (1 + alpha p (P - 1))``. The floor (``market.price_floor``, default 0) keeps a large step
+from pushing a price negative; prices never go below it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+
+class MarketParams(NamedTuple):
+    """Scalars of the price game (traced, so sweeping them does not recompile)."""
+
+    alpha: float
+    temperature: float
+    demand: float
+    eta: float
+    price_floor: float
+
+
+def node_weights(price: Array, cost: Array, alpha: float | Array) -> Array:
+    """Eq. 1: ``w_i = alpha p_i + (1 - alpha) c_i``."""
+    return alpha * price + (1.0 - alpha) * cost
+
+
+def choice_logits(price: Array, cost: Array, alive: Array, alpha: float, temperature: float) -> Array:
+    """``-w_i / T`` for live peers, ``-inf`` for the others."""
+    return jnp.where(alive, -node_weights(price, cost, alpha) / temperature, -jnp.inf)
+
+
+def stage_logsumexp(logits: Array, stage: Array, n_stages: int) -> Array:
+    """``log sum_{j in s} exp(logit_j)`` per stage ``s``, shifted by the stage maximum so that
+    nothing overflows (logits of -1e4 or +1e4 are fine); ``-inf`` for a stage with no live peer."""
+    top = jax.ops.segment_max(logits, stage, num_segments=n_stages)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    mass = jax.ops.segment_sum(jnp.exp(logits - top[stage]), stage, num_segments=n_stages)
+    return top + jnp.log(mass)
+
+
+def choice_probabilities(
+    price: Array, cost: Array, stage: Array, alive: Array, alpha: float, temperature: float, n_stages: int
+) -> Array:
+    """Eq. 3 with ``epsilon_i = w_i``: the probability that a request picks peer ``i`` in its stage."""
+    logits = choice_logits(price, cost, alive, alpha, temperature)
+    return jnp.exp(logits - stage_logsumexp(logits, stage, n_stages)[stage])
+
+
+def expected_revenue(
+    price: Array, cost: Array, stage: Array, alive: Array, params: MarketParams, n_stages: int
+) -> Array:
+    """Eq. 2: ``R_i = D p_i P_i``."""
+    probs = choice_probabilities(price, cost, stage, alive, params.alpha, params.temperature, n_stages)
+    return params.demand * price * probs
+
+
+def log_rival_mass(logits: Array, stage: Array, n_stages: int) -> Array:
+    """``log sum_{j != i, j in stage(i)} exp(logit_j)``: the rest of peer ``i``'s stage
+    (``-inf`` for a peer alone in its stage)."""
+    top = jax.ops.segment_max(logits, stage, num_segments=n_stages)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)[stage]
+    own = jnp.exp(logits - top)
+    rivals = jax.ops.segment_sum(own, stage, num_segments=n_stages)[stage] - own
+    return top + jnp.log(jnp.maximum(rivals, 0.0))
+
+
+def revenue_gradient(
+    price: Array, cost: Array, stage: Array, alive: Array, params: MarketParams, n_stages: int
+) -> Array:
+    """``dR_i/dp_i`` for every peer by ``jax.grad``, each peer's rivals' prices held fixed.
+
+    Peer ``i``'s revenue as a function of its own price ``q`` is
+    ``D q sigmoid(-w_i(q)/T - log sum_{j != i} exp(-w_j/T))``; the rivals' mass is a constant
+    (``stop_gradient``), so the gradient of the sum over peers is exactly the vector of own-price
+    derivatives, in O(n). Zero for dead peers.
+    """
+    logits = choice_logits(price, cost, alive, params.alpha, params.temperature)
+    rivals = jax.lax.stop_gradient(log_rival_mass(logits, stage, n_stages))
+
+    def own_revenue(q: Array) -> Array:
+        own_logit = -node_weights(q, cost, params.alpha) / params.temperature
+        return params.demand * q * jax.nn.sigmoid(own_logit - rivals)
+
+    gradient = jax.grad(lambda q: jnp.sum(jnp.where(alive, own_revenue(q), 0.0)))(price)
+    return jnp.where(alive, gradient, 0.0)
+
+
+def price_step(
+    price: Array, cost: Array, stage: Array, alive: Array, params: MarketParams, n_stages: int
+) -> Array:
+    """Eq. 5: one simultaneous gradient-ascent step of every live peer, kept ``>= price_floor``."""
+    gradient = revenue_gradient(price, cost, stage, alive, params, n_stages)
+    stepped = jnp.maximum(price + params.eta * gradient, params.price_floor)
+    return jnp.where(alive, stepped, price)

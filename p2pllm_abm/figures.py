@@ -1,0 +1,35 @@
+"""The figures every run writes: node counts and mean price per stage over time (seaborn)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+#: figure file name -> (metrics.parquet column, y-axis label)
+STAGE_FIGURES = {
+    "nodes_per_stage.png": ("peers", "nodes serving the stage"),
+    "mean_price_per_stage.png": ("mean_price", "mean price"),
+}
+
+
+def plot_stage_trajectories(metrics: pd.DataFrame, outdir: Path) -> list[Path]:
+    """One line per stage over the recorded steps, for each of :data:`STAGE_FIGURES`."""
+    outdir = Path(outdir)
+    frame = metrics.assign(stage=metrics["stage"].map(lambda s: f"stage {s}"))
+    paths = []
+    with sns.axes_style("whitegrid"):
+        for name, (column, label) in STAGE_FIGURES.items():
+            fig, ax = plt.subplots(figsize=(6, 3.5))
+            sns.lineplot(data=frame, x="step", y=column, hue="stage", ax=ax)
+            ax.set(xlabel="iteration", ylabel=label)
+            fig.tight_layout()
+            fig.savefig(outdir / name, dpi=150)
+            plt.close(fig)
+            paths.append(outdir / name)
+    return paths

@@ -1,0 +1,172 @@
+"""The P2P-LLM network as a Mesa model (paper section 5.1).
+
+Each step runs the paper's phases in order:
+
+1. requests: every client's request is routed by logit choice and pays the chosen peers;
+2. prices: every peer takes a gradient-ascent price step (eq. 5);
+3. reallocation, every ``allocation.period`` steps (eq. 7-8);
+4. contracts: a hook for the ledger (no ledger yet: it does nothing);
+5. metrics, every ``run.record_interval`` steps.
+
+Phases 1-2 are jitted JAX over all peers. :meth:`P2PLLMModel.run` fuses the consecutive steps
+between two steps that need phases 3-5 into one compiled call; it gives the same results, bit for
+bit, as calling :meth:`~P2PLLMModel.step` repeatedly.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import mesa
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from .agents import ClientAgent, PeerAgent
+from .allocation import move_candidates, reallocate
+from .config import ClientsConfig, Config, to_config
+from .dynamics import Environment, initial_state, run_ticks
+from .economics import MarketParams
+from .metrics import PeerTableCollector, stage_reporters, stage_statistics
+from .network import PeerTable
+from .routing import best_path
+
+
+def draw_client_alpha(clients: ClientsConfig, market_alpha: float, rng: np.random.Generator) -> np.ndarray:
+    """Each client's price preference alpha from ``clients.alpha_distribution``."""
+    params = list(clients.alpha_params)
+    if clients.alpha_distribution == "fixed":
+        return np.full(clients.count, params[0] if params else market_alpha)
+    if clients.alpha_distribution == "uniform":
+        return rng.uniform(params[0], params[1], size=clients.count)
+    return rng.beta(params[0], params[1], size=clients.count)
+
+
+class P2PLLMModel(mesa.Model):
+    """Peers competing on price per stage and moving between stages; clients routing requests.
+
+    >>> model = P2PLLMModel(load_config("paper_28", overrides=["seed=3"]))
+    >>> model.run(1000)
+    >>> model.datacollector.get_model_vars_dataframe()
+
+    One seed (``config.seed``) decides the network, the clients, the request noise and the
+    reallocation order.
+    """
+
+    def __init__(self, config: Config | DictConfig | None = None) -> None:
+        cfg = to_config(config if config is not None else Config())
+        network_seed, dynamics_seed, client_seed, noise_seed = np.random.SeedSequence(cfg.seed).spawn(4)
+        super().__init__(rng=np.random.default_rng(dynamics_seed))
+        self.config = cfg
+        self.peers = PeerTable.from_config(cfg.network, np.random.default_rng(network_seed))
+        self.client_alpha = draw_client_alpha(cfg.clients, cfg.market.alpha, np.random.default_rng(client_seed))
+        peer_agents = PeerAgent.create_agents(self, len(self.peers), index=list(range(len(self.peers))))
+        ClientAgent.create_agents(self, cfg.clients.count, index=list(range(cfg.clients.count)))
+        self.peer_unique_ids = np.array([agent.unique_id for agent in peer_agents])
+
+        mkt = cfg.market
+        self.market_params = MarketParams(mkt.alpha, mkt.temperature, mkt.demand, mkt.eta, mkt.price_floor)
+        key = jax.random.key(int(noise_seed.generate_state(1)[0]))
+        self._state = initial_state(jnp.asarray(self.peers.price), key)
+        self._environment = self._make_environment()
+        self.moves = 0  #: peers moved by reallocation so far
+
+        self.datacollector = PeerTableCollector(stage_reporters(self.peers.n_stages))
+        self._stage_rows: list[pd.DataFrame] = []
+        self._record()
+
+    # -- phases ---------------------------------------------------------------------------------
+    def step(self) -> None:
+        """One step: requests and prices, then reallocation, contracts and metrics when due."""
+        self._market_ticks(1)
+        self._after_market()
+
+    def reallocation_phase(self) -> None:
+        """Phase 3 (eq. 7-8): a seeded random share of live peers move, one after another."""
+        alloc = self.config.allocation
+        candidates = move_candidates(self.peers.alive, alloc.move_fraction, self.rng)
+        stage, moves = reallocate(self.peers.cost, self.peers.stage, self.peers.alive, candidates,
+                                  alloc.hysteresis, self.peers.n_stages)
+        if moves:
+            self.peers.stage_start = stage
+            self.peers.stage_end = stage + 1
+            self._environment = self._make_environment()
+            self.moves += len(moves)
+
+    def contracts_phase(self) -> None:
+        """Phase 4 (paper 5.1, "create new contracts"): hook for the ledger; does nothing yet."""
+
+    # -- running --------------------------------------------------------------------------------
+    def run(self, steps: int, progress: bool = False) -> None:
+        """Advance ``steps`` steps (fusing the ones with no reallocation or recording), record
+        the last step, and show a progress bar when ``progress``."""
+        if steps < 0:
+            raise ValueError(f"steps = {steps} is invalid: allowed steps >= 0")
+        end = self.steps + steps
+        with tqdm(total=steps, disable=not progress, unit="step", desc="p2pllm-sim") as bar:
+            while self.steps < end:
+                ticks = self._steps_to_next_event(end)
+                if ticks > 1:
+                    self._market_ticks(ticks - 1)
+                    self.steps += ticks - 1
+                self.step()
+                bar.update(ticks)
+        if self._recorded_step != self.steps:
+            self._record()
+
+    def route(self, alpha: float | None = None) -> tuple[float, list[int]]:
+        """The weighted-sum optimal path (Alg. 2) for a client with ``alpha`` (default market.alpha):
+        its objective value and its peers."""
+        return best_path(self.peers, self.config.market.alpha if alpha is None else alpha)
+
+    # -- outputs --------------------------------------------------------------------------------
+    def metrics_frame(self) -> pd.DataFrame:
+        """Tidy per-stage metrics: one row per recorded step and stage."""
+        return pd.concat(self._stage_rows, ignore_index=True)
+
+    def peers_frame(self) -> pd.DataFrame:
+        """One row per peer per recorded step."""
+        frame = self.datacollector.get_agent_vars_dataframe().reset_index()
+        return frame.rename(columns={"Step": "step", "AgentID": "agent_id"})
+
+    # -- internals ------------------------------------------------------------------------------
+    def _make_environment(self) -> Environment:
+        return Environment(
+            cost=jnp.asarray(self.peers.cost),
+            stage=jnp.asarray(self.peers.stage),
+            alive=jnp.asarray(self.peers.alive),
+            client_alpha=jnp.asarray(self.client_alpha),
+            request_rate=self.config.clients.request_rate,
+            params=self.market_params,
+        )
+
+    def _market_ticks(self, ticks: int) -> None:
+        self._state = run_ticks(self._state, self._environment, ticks, n_stages=self.peers.n_stages)
+        self.peers.price = np.asarray(self._state.price)
+        self.peers.revenue = np.asarray(self._state.revenue)
+        self.peers.requests = np.asarray(self._state.requests)
+        self.peers.expected_requests = np.asarray(self._state.expected_requests)
+
+    def _after_market(self) -> None:
+        alloc = self.config.allocation
+        if alloc.enabled and self.steps % alloc.period == 0:
+            self.reallocation_phase()
+        self.contracts_phase()
+        if self.steps % self.config.run.record_interval == 0:
+            self._record()
+
+    def _steps_to_next_event(self, end: int) -> int:
+        """Steps until (and including) the next one that reallocates or records, or ``end``."""
+        periods = [self.config.run.record_interval]
+        if self.config.allocation.enabled:
+            periods.append(self.config.allocation.period)
+        next_event = min(self.steps + p - self.steps % p for p in periods)
+        return min(next_event, end) - self.steps
+
+    def _record(self) -> None:
+        self.stage_stats = stage_statistics(self.peers, np.asarray(self._state.tick_revenue),
+                                            np.asarray(self._state.tick_expected_revenue))
+        self._stage_rows.append(self.stage_stats.assign(step=self.steps)[["step", *self.stage_stats.columns]])
+        self.datacollector.collect(self)
+        self._recorded_step = self.steps

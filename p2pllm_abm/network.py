@@ -1,0 +1,101 @@
+"""The network's state: all peers as one struct of arrays (paper section 3, node tuple N(l, l, c, p)).
+
+A peer ``i`` serves the contiguous span ``[stage_start[i], stage_end[i])`` of the model's
+``n_stages`` stages, has compute cost ``cost[i]`` (ms per request for its span), price
+``price[i]``, a position in the unit square from which its latencies follow (:func:`latency`),
+and an ``alive`` flag. Mesa agents (``agents.py``) are thin handles into this table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import NetworkConfig, initial_distribution
+
+#: the unit square's diameter, the largest distance between two positions
+_MAX_DISTANCE = float(np.sqrt(2.0))
+
+
+@dataclass
+class PeerTable:
+    """Struct-of-arrays state of every peer; index ``i`` is peer ``i``."""
+
+    stage_start: np.ndarray  #: int, first stage served
+    stage_end: np.ndarray  #: int, one past the last stage served
+    cost: np.ndarray  #: float, c_i in ms per request
+    price: np.ndarray  #: float, p_i per request
+    position: np.ndarray  #: float (n, 2), point in the unit square
+    alive: np.ndarray  #: bool
+    n_stages: int
+    latency_range: tuple[float, float] = (1.0, 20.0)
+    revenue: np.ndarray = field(default=None)  #: float, cumulative realised revenue
+    requests: np.ndarray = field(default=None)  #: float, cumulative requests served
+    expected_requests: np.ndarray = field(default=None)  #: float, cumulative expected requests
+
+    def __post_init__(self) -> None:
+        n = len(self.cost)
+        for name in ("revenue", "requests", "expected_requests"):
+            if getattr(self, name) is None:
+                setattr(self, name, np.zeros(n))
+        for name in ("stage_start", "stage_end", "price", "alive", "revenue", "requests", "expected_requests"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"PeerTable.{name} has {len(getattr(self, name))} entries, expected {n}")
+        if self.position.shape != (n, 2):
+            raise ValueError(f"PeerTable.position has shape {self.position.shape}, expected ({n}, 2)")
+        spans_ok = (0 <= self.stage_start) & (self.stage_start < self.stage_end) & (self.stage_end <= self.n_stages)
+        if not spans_ok.all():
+            bad = int(np.flatnonzero(~spans_ok)[0])
+            raise ValueError(
+                f"peer {bad} serves [{self.stage_start[bad]}, {self.stage_end[bad]}): "
+                f"allowed 0 <= start < end <= n_stages = {self.n_stages}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.cost)
+
+    @property
+    def stage(self) -> np.ndarray:
+        """The stage whose market a peer competes in: its first stage (one stage per peer)."""
+        return self.stage_start
+
+    @classmethod
+    def from_config(cls, network: NetworkConfig, rng: np.random.Generator) -> PeerTable:
+        """Draw the paper's network (section 5.2): peers laid out stage by stage per the initial
+        distribution, ``c_i ~ U(cost_range)``, positions uniform in the unit square, all prices
+        equal to ``initial_price``."""
+        counts = initial_distribution(network)
+        n = network.peers
+        stage = np.repeat(np.arange(network.stages), counts)
+        low, high = network.cost_range
+        return cls(
+            stage_start=stage,
+            stage_end=stage + 1,
+            cost=rng.uniform(low, high, size=n),
+            price=np.full(n, float(network.initial_price)),
+            position=rng.uniform(0.0, 1.0, size=(n, 2)),
+            alive=np.ones(n, dtype=bool),
+            n_stages=network.stages,
+            latency_range=(float(network.latency_range[0]), float(network.latency_range[1])),
+        )
+
+    def stage_counts(self) -> np.ndarray:
+        """Live peers per stage."""
+        return np.bincount(self.stage[self.alive], minlength=self.n_stages)
+
+    def latency(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Latency ``l_uv`` in ms between peers ``u`` and ``v`` (arrays of indices, broadcast)."""
+        return latency(self.position[u], self.position[v], self.latency_range)
+
+
+def latency(a: np.ndarray, b: np.ndarray, latency_range: tuple[float, float]) -> np.ndarray:
+    """Latency between positions ``a`` and ``b`` (``(..., 2)`` arrays in the unit square).
+
+    ``l = low + (high - low) * |a - b| / sqrt(2)``: symmetric, within ``[low, high]``, and a
+    metric between distinct peers (a positive offset plus a scaled Euclidean distance keeps the
+    triangle inequality).
+    """
+    low, high = latency_range
+    distance = np.linalg.norm(np.asarray(a) - np.asarray(b), axis=-1)
+    return low + (high - low) * distance / _MAX_DISTANCE

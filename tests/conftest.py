@@ -1,0 +1,9 @@
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import p2pllm_abm  # noqa: E402,F401  (enables float64 before any test builds arrays)
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("default")

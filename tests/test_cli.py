@@ -1,0 +1,62 @@
+"""The p2pllm-sim entry point: a run directory, a multirun, and clear errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from p2pllm_abm.paper import PAPER_TABLE1, checkpoint_table
+
+SIM = str(Path(sys.executable).with_name("p2pllm-sim"))
+FAST = ["run.steps=20", "run.record_interval=10", "report.table_steps=[0,10,20]", "run.progress=false"]
+
+
+def sim(*args):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([SIM, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_single_run_writes_the_run_directory(tmp_path):
+    result = sim("experiment=paper_28", *FAST, f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    for name in ("metrics.parquet", "peers.parquet", "summary.json", "nodes_per_stage.png", "mean_price_per_stage.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 20 and sum(summary["final"]["peers_per_stage"]) == 28
+    assert summary["config"]["network"]["initial_distribution"] == [10, 4, 10, 4]
+    assert "Avg. Price" in result.stdout and "Layer 4" in result.stdout
+    metrics = pd.read_parquet(tmp_path / "metrics.parquet")
+    assert sorted(metrics["step"].unique()) == [0, 10, 20]
+
+
+def test_multirun_sweeps_every_combination(tmp_path):
+    result = sim("-m", "experiment=paper_28", *FAST, "market.alpha=0.25,0.75", "seed=0,1",
+                 f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    summaries = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/summary.json"))]
+    assert len(summaries) == 4
+    combos = {(s["config"]["market"]["alpha"], s["config"]["seed"]) for s in summaries}
+    assert combos == {(0.25, 0), (0.25, 1), (0.75, 0), (0.75, 1)}
+
+
+def test_invalid_override_fails_before_running_with_a_clear_message(tmp_path):
+    result = sim("market.alpha=1.5", f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0
+    assert "market.alpha = 1.5 is invalid: allowed 0 <= alpha <= 1" in result.stderr
+    assert not (tmp_path / "metrics.parquet").exists()
+
+
+def test_checkpoint_table_puts_paper_numbers_beside_ours():
+    rows = []
+    for step in (0, 100):
+        for stage in range(4):
+            rows.append({"step": step, "stage": stage, "peers": 50, "mean_price": 1.0 + stage})
+    table = checkpoint_table(pd.DataFrame(rows), [0, 100], "paper_table1")
+    assert table.loc[(0, "Nodes"), "Layer 1"] == "50 (78)"
+    assert table.loc[(100, "Avg. Price"), "Layer 4"] == f"4.00 ({PAPER_TABLE1[100][1][3]:.2f})"
+    with pytest.raises(ValueError, match="step 500 was not recorded"):
+        checkpoint_table(pd.DataFrame(rows), [500])

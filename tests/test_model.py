@@ -1,0 +1,143 @@
+"""The Mesa model: phases, determinism, fused vs stepwise runs, collectors and closed forms."""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from p2pllm_abm import P2PLLMModel, load_config
+from p2pllm_abm.agents import ClientAgent, PeerAgent
+from p2pllm_abm.metrics import PEER_COLUMNS, STAGE_METRICS, write_run_outputs
+
+
+def small(*overrides, experiment="paper_28"):
+    return load_config(experiment, overrides=["run.record_interval=10", *overrides])
+
+
+def test_ten_step_smoke_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = P2PLLMModel(small())
+        for _ in range(10):
+            model.step()
+    assert model.steps == 10
+    assert np.all(np.isfinite(model.peers.price))
+
+
+def test_agents_are_handles_into_the_table():
+    model = P2PLLMModel(small("clients.alpha_distribution=uniform", "clients.alpha_params=[0.2,0.9]"))
+    peers = model.agents_by_type[PeerAgent]
+    clients = model.agents_by_type[ClientAgent]
+    assert len(peers) == 28 and len(clients) == model.config.clients.count
+    model.run(20)
+    for agent in peers:
+        i = agent.index
+        assert (agent.stage, agent.cost, agent.price) == (model.peers.stage[i], model.peers.cost[i], model.peers.price[i])
+    alphas = np.array([c.alpha for c in clients])
+    assert np.all((alphas >= 0.2) & (alphas <= 0.9)) and alphas.std() > 0
+
+
+def test_same_seed_same_outputs_bit_for_bit(tmp_path):
+    outputs = []
+    for name in ("a", "b"):
+        model = P2PLLMModel(small("seed=5"))
+        model.run(60)
+        write_run_outputs(model, tmp_path / name, wall_time_s=1.0)
+        outputs.append(tmp_path / name)
+    for file in ("metrics.parquet", "peers.parquet"):
+        assert (outputs[0] / file).read_bytes() == (outputs[1] / file).read_bytes()
+    other = P2PLLMModel(small("seed=6"))
+    other.run(60)
+    assert not other.metrics_frame().equals(pd.read_parquet(outputs[0] / "metrics.parquet"))
+
+
+def test_fused_run_equals_step_by_step():
+    fused, stepped = P2PLLMModel(small("seed=2")), P2PLLMModel(small("seed=2"))
+    fused.run(47)
+    for _ in range(47):
+        stepped.step()
+    for column in ("price", "revenue", "requests", "expected_requests", "stage_start"):
+        np.testing.assert_array_equal(getattr(fused.peers, column), getattr(stepped.peers, column))
+    # the stepwise model did not record the last (non-multiple) step; everything before agrees
+    recorded = stepped.metrics_frame()
+    pd.testing.assert_frame_equal(fused.metrics_frame().iloc[: len(recorded)], recorded)
+
+
+def test_metrics_invariants():
+    model = P2PLLMModel(small(experiment="paper_table1"))
+    model.run(100)
+    metrics = model.metrics_frame()
+    assert list(metrics.columns) == ["step", "stage", *STAGE_METRICS]
+    assert sorted(metrics["step"].unique()) == list(range(0, 101, 10))
+    per_step = metrics.groupby("step")
+    assert (per_step["peers"].sum() == 200).all()
+    np.testing.assert_allclose(per_step["compute_share"].sum(), 1.0)
+    # every request visits every stage once: in total, realised and expected requests agree exactly
+    final = metrics[metrics["step"] == 100]
+    assert final["requests"].sum() > 0
+    assert final["requests"].sum() == pytest.approx(final["expected_requests"].sum(), rel=1e-12)
+
+
+def test_realised_requests_match_boltzmann_expectation_per_peer():
+    """Gumbel-noise routing realises the logit probabilities: per-peer counts over 400 steps of
+    64 clients pass a chi-square test against the cumulative expected counts."""
+    model = P2PLLMModel(small("allocation.enabled=false", "market.alpha=0.9", "seed=1"))
+    model.run(400)
+    realised, expected = model.peers.requests, model.peers.expected_requests
+    cells = expected > 5
+    statistic = np.sum((realised[cells] - expected[cells]) ** 2 / expected[cells])
+    dof = cells.sum() - model.peers.n_stages
+    assert dof > 5
+    assert statistic < dof + 4 * np.sqrt(2 * dof)
+
+
+def test_monopolist_price_rises_by_eta_times_demand_each_step():
+    """A peer alone in its stage is chosen with probability 1: dR/dp = D, so p_t = p_0 + t eta D."""
+    model = P2PLLMModel(small("network.peers=5", "network.initial_distribution=[1,2,1,1]",
+                              "allocation.enabled=false", "market.eta=0.5", "market.demand=2.0"))
+    model.run(30)
+    monopolists = model.peers.stage_counts()[model.peers.stage] == 1
+    np.testing.assert_allclose(model.peers.price[monopolists], 1.0 + 30 * 0.5 * 2.0, rtol=1e-12)
+
+
+def test_symmetric_stage_converges_to_logit_bertrand_price():
+    """Equal costs, n peers per stage: gradient ascent settles at p* = T / (alpha (1 - 1/n))."""
+    model = P2PLLMModel(small("network.cost_range=[10.0,10.0]", "network.peers=20",
+                              "network.initial_distribution=[5,5,5,5]", "market.temperature=2.0",
+                              "market.alpha=0.4", "clients.count=0"))
+    model.run(3000)
+    np.testing.assert_allclose(model.peers.price, 2.0 / (0.4 * (1 - 1 / 5)), rtol=1e-9)
+
+
+def test_datacollector_exposes_stage_and_agent_reporters():
+    model = P2PLLMModel(small())
+    model.run(30)
+    model_vars = model.datacollector.get_model_vars_dataframe()
+    assert model_vars["step"].tolist() == [0, 10, 20, 30]
+    metrics = model.metrics_frame()
+    for metric in STAGE_METRICS:
+        for s in range(4):
+            column = model_vars[f"{metric}_stage_{s}"].to_numpy()
+            np.testing.assert_array_equal(column, metrics[metrics["stage"] == s][metric].to_numpy())
+    agent_vars = model.datacollector.get_agent_vars_dataframe()
+    assert list(agent_vars.columns) == list(PEER_COLUMNS)
+    last = agent_vars.xs(30, level="Step")
+    for agent in model.agents_by_type[PeerAgent]:  # the column-wise collector agrees with the handles
+        row = last.loc[agent.unique_id]
+        assert (row["stage"], row["cost"], row["price"], row["revenue"]) == (agent.stage, agent.cost, agent.price, agent.revenue)
+    peers = model.peers_frame()
+    assert {"step", "peer_id", "stage_start", "stage_end", "cost", "price", "alive", "x", "y"} <= set(peers.columns)
+    assert len(peers) == 4 * 28
+
+
+def test_route_returns_one_peer_per_stage():
+    model = P2PLLMModel(small())
+    length, path = model.route(alpha=0.5)
+    assert [model.peers.stage[p] for p in path] == [0, 1, 2, 3]
+    assert np.isfinite(length)
+
+
+def test_run_rejects_negative_steps():
+    with pytest.raises(ValueError, match="steps"):
+        P2PLLMModel(small()).run(-1)
