@@ -33,3 +33,21 @@ def plot_stage_trajectories(metrics: pd.DataFrame, outdir: Path) -> list[Path]:
             plt.close(fig)
             paths.append(outdir / name)
     return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m p2pllm_abm.figures RUN_DIR``: redraw a run's figures from its metrics.parquet."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("run_dir", type=Path, help="a run directory holding metrics.parquet")
+    run_dir = parser.parse_args(argv).run_dir
+    metrics_path = run_dir / "metrics.parquet"
+    if not metrics_path.is_file():
+        parser.error(f"run_dir = {str(run_dir)!r} has no metrics.parquet: allowed a p2pllm-sim run directory")
+    for path in plot_stage_trajectories(pd.read_parquet(metrics_path), run_dir):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -60,3 +60,14 @@ def test_checkpoint_table_puts_paper_numbers_beside_ours():
     assert table.loc[(100, "Avg. Price"), "Layer 4"] == f"4.00 ({PAPER_TABLE1[100][1][3]:.2f})"
     with pytest.raises(ValueError, match="step 500 was not recorded"):
         checkpoint_table(pd.DataFrame(rows), [500])
+
+
+def test_figures_regenerate_from_a_run_directory(tmp_path):
+    from p2pllm_abm.figures import STAGE_FIGURES, main
+
+    assert sim("experiment=paper_28", *FAST, "run.figures=false", f"hydra.run.dir={tmp_path}").returncode == 0
+    assert not any((tmp_path / name).exists() for name in STAGE_FIGURES)
+    main([str(tmp_path)])
+    assert all((tmp_path / name).stat().st_size > 0 for name in STAGE_FIGURES)
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "missing")])
