@@ -50,5 +50,6 @@ def run_experiment(config: Config, outdir: Path) -> P2PLLMModel:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    logging.getLogger("MESA").setLevel(logging.WARNING)  # Mesa logs every step at INFO
+    for noisy in ("MESA", "jax._src.xla_bridge"):  # Mesa logs every step at INFO, JAX its backend search
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     run_experiment(to_config(cfg), Path(HydraConfig.get().runtime.output_dir))
