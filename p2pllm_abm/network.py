@@ -8,7 +8,7 @@ and an ``alive`` flag. Mesa agents (``agents.py``) are thin handles into this ta
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,9 +30,10 @@ class PeerTable:
     alive: np.ndarray  #: bool
     n_stages: int
     latency_range: tuple[float, float] = (1.0, 20.0)
-    revenue: np.ndarray = field(default=None)  #: float, cumulative realised revenue
-    requests: np.ndarray = field(default=None)  #: float, cumulative requests served
-    expected_requests: np.ndarray = field(default=None)  #: float, cumulative expected requests
+    #: float, cumulative realised revenue, requests served and expected requests (zeros if omitted)
+    revenue: np.ndarray | None = None
+    requests: np.ndarray | None = None
+    expected_requests: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.cost)
