@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
-UPDATE_RULES = ("gradient",)
+UPDATE_RULES = ("gradient", "best_response", "sequential_best_response", "fixed_point", "newton")
 ALPHA_DISTRIBUTIONS = ("fixed", "uniform", "beta")
 REFERENCES = ("paper_table1",)
 
@@ -45,7 +45,10 @@ class MarketConfig:
     eta: float = 1.0  #: gradient-ascent step size (eq. 4-5)
     temperature: float = 1.0  #: T of the Boltzmann choice probabilities (eq. 3)
     demand: float = 1.0  #: D, requests per step the price step expects (R_i = D p_i P_i)
-    update_rule: str = "gradient"  #: price update rule; "gradient" is the paper's eq. 5
+    #: price update rule: "gradient" (the paper's eq. 5), "best_response", "sequential_best_response",
+    #: "fixed_point" (damped p = T / (alpha (1 - P))) or "newton" (on the first-order conditions)
+    update_rule: str = "gradient"
+    damping: float = 0.5  #: step share of the "fixed_point" rule
     price_floor: float = 0.0  #: prices are kept at or above this value after every update
 
 
@@ -162,6 +165,9 @@ def validate(cfg: Config) -> Config:
     _require(_finite(mkt.temperature) and mkt.temperature > 0, "market.temperature", mkt.temperature, "T > 0")
     _require(_finite(mkt.demand) and mkt.demand > 0, "market.demand", mkt.demand, "D > 0")
     _require(mkt.update_rule in UPDATE_RULES, "market.update_rule", mkt.update_rule, f"one of {UPDATE_RULES}")
+    _require(mkt.update_rule == "gradient" or mkt.alpha > 0, "market.alpha", mkt.alpha,
+             f"alpha > 0 with market.update_rule = {mkt.update_rule!r} (at alpha = 0 no best response exists)")
+    _require(_finite(mkt.damping) and 0 < mkt.damping <= 1, "market.damping", mkt.damping, "0 < damping <= 1")
     _require(_finite(mkt.price_floor) and mkt.price_floor >= 0, "market.price_floor", mkt.price_floor,
              "a finite floor >= 0")
 

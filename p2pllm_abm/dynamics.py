@@ -3,7 +3,8 @@
 A tick is: (1) every client sends a request with probability ``request_rate``; the request picks
 in each stage the peer with the smallest weight plus Gumbel noise of scale T (the logit choice,
 which realises exactly the Boltzmann probabilities of eq. 3) and pays each chosen peer its
-current price; (2) every peer takes one price step (eq. 5). Ticks between two events that need
+current price; (2) every peer updates its price by ``market.update_rule`` (the paper's eq. 5
+by default; see :mod:`p2pllm_abm.equilibrium` for the others). Ticks between two events that need
 Python (reallocation, metrics) run inside a single ``lax.fori_loop``: a call into JAX costs about
 70 us, one tick at 10^4 peers about as much.
 """
@@ -17,7 +18,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from .economics import MarketParams, choice_logits, price_step, stage_logsumexp
+from .economics import MarketParams, choice_logits, stage_logsumexp
+from .equilibrium import StageBlocks, price_update
 
 
 class MarketState(NamedTuple):
@@ -41,6 +43,8 @@ class Environment(NamedTuple):
     client_alpha: Array  #: one alpha per client
     request_rate: float
     params: MarketParams
+    blocks: StageBlocks  #: live peers by stage, for the sequential and Newton rules
+    damping: float  #: of the fixed-point rule
 
 
 def initial_state(price: Array, key: Array) -> MarketState:
@@ -68,9 +72,10 @@ def logit_choices(key: Array, env: Environment, price: Array, n_stages: int) -> 
     return jax.vmap(one_client)(env.client_alpha, noise.astype(price.dtype))
 
 
-def tick(state: MarketState, env: Environment, n_stages: int) -> MarketState:
-    """One tick: requests routed and paid at current prices, then the price step."""
-    new_price = price_step(state.price, env.cost, env.stage, env.alive, env.params, n_stages)
+def tick(state: MarketState, env: Environment, rule: str, n_stages: int) -> MarketState:
+    """One tick: requests routed and paid at current prices, then the price update ``rule``."""
+    new_price = price_update(rule, state.price, env.cost, env.stage, env.alive, env.params, n_stages,
+                             env.blocks, env.damping)
     if env.client_alpha.shape[0] == 0:  # no clients, no requests (decided when tracing)
         return state._replace(price=new_price)
     key, request_key, noise_key = jax.random.split(state.key, 3)
@@ -91,7 +96,7 @@ def tick(state: MarketState, env: Environment, n_stages: int) -> MarketState:
     )
 
 
-@partial(jax.jit, static_argnames=("n_stages",))
-def run_ticks(state: MarketState, env: Environment, n_ticks: Array, n_stages: int) -> MarketState:
+@partial(jax.jit, static_argnames=("rule", "n_stages"))
+def run_ticks(state: MarketState, env: Environment, n_ticks: Array, rule: str, n_stages: int) -> MarketState:
     """``n_ticks`` consecutive ticks in one compiled loop (the trip count is traced: no recompile)."""
-    return jax.lax.fori_loop(0, n_ticks, lambda _, s: tick(s, env, n_stages), state)
+    return jax.lax.fori_loop(0, n_ticks, lambda _, s: tick(s, env, rule, n_stages), state)

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from .config import UPDATE_RULES
 from .economics import MarketParams, choice_logits, log_rival_mass, price_step
 
 #: bisection halvings: more than enough to reach adjacent float64 numbers from any bracket
@@ -135,10 +136,12 @@ def nash_gap(price: Array, cost: Array, stage: Array, alive: Array, params: Mark
     )
 
 
+#: :func:`nash_gap`, compiled once per number of stages
+certify = jax.jit(nash_gap, static_argnames=("n_stages",))
+
+
 # -- equilibrium solvers ---------------------------------------------------------------------------
 
-#: the price update rules, selectable as ``market.update_rule``
-UPDATE_RULES = ("gradient", "best_response", "sequential_best_response", "fixed_point", "newton")
 
 
 class StageBlocks(NamedTuple):

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from .allocation import share_gains, stage_capacity
+from .allocation import stage_capacity
+from .equilibrium import NashGap, allocation_equilibrium
 from .network import PeerTable
 
 if TYPE_CHECKING:
@@ -37,6 +38,8 @@ STAGE_METRICS = (
     "expected_revenue",  # sum_i p_i * (expected requests of peer i) in the recorded step
     "requests",  # cumulative requests served
     "expected_requests",  # cumulative expected requests (Boltzmann probabilities)
+    "nash_gap",  # max revenue a peer of the stage would gain by best-responding (eq. 6 epsilon)
+    "relative_nash_gap",  # the same relative to that peer's best-response revenue
 )
 
 #: columns of peers.parquet (besides ``step`` and ``agent_id``)
@@ -64,7 +67,8 @@ def peer_columns(peers: PeerTable) -> dict[str, np.ndarray]:
     }
 
 
-def stage_statistics(peers: PeerTable, tick_revenue: np.ndarray, tick_expected_revenue: np.ndarray) -> pd.DataFrame:
+def stage_statistics(peers: PeerTable, tick_revenue: np.ndarray, tick_expected_revenue: np.ndarray,
+                     certificate: NashGap) -> pd.DataFrame:
     """One row per stage with :data:`STAGE_METRICS`, over live peers."""
     live = peers.alive
     frame = pd.DataFrame({
@@ -89,6 +93,8 @@ def stage_statistics(peers: PeerTable, tick_revenue: np.ndarray, tick_expected_r
     capacity = stage_capacity(peers.cost, peers.stage, live, peers.n_stages)
     stats["capacity"] = capacity
     stats["compute_share"] = capacity / capacity.sum()
+    stats["nash_gap"] = np.asarray(certificate.stage_gap)
+    stats["relative_nash_gap"] = np.asarray(certificate.stage_relative_gap)
     stats["peers"] = stats["peers"].fillna(0).astype(np.int64)
     return stats.reset_index()[["stage", *STAGE_METRICS]]
 
@@ -120,10 +126,11 @@ def stage_reporters(n_stages: int) -> dict[str, Any]:
 
 
 def allocation_status(peers: PeerTable) -> dict[str, Any]:
-    """Whether the allocation satisfies eq. 8 for every peer, and the largest share gain left."""
-    _, gain = share_gains(peers.cost, peers.stage, peers.alive, peers.n_stages)
-    return {"efficient": bool(np.all(gain <= 0)), "max_share_gain": float(gain.max(initial=0.0)),
-            "peers_that_would_move": int(np.sum(gain > 0))}
+    """Eq. 8 for every peer (:func:`~p2pllm_abm.equilibrium.allocation_equilibrium`) and balance."""
+    check = allocation_equilibrium(peers.cost, peers.stage, peers.alive, peers.n_stages)
+    return {"efficient": check.efficient, "peers_that_would_move": len(check.violators),
+            "max_share_gain": float(check.share_gain.max(initial=0.0)),
+            "capacity_per_stage": check.capacity_per_stage.tolist(), "capacity_ratio": check.capacity_ratio}
 
 
 def summary(model: P2PLLMModel, wall_time_s: float) -> dict[str, Any]:
@@ -135,6 +142,8 @@ def summary(model: P2PLLMModel, wall_time_s: float) -> dict[str, Any]:
             "peers_per_stage": final["peers"].tolist(),
             "mean_price_per_stage": final["mean_price"].tolist(),
             "compute_share_per_stage": final["compute_share"].tolist(),
+            "nash_gap_per_stage": final["nash_gap"].tolist(),
+            "relative_nash_gap_per_stage": final["relative_nash_gap"].tolist(),
         },
         "allocation": allocation_status(model.peers),
         "wall_time_s": wall_time_s,

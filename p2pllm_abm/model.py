@@ -3,10 +3,12 @@
 Each step runs the paper's phases in order:
 
 1. requests: every client's request is routed by logit choice and pays the chosen peers;
-2. prices: every peer takes a gradient-ascent price step (eq. 5);
+2. prices: every peer updates its price (``market.update_rule``; by default the paper's
+   gradient ascent, eq. 5);
 3. reallocation, every ``allocation.period`` steps (eq. 7-8);
 4. contracts: a hook for the ledger (no ledger yet: it does nothing);
-5. metrics, every ``run.record_interval`` steps.
+5. metrics, every ``run.record_interval`` steps, with each stage's Nash-gap certificate
+   (:func:`~p2pllm_abm.equilibrium.nash_gap`).
 
 Phases 1-2 are jitted JAX over all peers. :meth:`P2PLLMModel.run` fuses the consecutive steps
 between two steps that need phases 3-5 into one compiled call; it gives the same results, bit for
@@ -28,6 +30,7 @@ from .allocation import move_candidates, reallocate
 from .config import ClientsConfig, Config, to_config
 from .dynamics import Environment, initial_state, run_ticks
 from .economics import MarketParams
+from .equilibrium import certify, stage_blocks
 from .metrics import PeerTableCollector, stage_reporters, stage_statistics
 from .network import PeerTable
 from .routing import best_path
@@ -139,10 +142,13 @@ class P2PLLMModel(mesa.Model):
             client_alpha=jnp.asarray(self.client_alpha),
             request_rate=self.config.clients.request_rate,
             params=self.market_params,
+            blocks=stage_blocks(self.peers.stage, self.peers.alive, self.peers.n_stages),
+            damping=self.config.market.damping,
         )
 
     def _market_ticks(self, ticks: int) -> None:
-        self._state = run_ticks(self._state, self._environment, ticks, n_stages=self.peers.n_stages)
+        self._state = run_ticks(self._state, self._environment, ticks, rule=self.config.market.update_rule,
+                                n_stages=self.peers.n_stages)
         self.peers.price = np.asarray(self._state.price)
         self.peers.revenue = np.asarray(self._state.revenue)
         self.peers.requests = np.asarray(self._state.requests)
@@ -165,8 +171,11 @@ class P2PLLMModel(mesa.Model):
         return min(next_event, end) - self.steps
 
     def _record(self) -> None:
+        env = self._environment
+        self.certificate = certify(self._state.price, env.cost, env.stage, env.alive, self.market_params,
+                                   n_stages=self.peers.n_stages)
         self.stage_stats = stage_statistics(self.peers, np.asarray(self._state.tick_revenue),
-                                            np.asarray(self._state.tick_expected_revenue))
+                                            np.asarray(self._state.tick_expected_revenue), self.certificate)
         self._stage_rows.append(self.stage_stats.assign(step=self.steps)[["step", *self.stage_stats.columns]])
         self.datacollector.collect(self)
         self._recorded_step = self.steps
