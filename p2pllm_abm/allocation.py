@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
+#: relative share differences below this are rounding, not gains (capacities are updated
+#: incrementally, so two exactly equal shares can differ in the last bits)
+TIE_TOLERANCE = 1e-12
+
 
 def stage_capacity(cost: np.ndarray, stage: np.ndarray, alive: np.ndarray, n_stages: int) -> np.ndarray:
     """Inverse-cost capacity ``sum_{j in l} 1/c_j`` of every stage ``l`` (live peers only)."""
@@ -29,11 +33,13 @@ def candidate_shares(inverse_cost: np.ndarray, current: np.ndarray, capacity: np
 
 def share_gains(cost: np.ndarray, stage: np.ndarray, alive: np.ndarray, n_stages: int) -> tuple[np.ndarray, np.ndarray]:
     """For every peer, its best stage by eq. 8 and the share it would gain by moving there
-    (gain 0 and best = own stage when it is already in a best stage, and for dead peers)."""
+    (gain 0 and best = own stage when it is already in a best stage up to
+    :data:`TIE_TOLERANCE`, and for dead peers)."""
     shares = candidate_shares(1.0 / cost, stage, stage_capacity(cost, stage, alive, n_stages))
     best = np.argmax(shares, axis=1)
     rows = np.arange(len(cost))
-    gain = np.where(alive, shares[rows, best] - shares[rows, stage], 0.0)
+    current = shares[rows, stage]
+    gain = np.where(alive & (shares[rows, best] > current * (1.0 + TIE_TOLERANCE)), shares[rows, best] - current, 0.0)
     return np.where(gain > 0, best, stage), gain
 
 
@@ -48,7 +54,7 @@ def reallocate(
     """Let ``candidates`` (live peer indices, in the order given) move one after another.
 
     A candidate moves to its eq.-8 optimal stage when the share there exceeds its current share
-    by more than the factor ``1 + hysteresis``; every move updates the capacities the next
+    by more than the factor ``1 + hysteresis`` (and more than rounding, :data:`TIE_TOLERANCE`); every move updates the capacities the next
     candidate sees. Returns the new stage array and the moves as ``(peer, from, to)``.
     """
     stage = stage.copy()
@@ -59,7 +65,7 @@ def reallocate(
         current = int(stage[peer])
         shares = candidate_shares(inverse, current, capacity)
         target = int(np.argmax(shares))
-        if shares[target] > shares[current] * (1.0 + hysteresis):
+        if shares[target] > shares[current] * (1.0 + hysteresis) * (1.0 + TIE_TOLERANCE):
             capacity[current] -= inverse
             capacity[target] += inverse
             stage[peer] = target

@@ -70,12 +70,23 @@ def expected_revenue(
 
 def log_rival_mass(logits: Array, stage: Array, n_stages: int) -> Array:
     """``log sum_{j != i, j in stage(i)} exp(logit_j)``: the rest of peer ``i``'s stage
-    (``-inf`` for a peer alone in its stage)."""
+    (``-inf`` for a peer alone in its stage).
+
+    Computed without cancellation: for every peer but its stage's leader (largest logit) the sum
+    includes the leader's term, so ``sum - own`` shifted by the stage maximum is at least 1; the
+    leader's own rest is summed directly, shifted by the stage's second-largest logit. Exact even
+    when one peer's logit exceeds all others by far more than float64's range (~745)."""
+    peers = jnp.arange(logits.shape[0])
     top = jax.ops.segment_max(logits, stage, num_segments=n_stages)
     top = jnp.where(jnp.isfinite(top), top, 0.0)[stage]
+    leader_index = jax.ops.segment_min(jnp.where(logits == top, peers, logits.shape[0]), stage, num_segments=n_stages)
+    leader = peers == leader_index[stage]
+    second = jax.ops.segment_max(jnp.where(leader, -jnp.inf, logits), stage, num_segments=n_stages)
+    second = jnp.where(jnp.isfinite(second), second, 0.0)[stage]
     own = jnp.exp(logits - top)
-    rivals = jax.ops.segment_sum(own, stage, num_segments=n_stages)[stage] - own
-    return top + jnp.log(jnp.maximum(rivals, 0.0))
+    others = jax.ops.segment_sum(own, stage, num_segments=n_stages)[stage] - own
+    rest = jax.ops.segment_sum(jnp.where(leader, 0.0, jnp.exp(logits - second)), stage, num_segments=n_stages)[stage]
+    return jnp.where(leader, second + jnp.log(rest), top + jnp.log(jnp.maximum(others, 0.0)))
 
 
 def revenue_gradient(

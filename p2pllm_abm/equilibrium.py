@@ -198,7 +198,9 @@ def _stage_foc(q: Array, cost: Array, valid: Array, params: MarketParams) -> Arr
 
 def newton_step(price, cost, stage, alive, params: MarketParams, n_stages: int, blocks: StageBlocks) -> Array:
     """One Newton step on every stage's stacked first-order conditions, with each stage's Jacobian
-    from ``jax.jacfwd``, kept ``>= floor``."""
+    from ``jax.jacfwd``, kept ``>= floor``. Newton converges only near the equilibrium; a stage
+    whose Newton step would not shrink its first-order residual (far from equilibrium, e.g. from
+    p = 1 with widely spread costs) takes a simultaneous best-response step instead."""
     valid = blocks.index >= 0
     gather = jnp.where(valid, blocks.index, 0)
     q, c = jnp.where(valid, price[gather], 0.0), jnp.where(valid, cost[gather], 0.0)
@@ -206,11 +208,16 @@ def newton_step(price, cost, stage, alive, params: MarketParams, n_stages: int, 
     def one_stage(q_s, c_s, valid_s):
         residual = _stage_foc(q_s, c_s, valid_s, params)
         jacobian = jax.jacfwd(_stage_foc)(q_s, c_s, valid_s, params)
-        return q_s - jnp.linalg.solve(jacobian, residual)
+        stepped = jnp.maximum(q_s - jnp.linalg.solve(jacobian, residual), params.price_floor)
+        new_residual = _stage_foc(stepped, c_s, valid_s, params)
+        improves = jnp.all(jnp.isfinite(stepped)) & (jnp.max(jnp.abs(new_residual)) < jnp.max(jnp.abs(residual)))
+        return stepped, improves
 
-    stepped = jnp.maximum(jax.vmap(one_stage)(q, c, valid), params.price_floor)
+    stepped, improves = jax.vmap(one_stage)(q, c, valid)
     updated = price.at[jnp.where(valid, blocks.index, price.shape[0])].set(stepped, mode="drop")
-    return jnp.where(alive, updated, price)
+    newton = jnp.where(alive, updated, price)
+    fallback = best_response(price, cost, stage, alive, params, n_stages)
+    return jnp.where(improves[stage], newton, fallback)
 
 
 def price_update(rule: str, price, cost, stage, alive, params: MarketParams, n_stages: int,
@@ -348,8 +355,10 @@ def diagnose_gradient_ascent(price, cost, stage, alive, params: MarketParams, n_
                              tol: float = 1e-8, max_iterations: int = 5000) -> GradientDiagnosis:
     """Run the paper's eq. 5 from ``price`` and classify it from its certified gap history:
     converged (gap <= tol), diverging (a price or the gap leaves every bound: a stage without a
-    best response), oscillating (the gap stops falling: the last quarter of the run gets no closer
-    than the quarter before) or slow (still falling at ``max_iterations``)."""
+    best response), oscillating (the gap stops falling -- its peak over the last quarter of the run
+    is at least half its peak over the quarter before -- and goes up in more than a fifth of the
+    last quarter's iterations) or
+    slow (not yet at ``tol`` after ``max_iterations``, but not oscillating)."""
     import numpy as np
 
     run = solve_equilibrium("gradient", price, cost, stage, alive, params, n_stages, tol=tol,
@@ -357,7 +366,7 @@ def diagnose_gradient_ascent(price, cost, stage, alive, params: MarketParams, n_
     gaps = np.asarray(run.gap_history)
     bound = np.nan
     if np.all(np.isfinite(gaps)):
-        equilibrium = solve_equilibrium("newton", price, cost, stage, alive, params, n_stages)
+        equilibrium = solve_equilibrium("sequential_best_response", price, cost, stage, alive, params, n_stages)
         bound = stable_eta(equilibrium.price, cost, stage, alive, params, n_stages) if equilibrium.converged else np.nan
     below = np.flatnonzero(gaps <= tol)
     first = int(below[0]) if len(below) else None
@@ -369,11 +378,14 @@ def diagnose_gradient_ascent(price, cost, stage, alive, params: MarketParams, n_
                                         "its price rises without bound")
     else:
         quarter = max(len(gaps) // 4, 1)
-        stalled = gaps[-quarter:].min() >= 0.5 * gaps[-2 * quarter:-quarter].min()
-        status = "oscillating" if stalled else "slow"
-        message = (f"eta = {eta:g} is beyond the stable range (eta < {bound:.4g}): the gap stalls at "
-                   f"{gaps[-quarter:].min():.3g}" if stalled else
-                   f"gap still falling after {max_iterations} iterations ({gaps[-1]:.3g})")
+        last = gaps[-quarter - 1:]
+        stalled = last.max() >= 0.5 * gaps[-2 * quarter - 1:-quarter].max()
+        oscillating = stalled and np.mean(np.diff(last) > 0) > 0.2
+        status = "oscillating" if oscillating else "slow"
+        message = (f"eta = {eta:g} is beyond the stable range (eta < {bound:.4g}): the gap oscillates at "
+                   f"{last.min():.3g} or above" if oscillating else
+                   f"gap {gaps[-1]:.3g} after {max_iterations} iterations, not yet <= {tol:g} "
+                   f"(eta = {eta:g}, stable below {bound:.4g})")
     return GradientDiagnosis(status, message, first, float(gaps[-1]), eta, float(bound), run.gap_history)
 
 
@@ -408,3 +420,74 @@ def allocation_equilibrium(cost, stage, alive, n_stages: int) -> AllocationCheck
         capacity_per_stage=capacity,
         capacity_ratio=float(capacity.max() / capacity.min()) if capacity.min() > 0 else float("inf"),
     )
+
+
+# -- heterogeneous clients: a mixture of logits -----------------------------------------------------
+
+#: grid points per peer for the mixture best response, before local refinement
+_MIXTURE_GRID = 512
+
+
+def mixture_revenue(q, price, cost, stage, alive, class_alpha, class_weight, temperature: float, demand: float,
+                    n_stages: int) -> Array:
+    """Every peer's revenue at own price ``q`` (rivals at ``price``) when a share ``class_weight[k]``
+    of requests scores peers with ``class_alpha[k]``: ``D q sum_k w_k P_ik(q)``."""
+    def one_class(alpha):
+        logits = choice_logits(price, cost, alive, alpha, temperature)
+        rivals = log_rival_mass(logits, stage, n_stages)
+        return jax.nn.sigmoid(-(alpha * q + (1.0 - alpha) * cost) / temperature - rivals)
+
+    return demand * q * (class_weight @ jax.vmap(one_class)(class_alpha))
+
+
+@partial(jax.jit, static_argnames=("n_stages",))
+def mixture_best_response(price, cost, stage, alive, class_alpha, class_weight, temperature: float, demand: float,
+                          price_floor: float, n_stages: int) -> tuple[Array, Array]:
+    """Best responses when clients are a mixture of logit classes, where the closed-form FOC no
+    longer applies: a bounded 1-D maximisation per peer. Each class's revenue term rises up to its
+    own peak in ``[T/alpha_k, (1 + log1p(exp(x_k - 1 - L_k))) T/alpha_k]`` and falls after it, so the
+    mixture's maximum lies in ``[min_k T/alpha_k, max_k upper_k]`` (or at the floor); a grid over
+    that interval locates it and bisection on the ``jax.grad`` derivative refines it between the
+    grid neighbours. Returns ``(best_response, best_revenue)`` per peer (``inf`` for a lone peer)."""
+    def revenue(q):
+        return mixture_revenue(q, price, cost, stage, alive, class_alpha, class_weight, temperature, demand, n_stages)
+
+    def slope(q):
+        return jax.grad(lambda z: jnp.sum(revenue(z)))(q)
+
+    logits = jax.vmap(lambda a: choice_logits(price, cost, alive, a, temperature))(class_alpha)
+    rivals = jax.vmap(lambda lg: log_rival_mass(lg, stage, n_stages))(logits)  # (classes, n)
+    own_at_zero = -(1.0 - class_alpha[:, None]) * cost / temperature
+    upper = jnp.max((1.0 + jnp.logaddexp(0.0, own_at_zero - 1.0 - rivals)) * temperature / class_alpha[:, None], axis=0)
+    lower = jnp.maximum(jnp.min(temperature / class_alpha), price_floor)
+    upper = jnp.maximum(jnp.where(jnp.isfinite(upper), upper, lower), lower)
+    grid = lower + (upper - lower) * jnp.linspace(0.0, 1.0, _MIXTURE_GRID)[:, None]  # (grid, n)
+    values = jax.vmap(revenue)(grid)
+    k = jnp.argmax(values, axis=0)
+    columns = jnp.arange(price.shape[0])
+    left = grid[jnp.maximum(k - 1, 0), columns]
+    right = grid[jnp.minimum(k + 1, _MIXTURE_GRID - 1), columns]
+    bracketed = (slope(left) >= 0) & (slope(right) <= 0)
+    refined = _bisect_decreasing(slope, left, right)
+    candidate = jnp.where(bracketed, refined, grid[k, columns])
+    at_grid = values[k, columns]
+    response = jnp.where(revenue(candidate) >= at_grid, candidate, grid[k, columns])
+    unbounded = ~jnp.all(jnp.isfinite(rivals), axis=0)
+    response = jnp.where(unbounded, jnp.inf, response)
+    best = jnp.where(unbounded, jnp.inf, revenue(jnp.where(unbounded, 0.0, response)))
+    return jnp.where(alive, response, price), best
+
+
+def mixture_nash_gap(price, cost, stage, alive, class_alpha, class_weight, temperature: float, demand: float,
+                     price_floor: float, n_stages: int) -> tuple[Array, Array]:
+    """Per-peer gain and per-stage epsilon-Nash gap under a mixture of logit classes."""
+    class_alpha, class_weight = jnp.asarray(class_alpha, dtype=float), jnp.asarray(class_weight, dtype=float)
+    if not bool(jnp.all(class_alpha > 0)) or not bool(jnp.all(class_alpha <= 1)):
+        raise ValueError(f"class_alpha = {class_alpha.tolist()} is invalid: allowed 0 < alpha <= 1 for every class")
+    if not bool(jnp.all(class_weight >= 0)) or abs(float(jnp.sum(class_weight)) - 1.0) > 1e-12:
+        raise ValueError(f"class_weight = {class_weight.tolist()} is invalid: allowed weights >= 0 summing to 1")
+    _, best = mixture_best_response(price, cost, stage, alive, class_alpha, class_weight, temperature, demand,
+                                    price_floor, n_stages)
+    now = mixture_revenue(price, price, cost, stage, alive, class_alpha, class_weight, temperature, demand, n_stages)
+    gain = jnp.where(alive, jnp.maximum(best - now, 0.0), 0.0)
+    return gain, jax.ops.segment_max(gain, stage, num_segments=n_stages)

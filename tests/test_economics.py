@@ -7,6 +7,7 @@ import pytest
 from scipy import stats
 
 from p2pllm_abm.dynamics import Environment, logit_choices
+from p2pllm_abm.equilibrium import stage_blocks
 from p2pllm_abm.economics import (
     MarketParams,
     choice_probabilities,
@@ -125,7 +126,8 @@ def test_gumbel_choices_realise_boltzmann_probabilities():
     price, cost, stage, alive = random_market(2, n=20, n_stages=2)
     cost = cost * 0.05  # keep probabilities away from 0 so that every cell is testable
     clients = 40_000
-    env = Environment(cost, stage, alive, jnp.full(clients, 0.4), 1.0, params(temperature=1.5))
+    env = Environment(cost, stage, alive, jnp.full(clients, 0.4), 1.0, params(temperature=1.5),
+                      stage_blocks(stage, alive, 2), 0.5)
     chosen, probs = logit_choices(jax.random.key(0), env, price, 2)
     boltzmann = np.asarray(choice_probabilities(price, cost, stage, alive, 0.4, 1.5, 2))
     np.testing.assert_allclose(np.asarray(probs[0]), boltzmann, atol=1e-15)
@@ -135,3 +137,17 @@ def test_gumbel_choices_realise_boltzmann_probabilities():
         assert counts.sum() == counts[members].sum() == clients  # only live peers of stage s
         result = stats.chisquare(counts[members], clients * boltzmann[members])
         assert result.pvalue > 1e-3
+
+
+def test_rival_mass_is_exact_when_one_peer_dominates_beyond_float_range():
+    """Leave-one-out sums do not cancel: logits 2000 apart still give the exact rest of the stage."""
+    from p2pllm_abm.economics import log_rival_mass
+
+    logits = jnp.array([0.0, -2000.0, -2001.0, 5.0, -jnp.inf])
+    stage = jnp.array([0, 0, 0, 1, 0])
+    got = np.asarray(log_rival_mass(logits, stage, 2))
+    assert got[0] == pytest.approx(np.logaddexp(-2000.0, -2001.0), rel=1e-15)
+    assert got[1] == pytest.approx(np.logaddexp(0.0, -2001.0), abs=1e-15)
+    assert got[3] == -np.inf  # alone in stage 1
+    for (a, b) in ((jnp.array([1.0, 1.0]), jnp.array([0, 0])),):  # ties: each sees the other
+        np.testing.assert_allclose(log_rival_mass(a, b, 1), [1.0, 1.0], atol=1e-15)

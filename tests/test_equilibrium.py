@@ -171,3 +171,45 @@ def test_model_gap_decreases_under_gradient_ascent():
     model.run(500)
     gaps = model.metrics_frame().groupby("step")["nash_gap"].max()
     assert gaps.iloc[-1] < 1e-3 * gaps.iloc[0]
+
+
+def mixture_revenue_numpy(i, q, price, cost, stage, alphas, weights, temperature):
+    prices = price.copy()
+    prices[i] = q
+    members = np.flatnonzero(stage == stage[i])
+    total = 0.0
+    for alpha, weight in zip(alphas, weights):
+        logits = -(alpha * prices[members] + (1 - alpha) * cost[members]) / temperature
+        probs = np.exp(logits - logits.max())
+        total += weight * (probs / probs.sum())[members == i][0]
+    return q * total
+
+
+def test_mixture_with_one_class_equals_the_closed_form_best_response():
+    from p2pllm_abm.equilibrium import mixture_best_response
+
+    price, cost, stage, alive = heterogeneous(2)
+    response, _ = mixture_best_response(price, cost, stage, alive, np.array([0.6]), np.array([1.0]), 1.3, 1.0, 0.0, 3)
+    np.testing.assert_allclose(response, best_response(price, cost, stage, alive, params(0.6, 1.3), 3), rtol=1e-12)
+
+
+def test_mixture_best_response_beats_an_exhaustive_search():
+    from p2pllm_abm.equilibrium import mixture_best_response, mixture_nash_gap
+
+    price, cost, stage, alive = heterogeneous(4, spread=10.0)
+    alphas, weights, temperature = np.array([0.15, 0.85]), np.array([0.3, 0.7]), 1.0
+    response, best = map(np.asarray, mixture_best_response(price, cost, stage, alive, alphas, weights,
+                                                           temperature, 1.0, 0.0, 3))
+    for i in range(len(price)):
+        grid = np.linspace(0, 40, 8001)
+        values = [mixture_revenue_numpy(i, q, price, cost, stage, alphas, weights, temperature) for q in grid]
+        k = int(np.argmax(values))
+        refined = minimize_scalar(lambda q: -mixture_revenue_numpy(i, q, price, cost, stage, alphas, weights, temperature),
+                                  bounds=(grid[max(k - 1, 0)], grid[k + 1]), method="bounded", options={"xatol": 1e-12})
+        assert best[i] >= max(values[k], -refined.fun) - 1e-12
+        assert best[i] == pytest.approx(mixture_revenue_numpy(i, response[i], price, cost, stage, alphas, weights,
+                                                              temperature), rel=1e-12)
+    gain, stage_gap = mixture_nash_gap(price, cost, stage, alive, alphas, weights, temperature, 1.0, 0.0, 3)
+    assert np.all(np.asarray(gain) >= 0) and float(np.max(stage_gap)) > 0
+    with pytest.raises(ValueError, match="class_weight"):
+        mixture_nash_gap(price, cost, stage, alive, alphas, np.array([0.5, 0.6]), temperature, 1.0, 0.0, 3)
