@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench clean
+.PHONY: run test bench bench-equilibrium verify clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -20,6 +20,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.core
+
+bench-equilibrium: $(STAMP)
+	$(BIN)/python -m benchmarks.equilibrium
+
+# The equilibrium verification experiment (table + figures in outputs/equilibrium_verification).
+verify: $(STAMP)
+	$(BIN)/python -m experiments.equilibrium_verification
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 import p2pllm_abm  # noqa: F401  (float64)
+from p2pllm_abm.cli import quiet_library_logs
 from p2pllm_abm.economics import MarketParams
 from p2pllm_abm.equilibrium import diagnose_gradient_ascent, solve_equilibrium, stable_eta
 
@@ -116,6 +117,7 @@ def findings(results: pd.DataFrame) -> str:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="equilibrium_verification", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    quiet_library_logs()
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cases = list(itertools.product(cfg.alphas, cfg.temperatures, cfg.stage_sizes, cfg.seeds))

@@ -48,8 +48,13 @@ def run_experiment(config: Config, outdir: Path) -> P2PLLMModel:
     return model
 
 
+def quiet_library_logs() -> None:
+    """Hydra logs at INFO; Mesa logs every step there and JAX its accelerator search."""
+    for noisy in ("MESA", "jax._src.xla_bridge"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    for noisy in ("MESA", "jax._src.xla_bridge"):  # Mesa logs every step at INFO, JAX its backend search
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_library_logs()
     run_experiment(to_config(cfg), Path(HydraConfig.get().runtime.output_dir))

@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 from .config import UPDATE_RULES
@@ -76,22 +77,28 @@ def _stage_terms(price: Array, cost: Array, stage: Array, alive: Array, params: 
     return own_logit_at_zero, slope, log_rival_mass(logits, stage, n_stages)
 
 
+def _root_of_foc(x: Array, b: Array, rivals: Array, price_floor: float) -> Array:
+    """The best response given the terms of :func:`_stage_terms`: bisection on the first-order
+    condition over ``[1/b, (1 + log1p(exp(x - 1 - L)))/b]``, then the floor; ``inf`` when
+    unbounded (no rival, or ``b = 0``)."""
+    safe_b = jnp.where(b > 0, b, 1.0)
+
+    def foc(q):
+        return 1.0 - safe_b * q * jax.nn.sigmoid(safe_b * q + rivals - x)
+
+    low = jnp.ones_like(x) / safe_b
+    high = (1.0 + jnp.logaddexp(0.0, x - 1.0 - rivals)) / safe_b
+    root = _bisect_decreasing(foc, low, jnp.where(jnp.isfinite(high), high, low))
+    return jnp.where(jnp.isfinite(rivals) & (b > 0), jnp.maximum(root, price_floor), jnp.inf)
+
+
 def best_response(price: Array, cost: Array, stage: Array, alive: Array, params: MarketParams, n_stages: int) -> Array:
     """Every peer's best-response price to its rivals' current prices: the root of the
     first-order condition ``1 = (alpha/T) q (1 - P_i(q))`` by bisection on the bracket
     ``[1/b, (1 + log1p(exp(x - 1 - L)))/b]``, then ``max(floor, root)``. ``inf`` for a peer with
     no rival or when ``alpha = 0``; dead peers keep their price."""
     x, b, rivals = _stage_terms(price, cost, stage, alive, params, n_stages)
-    safe_b = jnp.where(b > 0, b, 1.0)
-
-    def foc(q):
-        return 1.0 - safe_b * q * jax.nn.sigmoid(safe_b * q + rivals - x)
-
-    low = jnp.full_like(price, 1.0) / safe_b
-    high = (1.0 + jnp.logaddexp(0.0, x - 1.0 - rivals)) / safe_b
-    root = _bisect_decreasing(foc, low, jnp.where(jnp.isfinite(high), high, low))
-    response = jnp.where(jnp.isfinite(rivals) & (b > 0), jnp.maximum(root, params.price_floor), jnp.inf)
-    return jnp.where(alive, response, price)
+    return jnp.where(alive, _root_of_foc(x, b * jnp.ones_like(x), rivals, params.price_floor), price)
 
 
 def _gains(price, cost, stage, alive, params: MarketParams, n_stages: int):
@@ -149,22 +156,17 @@ class StageBlocks(NamedTuple):
     ``k``-th live peer of stage ``s`` (``-1`` pads stages smaller than the largest)."""
 
     index: Array  #: int (n_stages, max_stage_size)
-    slot: Array  #: int (n,), a peer's ``k`` within its stage (-1 for dead peers)
 
 
 def stage_blocks(stage, alive, n_stages: int) -> StageBlocks:
     """Build :class:`StageBlocks` from numpy arrays (outside jit: the block width is static)."""
-    import numpy as np
-
     stage, alive = np.asarray(stage), np.asarray(alive)
     counts = np.bincount(stage[alive], minlength=n_stages)
     index = np.full((n_stages, max(int(counts.max(initial=0)), 1)), -1, dtype=np.int64)
-    slot = np.full(len(stage), -1, dtype=np.int64)
     for s in range(n_stages):
         members = np.flatnonzero(alive & (stage == s))
         index[s, : len(members)] = members
-        slot[members] = np.arange(len(members))
-    return StageBlocks(jnp.asarray(index), jnp.asarray(slot))
+    return StageBlocks(jnp.asarray(index))
 
 
 def fixed_point_step(price, cost, stage, alive, params: MarketParams, n_stages: int, damping: float) -> Array:
@@ -180,9 +182,15 @@ def fixed_point_step(price, cost, stage, alive, params: MarketParams, n_stages: 
 def sequential_best_response_step(price, cost, stage, alive, params: MarketParams, n_stages: int,
                                   blocks: StageBlocks) -> Array:
     """One Gauss-Seidel sweep: the ``k``-th peer of every stage best-responds, for k = 0, 1, ...,
-    each seeing the responses before it (stages are independent games, so they move together)."""
+    each seeing the responses before it (stages are independent games, so they move together).
+    Only the ``n_stages`` responding peers are solved at each ``k``."""
     def respond(k, p):
-        return jnp.where(blocks.slot == k, best_response(p, cost, stage, alive, params, n_stages), p)
+        movers = blocks.index[:, k]
+        valid = movers >= 0
+        movers = jnp.where(valid, movers, 0)
+        x, b, rivals = _stage_terms(p, cost, stage, alive, params, n_stages)
+        response = _root_of_foc(x[movers], b * jnp.ones(movers.shape), rivals[movers], params.price_floor)
+        return p.at[jnp.where(valid, movers, p.shape[0])].set(response, mode="drop")
 
     return jax.lax.fori_loop(0, blocks.index.shape[1], respond, price)
 
@@ -313,8 +321,6 @@ def _stage_gradient(q: Array, cost: Array, valid: Array, params: MarketParams) -
 def gradient_jacobian_eigenvalues(price, cost, stage, alive, params: MarketParams, n_stages: int) -> list:
     """Per stage, the eigenvalues of the Jacobian ``H`` of the price gradient at ``price`` (by
     ``jax.jacfwd``). Eq. 5 maps ``p -> p + eta g(p)``, whose Jacobian is ``I + eta H``."""
-    import numpy as np
-
     blocks = stage_blocks(stage, alive, n_stages)
     valid = blocks.index >= 0
     gather = jnp.where(valid, blocks.index, 0)
@@ -329,8 +335,6 @@ def stable_eta(price, cost, stage, alive, params: MarketParams, n_stages: int) -
     the spectral radius of ``I + eta H`` is below 1 iff ``eta < min over eigenvalues of
     -2 Re(lambda) / |lambda|^2`` (every ``Re(lambda) < 0``). 0 when some eigenvalue has
     ``Re(lambda) >= 0`` (no step size is stable); ``inf`` for a stage whose Jacobian vanishes."""
-    import numpy as np
-
     bound = np.inf
     for eigenvalues in gradient_jacobian_eigenvalues(price, cost, stage, alive, params, n_stages):
         eigenvalues = eigenvalues[np.abs(eigenvalues) > 0]
@@ -359,8 +363,6 @@ def diagnose_gradient_ascent(price, cost, stage, alive, params: MarketParams, n_
     is at least half its peak over the quarter before -- and goes up in more than a fifth of the
     last quarter's iterations) or
     slow (not yet at ``tol`` after ``max_iterations``, but not oscillating)."""
-    import numpy as np
-
     run = solve_equilibrium("gradient", price, cost, stage, alive, params, n_stages, tol=tol,
                             price_tol=np.inf, max_iterations=max_iterations)
     gaps = np.asarray(run.gap_history)
@@ -403,8 +405,6 @@ class AllocationCheck(NamedTuple):
 
 def allocation_equilibrium(cost, stage, alive, n_stages: int) -> AllocationCheck:
     """Check eq. 8 for every live peer and report the balance of the allocation."""
-    import numpy as np
-
     from .allocation import share_gains, stage_capacity
 
     cost, stage, alive = np.asarray(cost), np.asarray(stage), np.asarray(alive)
