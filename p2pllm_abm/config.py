@@ -21,6 +21,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 UPDATE_RULES = ("gradient", "best_response", "sequential_best_response", "fixed_point", "newton")
 ALPHA_DISTRIBUTIONS = ("fixed", "uniform", "beta")
+ROUTINGS = ("stage", "path")
 REFERENCES = ("paper_table1",)
 
 
@@ -32,7 +33,10 @@ class NetworkConfig:
     stages: int = 4  #: m, number of model stages ("layers" in the paper)
     #: peers per stage at step 0; None splits ``peers`` as evenly as possible
     initial_distribution: list[int] | None = None
-    cost_range: list[float] = field(default_factory=lambda: [1.0, 50.0])  #: c_i ~ U(lo, hi), ms
+    #: probabilities of span lengths 1, 2, ...: a peer serves ``length`` consecutive stages from its
+    #: first stage (Petals-style spans); [1.0] = one stage per peer, as in the paper
+    span_length_probs: list[float] = field(default_factory=lambda: [1.0])
+    cost_range: list[float] = field(default_factory=lambda: [1.0, 50.0])  #: c_i ~ U(lo, hi) per stage served, ms
     latency_range: list[float] = field(default_factory=lambda: [1.0, 20.0])  #: l_ij in [lo, hi], ms
     initial_price: float = 1.0  #: p_i at step 0
 
@@ -72,6 +76,12 @@ class ClientsConfig:
     #: fixed: [] (= market.alpha) or [a]; uniform: [low, high]; beta: [a, b]
     alpha_params: list[float] = field(default_factory=list)
     request_rate: float = 1.0  #: probability that a client sends a request in a step
+    #: how a request picks its peers: "stage" (the paper's market: per stage, the smallest eq.-1
+    #: weight plus Gumbel noise of scale T; latency ignored) or "path" (the whole path with the
+    #: smallest sum of noisy weights plus (1 - alpha) x latencies, client endpoints included)
+    routing: str = "stage"
+    #: realised path price and time are recorded per request class: equal-width bins of client alpha
+    request_classes: int = 4
 
 
 @dataclass
@@ -154,6 +164,10 @@ def validate(cfg: Config) -> Config:
              "at least 1 peer in every stage at start")
     _require(sum(dist) == net.peers, "network.initial_distribution", dist,
              f"counts summing to network.peers = {net.peers}")
+    probs = list(net.span_length_probs)
+    _require(1 <= len(probs) <= net.stages and all(_finite(q) and q >= 0 for q in probs)
+             and abs(sum(probs) - 1.0) <= 1e-9, "network.span_length_probs", probs,
+             f"probabilities of lengths 1..k (k <= network.stages = {net.stages}), each >= 0, summing to 1")
     _range_pair(net.cost_range, "network.cost_range", lower=0.0)
     _require(net.cost_range[1] > 0, "network.cost_range", list(net.cost_range), "high > 0")
     _range_pair(net.latency_range, "network.latency_range", lower=0.0)
@@ -171,6 +185,10 @@ def validate(cfg: Config) -> Config:
     _require(_finite(mkt.price_floor) and mkt.price_floor >= 0, "market.price_floor", mkt.price_floor,
              "a finite floor >= 0")
 
+    single_stage = all(q == 0 for q in probs[1:])
+    _require(not alloc.enabled or single_stage, "allocation.enabled", alloc.enabled,
+             "false when network.span_length_probs allows spans longer than one stage "
+             "(eq. 7-8 move peers between single stages)")
     _require(alloc.period >= 1, "allocation.period", alloc.period, "an integer >= 1")
     _require(_finite(alloc.move_fraction) and 0.0 < alloc.move_fraction <= 1.0,
              "allocation.move_fraction", alloc.move_fraction, "0 < move_fraction <= 1")
@@ -180,6 +198,10 @@ def validate(cfg: Config) -> Config:
     _require(cli.count >= 0, "clients.count", cli.count, "an integer >= 0")
     _require(_finite(cli.request_rate) and 0.0 < cli.request_rate <= 1.0, "clients.request_rate",
              cli.request_rate, "0 < rate <= 1 (probability of one request per client per step)")
+    _require(cli.routing in ROUTINGS, "clients.routing", cli.routing, f"one of {ROUTINGS}")
+    _require(cli.routing == "path" or single_stage, "clients.routing", cli.routing,
+             "'path' when network.span_length_probs allows spans longer than one stage")
+    _require(cli.request_classes >= 1, "clients.request_classes", cli.request_classes, "an integer >= 1")
     _require(cli.alpha_distribution in ALPHA_DISTRIBUTIONS, "clients.alpha_distribution",
              cli.alpha_distribution, f"one of {ALPHA_DISTRIBUTIONS}")
     params = list(cli.alpha_params)

@@ -1,12 +1,22 @@
 """Consecutive market ticks fused into one jitted call (paper section 5.1, phases 1-2).
 
-A tick is: (1) every client sends a request with probability ``request_rate``; the request picks
-in each stage the peer with the smallest weight plus Gumbel noise of scale T (the logit choice,
-which realises exactly the Boltzmann probabilities of eq. 3) and pays each chosen peer its
-current price; (2) every peer updates its price by ``market.update_rule`` (the paper's eq. 5
-by default; see :mod:`p2pllm_abm.equilibrium` for the others). Ticks between two events that need
-Python (reallocation, metrics) run inside a single ``lax.fori_loop``: a call into JAX costs about
-70 us, one tick at 10^4 peers about as much.
+A tick is: (1) every client sends a request with probability ``request_rate`` and the request is
+routed and pays each peer on its path its current price; (2) every peer updates its price by
+``market.update_rule`` (the paper's eq. 5 by default; see :mod:`p2pllm_abm.equilibrium` for the
+others). Requests are routed by ``clients.routing``:
+
+- ``"stage"`` (the paper's market): in each stage the peer with the smallest eq.-1 weight plus
+  Gumbel noise of scale T, the logit choice that realises exactly the Boltzmann probabilities of
+  eq. 3; latency plays no part in the choice.
+- ``"path"``: the whole path with the smallest sum of the same noisy weights plus ``(1 - alpha)``
+  times its latencies (client to first peer, hop by hop, last peer back to the client): Alg. 2
+  on perturbed weights, boundary by boundary. Without latency it makes exactly the stage choice;
+  it also routes spans.
+
+Either way the realised path's total price and time (costs plus latencies) are summed per request
+class (client alpha bin) for the metrics. Ticks between two events that need Python
+(reallocation, metrics) run inside a single ``lax.fori_loop``: a call into JAX costs about 70 us,
+one tick at 10^4 peers about as much.
 """
 
 from __future__ import annotations
@@ -20,10 +30,12 @@ from jax import Array
 
 from .economics import MarketParams, choice_logits, stage_logsumexp
 from .equilibrium import StageBlocks, price_update
+from .network import latency
 
 
 class MarketState(NamedTuple):
-    """What changes from tick to tick. Revenues and requests are per peer."""
+    """What changes from tick to tick. Revenues and requests are per peer; the ``class_*`` sums are
+    per request class, since the model last recorded them."""
 
     price: Array
     key: Array
@@ -32,6 +44,19 @@ class MarketState(NamedTuple):
     expected_requests: Array  #: cumulative sum over ticks of each requesting client's P_ci
     tick_revenue: Array  #: realised revenue in the last tick
     tick_expected_revenue: Array  #: p_i * sum_c active_c P_ci in the last tick
+    class_requests: Array  #: routed requests per class
+    class_price: Array  #: sum of their paths' total prices
+    class_time: Array  #: sum of their paths' total times (compute costs + latencies)
+
+
+class Geometry(NamedTuple):
+    """Where peers and clients are, for latencies (``l = low + (high - low) |a - b| / sqrt 2``)."""
+
+    position: Array  #: (n, 2) peers in the unit square
+    client_position: Array  #: (clients, 2)
+    latency_range: tuple[float, float]
+    ends: Array  #: (n_stages + 1, width) live peers by the boundary their span ends at, -1 pads
+    client_class: Array  #: (clients, classes) one-hot request class of every client
 
 
 class Environment(NamedTuple):
@@ -43,13 +68,26 @@ class Environment(NamedTuple):
     client_alpha: Array  #: one alpha per client
     request_rate: float
     params: MarketParams
-    blocks: StageBlocks  #: live peers by stage, for the sequential and Newton rules
+    blocks: StageBlocks  #: live peers by (first) stage: the sequential and Newton rules, path routing
     damping: float  #: of the fixed-point rule
+    geometry: Geometry
 
 
-def initial_state(price: Array, key: Array) -> MarketState:
-    zeros = jnp.zeros_like(price)
-    return MarketState(price, key, zeros, zeros, zeros, zeros, zeros)
+def initial_state(price: Array, key: Array, classes: int) -> MarketState:
+    zeros, per_class = jnp.zeros_like(price), jnp.zeros(classes, dtype=price.dtype)
+    return MarketState(price, key, zeros, zeros, zeros, zeros, zeros, per_class, per_class, per_class)
+
+
+def _client_probabilities(env: Environment, price: Array, alpha: Array, n_stages: int) -> tuple[Array, Array]:
+    """A client's logits ``-w_i / T`` and Boltzmann probabilities (eq. 3) over every peer."""
+    logits = choice_logits(price, env.cost, env.alive, alpha, env.params.temperature)
+    return logits, jnp.exp(logits - stage_logsumexp(logits, env.stage, n_stages)[env.stage])
+
+
+def _gumbel(key: Array, env: Environment, price: Array) -> Array:
+    # float32 noise: 3x cheaper to draw than float64 and only ties closer than ~1e-7 differ
+    noise = jax.random.gumbel(key, (env.client_alpha.shape[0], price.shape[0]), dtype=jnp.float32)
+    return noise.astype(price.dtype)
 
 
 def logit_choices(key: Array, env: Environment, price: Array, n_stages: int) -> tuple[Array, Array]:
@@ -59,31 +97,97 @@ def logit_choices(key: Array, env: Environment, price: Array, n_stages: int) -> 
     peers = jnp.arange(price.shape[0])
 
     def one_client(alpha: Array, noise: Array) -> tuple[Array, Array]:
-        logits = choice_logits(price, env.cost, env.alive, alpha, env.params.temperature)
+        logits, probs = _client_probabilities(env, price, alpha, n_stages)
         perturbed = logits + noise
         best = jax.ops.segment_max(perturbed, env.stage, num_segments=n_stages)
         winner = jnp.where(perturbed == best[env.stage], peers, -1)
-        chosen = jax.ops.segment_max(winner, env.stage, num_segments=n_stages)
-        probs = jnp.exp(logits - stage_logsumexp(logits, env.stage, n_stages)[env.stage])
-        return chosen, probs
+        return jax.ops.segment_max(winner, env.stage, num_segments=n_stages), probs
 
-    # float32 noise: 3x cheaper to draw than float64 and only ties closer than ~1e-7 differ
-    noise = jax.random.gumbel(key, (env.client_alpha.shape[0], price.shape[0]), dtype=jnp.float32)
-    return jax.vmap(one_client)(env.client_alpha, noise.astype(price.dtype))
+    return jax.vmap(one_client)(env.client_alpha, _gumbel(key, env, price))
 
 
-def tick(state: MarketState, env: Environment, rule: str, n_stages: int) -> MarketState:
-    """One tick: requests routed and paid at current prices, then the price update ``rule``."""
+def path_choices(key: Array, env: Environment, price: Array, n_stages: int) -> tuple[Array, Array]:
+    """Each client's path, shape ``(clients, n_stages)``, peers in order and right-aligned (``-1``
+    pads a path of spans shorter than ``n_stages``; a row of ``-1`` when no path exists): the path
+    minimising ``sum (w_v - T G_v) + (1 - alpha) sum latencies`` by Alg. 2 over the boundaries.
+    Also the Boltzmann probabilities of eq. 3, as :func:`logit_choices` returns them."""
+    n = price.shape[0]
+    geo = env.geometry
+    low, high = geo.latency_range
+    source_row = jnp.full(geo.ends.shape[1], -1).at[0].set(n)  # the client, as node n
+
+    def one_client(alpha: Array, noise: Array, home: Array) -> tuple[Array, Array]:
+        logits, probs = _client_probabilities(env, price, alpha, n_stages)
+        score = -env.params.temperature * (logits + noise)  # w_v - T G_v; inf for dead peers
+        position = jnp.concatenate([geo.position, home[None, :]])
+
+        def relax(boundary, carry):
+            dist, previous = carry
+            heads = env.blocks.index[boundary]
+            tails = jnp.where(boundary == 0, source_row, geo.ends[boundary])
+            h, t = jnp.maximum(heads, 0), jnp.where(tails >= 0, tails, n)
+            hop = (1.0 - alpha) * latency(position[t][None, :, :], position[h][:, None, :], (low, high))
+            candidates = jnp.where(tails[None, :] >= 0, dist[t][None, :] + hop, jnp.inf)
+            best = jnp.argmin(candidates, axis=1)
+            arrival = jnp.take_along_axis(candidates, best[:, None], axis=1)[:, 0] + score[h]
+            target = jnp.where(heads >= 0, heads, n + 1)
+            return dist.at[target].set(arrival, mode="drop"), previous.at[target].set(t[best], mode="drop")
+
+        dist = jnp.full(n + 1, jnp.inf).at[n].set(0.0)
+        dist, previous = jax.lax.fori_loop(0, n_stages, relax, (dist, jnp.full(n, n)))
+        last = geo.ends[n_stages]
+        ended = jnp.maximum(last, 0)
+        totals = jnp.where(last >= 0, dist[ended] + (1.0 - alpha) * latency(position[ended], home, (low, high)),
+                           jnp.inf)
+        node = jnp.where(jnp.isfinite(jnp.min(totals)), ended[jnp.argmin(totals)], n)
+
+        def trace(k, carry):
+            node, path = carry
+            on_path = node < n
+            path = path.at[n_stages - 1 - k].set(jnp.where(on_path, node, -1))
+            return jnp.where(on_path, previous[jnp.minimum(node, n - 1)], n), path
+
+        return jax.lax.fori_loop(0, n_stages, trace, (node, jnp.full(n_stages, -1)))[1], probs
+
+    return jax.vmap(one_client)(env.client_alpha, _gumbel(key, env, price), geo.client_position)
+
+
+def path_totals(paths: Array, env: Environment, price: Array) -> tuple[Array, Array, Array]:
+    """Per client: whether its row of ``paths`` (peers in order, ``-1`` pads) is a path, its total
+    price, and its total time (compute costs + hop latencies + the client's latencies to the first
+    peer and back from the last)."""
+    geo = env.geometry
+
+    def one(path: Array, home: Array):
+        on = path >= 0
+        peer = jnp.maximum(path, 0)
+        where = geo.position[peer]
+        hops = jnp.where(on[:-1] & on[1:], latency(where[:-1], where[1:], geo.latency_range), 0.0)
+        ends = latency(home, where[jnp.argmax(on)], geo.latency_range) + latency(where[-1], home, geo.latency_range)
+        time = jnp.sum(jnp.where(on, env.cost[peer], 0.0)) + jnp.sum(hops) + ends
+        return jnp.any(on), jnp.sum(jnp.where(on, price[peer], 0.0)), time
+
+    return jax.vmap(one)(paths, geo.client_position)
+
+
+def tick(state: MarketState, env: Environment, rule: str, routing: str, n_stages: int) -> MarketState:
+    """One tick: requests routed (``routing``) and paid at current prices, then the price update
+    ``rule``."""
     new_price = price_update(rule, state.price, env.cost, env.stage, env.alive, env.params, n_stages,
                              env.blocks, env.damping)
     if env.client_alpha.shape[0] == 0:  # no clients, no requests (decided when tracing)
         return state._replace(price=new_price)
     key, request_key, noise_key = jax.random.split(state.key, 3)
     active = jax.random.bernoulli(request_key, env.request_rate, env.client_alpha.shape)
-    chosen, probs = logit_choices(noise_key, env, state.price, n_stages)
-    weight = jnp.broadcast_to(active[:, None], chosen.shape).astype(state.price.dtype)
-    served = jnp.zeros_like(state.price).at[chosen.ravel()].add(weight.ravel())
-    expected = active.astype(state.price.dtype) @ probs
+    choose = path_choices if routing == "path" else logit_choices
+    chosen, probs = choose(noise_key, env, state.price, n_stages)
+    dtype = state.price.dtype
+    weight = jnp.broadcast_to(active[:, None], chosen.shape).astype(dtype)
+    served = jnp.zeros_like(state.price).at[jnp.where(chosen >= 0, chosen, state.price.shape[0]).ravel()].add(
+        weight.ravel(), mode="drop")
+    expected = active.astype(dtype) @ probs
+    routed, path_price, path_time = path_totals(chosen, env, state.price)
+    counted = (active & routed).astype(dtype)
     tick_revenue = state.price * served
     return MarketState(
         price=new_price,
@@ -93,10 +197,14 @@ def tick(state: MarketState, env: Environment, rule: str, n_stages: int) -> Mark
         expected_requests=state.expected_requests + expected,
         tick_revenue=tick_revenue,
         tick_expected_revenue=state.price * expected,
+        class_requests=state.class_requests + counted @ env.geometry.client_class,
+        class_price=state.class_price + (counted * path_price) @ env.geometry.client_class,
+        class_time=state.class_time + (counted * path_time) @ env.geometry.client_class,
     )
 
 
-@partial(jax.jit, static_argnames=("rule", "n_stages"))
-def run_ticks(state: MarketState, env: Environment, n_ticks: Array, rule: str, n_stages: int) -> MarketState:
+@partial(jax.jit, static_argnames=("rule", "routing", "n_stages"))
+def run_ticks(state: MarketState, env: Environment, n_ticks: Array, rule: str, routing: str,
+              n_stages: int) -> MarketState:
     """``n_ticks`` consecutive ticks in one compiled loop (the trip count is traced: no recompile)."""
-    return jax.lax.fori_loop(0, n_ticks, lambda _, s: tick(s, env, rule, n_stages), state)
+    return jax.lax.fori_loop(0, n_ticks, lambda _, s: tick(s, env, rule, routing, n_stages), state)

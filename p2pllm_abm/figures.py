@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from .metrics import stage_rows  # noqa: E402
+
 #: figure file name -> (metrics.parquet column, y-axis label)
 STAGE_FIGURES = {
     "nodes_per_stage.png": ("peers", "nodes serving the stage"),
@@ -21,7 +23,8 @@ STAGE_FIGURES = {
 def plot_stage_trajectories(metrics: pd.DataFrame, outdir: Path) -> list[Path]:
     """One line per stage over the recorded steps, for each of :data:`STAGE_FIGURES`."""
     outdir = Path(outdir)
-    frame = metrics.assign(stage=metrics["stage"].map(lambda s: f"stage {s}"))
+    frame = stage_rows(metrics)
+    frame = frame.assign(stage=frame["stage"].map(lambda s: f"stage {s}"))
     paths = []
     with sns.axes_style("whitegrid"):
         for name, (column, label) in STAGE_FIGURES.items():

@@ -2,7 +2,9 @@
 
 Files written by :func:`write_run_outputs` (analysis reads only these):
 
-- ``metrics.parquet``: tidy, one row per recorded step and stage (:data:`STAGE_METRICS`);
+- ``metrics.parquet``: tidy, one row per recorded step and stage (``scope = "stage"``,
+  :data:`STAGE_METRICS`) and one per recorded step and request class (``scope =
+  "request_class"``, :data:`CLASS_METRICS`); the other scope's columns are null;
 - ``peers.parquet``: one row per peer per recorded step (:data:`PEER_COLUMNS`);
 - ``summary.json``: the config, final per-stage counts and mean prices, allocation status, timing.
 """
@@ -10,6 +12,7 @@ Files written by :func:`write_run_outputs` (analysis reads only these):
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +43,17 @@ STAGE_METRICS = (
     "expected_requests",  # cumulative expected requests (Boltzmann probabilities)
     "nash_gap",  # max revenue a peer of the stage would gain by best-responding (eq. 6 epsilon)
     "relative_nash_gap",  # the same relative to that peer's best-response revenue
+)
+
+#: per-request-class columns of metrics.parquet (besides ``step`` and ``request_class``): the
+#: requests routed since the previous record and their paths' mean totals
+CLASS_METRICS = (
+    "alpha_low",  # the class holds clients with alpha_low <= alpha < alpha_high (1 included in the last)
+    "alpha_high",
+    "clients",
+    "path_requests",  # requests routed since the previous record
+    "path_price",  # their mean total price
+    "path_time",  # their mean total time: compute costs + latencies (client endpoints included)
 )
 
 #: columns of peers.parquet (besides ``step`` and ``agent_id``)
@@ -99,6 +113,52 @@ def stage_statistics(peers: PeerTable, tick_revenue: np.ndarray, tick_expected_r
     return stats.reset_index()[["stage", *STAGE_METRICS]]
 
 
+@dataclass(frozen=True)
+class RequestClasses:
+    """Clients binned by alpha into ``count`` equal-width classes over [0, 1]."""
+
+    count: int
+    one_hot: np.ndarray  #: (clients, count)
+
+    @classmethod
+    def from_alpha(cls, client_alpha: np.ndarray, count: int) -> RequestClasses:
+        index = np.minimum((np.asarray(client_alpha) * count).astype(np.int64), count - 1)
+        return cls(count, np.eye(count)[index])
+
+    def statistics(self, requests: np.ndarray, price_sum: np.ndarray, time_sum: np.ndarray) -> pd.DataFrame:
+        """One row per class with :data:`CLASS_METRICS` from the per-class sums (means are NaN
+        for a class without requests)."""
+        edges = np.linspace(0.0, 1.0, self.count + 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            price, time = price_sum / requests, time_sum / requests
+        return pd.DataFrame({
+            "request_class": np.arange(self.count), "alpha_low": edges[:-1], "alpha_high": edges[1:],
+            "clients": self.one_hot.sum(axis=0).astype(np.int64), "path_requests": requests,
+            "path_price": np.where(requests > 0, price, np.nan), "path_time": np.where(requests > 0, time, np.nan),
+        })
+
+
+def metric_rows(step: int, stage_stats: pd.DataFrame, class_stats: pd.DataFrame) -> pd.DataFrame:
+    """The metrics.parquet rows of one recorded step: stage rows, then request-class rows."""
+    stages = stage_stats.assign(step=step, scope="stage", request_class=pd.NA)
+    classes = class_stats.assign(step=step, scope="request_class", stage=pd.NA)
+    frame = pd.concat([stages, classes], ignore_index=True)
+    frame[["stage", "request_class", "peers", "clients"]] = frame[["stage", "request_class", "peers", "clients"]].astype("Int64")
+    return frame[["step", "scope", "stage", "request_class", *STAGE_METRICS, *CLASS_METRICS]]
+
+
+def stage_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The per-stage rows of a metrics table (with integer ``stage`` and ``peers``)."""
+    rows = metrics[metrics["scope"] == "stage"]
+    return rows.assign(stage=rows["stage"].astype(np.int64), peers=rows["peers"].astype(np.int64))
+
+
+def class_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The per-request-class rows of a metrics table (with integer ``request_class``)."""
+    rows = metrics[metrics["scope"] == "request_class"]
+    return rows.assign(request_class=rows["request_class"].astype(np.int64))
+
+
 class PeerTableCollector(mesa.DataCollector):
     """Mesa's DataCollector, with agent reporters read column-wise from the PeerTable.
 
@@ -116,17 +176,25 @@ class PeerTableCollector(mesa.DataCollector):
                    *(columns[name].tolist() for name in self.agent_reporters))
 
 
-def stage_reporters(n_stages: int) -> dict[str, Any]:
-    """Model reporters ``<metric>_stage_<s>`` reading the model's latest stage statistics."""
+def model_reporters(n_stages: int, n_classes: int) -> dict[str, Any]:
+    """Model reporters ``<metric>_stage_<s>`` and ``<metric>_class_<k>`` reading the model's
+    latest stage and request-class statistics."""
     reporters: dict[str, Any] = {"step": lambda m: m.steps}
     for metric in STAGE_METRICS:
         for s in range(n_stages):
             reporters[f"{metric}_stage_{s}"] = lambda m, metric=metric, s=s: m.stage_stats[metric].iat[s]
+    for metric in ("path_requests", "path_price", "path_time"):
+        for k in range(n_classes):
+            reporters[f"{metric}_class_{k}"] = lambda m, metric=metric, k=k: m.class_stats[metric].iat[k]
     return reporters
 
 
 def allocation_status(peers: PeerTable) -> dict[str, Any]:
-    """Eq. 8 for every peer (:func:`~p2pllm_abm.equilibrium.allocation_equilibrium`) and balance."""
+    """Eq. 8 for every peer (:func:`~p2pllm_abm.equilibrium.allocation_equilibrium`) and balance;
+    ``efficient = None`` for a network of spans, where eq. 7-8 (shares of single stages) do not
+    apply."""
+    if np.any(peers.stage_end - peers.stage_start > 1):
+        return {"efficient": None, "reason": "peers serve spans of several stages; eq. 7-8 assume one stage each"}
     check = allocation_equilibrium(peers.cost, peers.stage, peers.alive, peers.n_stages)
     return {"efficient": check.efficient, "peers_that_would_move": len(check.violators),
             "max_share_gain": float(check.share_gain.max(initial=0.0)),
@@ -144,6 +212,8 @@ def summary(model: P2PLLMModel, wall_time_s: float) -> dict[str, Any]:
             "compute_share_per_stage": final["compute_share"].tolist(),
             "nash_gap_per_stage": final["nash_gap"].tolist(),
             "relative_nash_gap_per_stage": final["relative_nash_gap"].tolist(),
+            "path_price_per_class": model.class_stats["path_price"].tolist(),
+            "path_time_per_class": model.class_stats["path_time"].tolist(),
         },
         "allocation": allocation_status(model.peers),
         "wall_time_s": wall_time_s,

@@ -2,13 +2,15 @@
 
 Each step runs the paper's phases in order:
 
-1. requests: every client's request is routed by logit choice and pays the chosen peers;
+1. requests: every client's request is routed (``clients.routing``: per-stage logit choice, or
+   whole paths with latency) and pays the chosen peers;
 2. prices: every peer updates its price (``market.update_rule``; by default the paper's
    gradient ascent, eq. 5);
 3. reallocation, every ``allocation.period`` steps (eq. 7-8);
 4. contracts: a hook for the ledger (no ledger yet: it does nothing);
 5. metrics, every ``run.record_interval`` steps, with each stage's Nash-gap certificate
-   (:func:`~p2pllm_abm.equilibrium.nash_gap`).
+   (:func:`~p2pllm_abm.equilibrium.nash_gap`) and each request class's realised path price and
+   time.
 
 Phases 1-2 are jitted JAX over all peers. :meth:`P2PLLMModel.run` fuses the consecutive steps
 between two steps that need phases 3-5 into one compiled call; it gives the same results, bit for
@@ -28,11 +30,12 @@ from tqdm.auto import tqdm
 from .agents import ClientAgent, PeerAgent
 from .allocation import move_candidates, reallocate
 from .config import ClientsConfig, Config, to_config
-from .dynamics import Environment, initial_state, run_ticks
+from .dynamics import Environment, Geometry, initial_state, run_ticks
 from .economics import MarketParams
 from .equilibrium import certify, stage_blocks
-from .metrics import PeerTableCollector, stage_reporters, stage_statistics
+from .metrics import PeerTableCollector, RequestClasses, metric_rows, model_reporters, stage_statistics
 from .network import PeerTable
+from .pareto import ParetoFrontier, pareto_paths
 from .routing import best_path
 
 
@@ -63,7 +66,10 @@ class P2PLLMModel(mesa.Model):
         super().__init__(rng=np.random.default_rng(dynamics_seed))
         self.config = cfg
         self.peers = PeerTable.from_config(cfg.network, np.random.default_rng(network_seed))
-        self.client_alpha = draw_client_alpha(cfg.clients, cfg.market.alpha, np.random.default_rng(client_seed))
+        client_rng = np.random.default_rng(client_seed)
+        self.client_alpha = draw_client_alpha(cfg.clients, cfg.market.alpha, client_rng)
+        self.client_position = client_rng.uniform(0.0, 1.0, size=(cfg.clients.count, 2))
+        self.request_classes = RequestClasses.from_alpha(self.client_alpha, cfg.clients.request_classes)
         peer_agents = PeerAgent.create_agents(self, len(self.peers), index=list(range(len(self.peers))))
         ClientAgent.create_agents(self, cfg.clients.count, index=list(range(cfg.clients.count)))
         self.peer_unique_ids = np.array([agent.unique_id for agent in peer_agents])
@@ -71,12 +77,12 @@ class P2PLLMModel(mesa.Model):
         mkt = cfg.market
         self.market_params = MarketParams(mkt.alpha, mkt.temperature, mkt.demand, mkt.eta, mkt.price_floor)
         key = jax.random.key(int(noise_seed.generate_state(1)[0]))
-        self._state = initial_state(jnp.asarray(self.peers.price), key)
+        self._state = initial_state(jnp.asarray(self.peers.price), key, self.request_classes.count)
         self._environment = self._make_environment()
         self.moves = 0  #: peers moved by reallocation so far
 
-        self.datacollector = PeerTableCollector(stage_reporters(self.peers.n_stages))
-        self._stage_rows: list[pd.DataFrame] = []
+        self.datacollector = PeerTableCollector(model_reporters(self.peers.n_stages, self.request_classes.count))
+        self._metric_rows: list[pd.DataFrame] = []
         self._record()
 
     # -- phases ---------------------------------------------------------------------------------
@@ -118,15 +124,21 @@ class P2PLLMModel(mesa.Model):
         if self._recorded_step != self.steps:
             self._record()
 
-    def route(self, alpha: float | None = None) -> tuple[float, list[int]]:
-        """The weighted-sum optimal path (Alg. 2) for a client with ``alpha`` (default market.alpha):
-        its objective value and its peers."""
-        return best_path(self.peers, self.config.market.alpha if alpha is None else alpha)
+    def route(self, alpha: float | None = None, client: np.ndarray | None = None) -> tuple[float, list[int]]:
+        """The weighted-sum optimal path (Alg. 2) at current prices for a client with ``alpha``
+        (default market.alpha) at position ``client`` (default: endpoint latencies left out): its
+        objective value and its peers."""
+        return best_path(self.peers, self.config.market.alpha if alpha is None else alpha, client)
+
+    def pareto_frontier(self, client: np.ndarray | None = None) -> ParetoFrontier:
+        """The exact Pareto set of (total price, total time) paths at current prices."""
+        return pareto_paths(self.peers, client)
 
     # -- outputs --------------------------------------------------------------------------------
     def metrics_frame(self) -> pd.DataFrame:
-        """Tidy per-stage metrics: one row per recorded step and stage."""
-        return pd.concat(self._stage_rows, ignore_index=True)
+        """Tidy metrics: one row per recorded step and stage (``scope = "stage"``) and per recorded
+        step and request class (``scope = "request_class"``), see :mod:`p2pllm_abm.metrics`."""
+        return pd.concat(self._metric_rows, ignore_index=True)
 
     def peers_frame(self) -> pd.DataFrame:
         """One row per peer per recorded step."""
@@ -144,11 +156,18 @@ class P2PLLMModel(mesa.Model):
             params=self.market_params,
             blocks=stage_blocks(self.peers.stage, self.peers.alive, self.peers.n_stages),
             damping=self.config.market.damping,
+            geometry=Geometry(
+                position=jnp.asarray(self.peers.position),
+                client_position=jnp.asarray(self.client_position),
+                latency_range=self.peers.latency_range,
+                ends=stage_blocks(self.peers.stage_end, self.peers.alive, self.peers.n_stages + 1).index,
+                client_class=jnp.asarray(self.request_classes.one_hot),
+            ),
         )
 
     def _market_ticks(self, ticks: int) -> None:
         self._state = run_ticks(self._state, self._environment, ticks, rule=self.config.market.update_rule,
-                                n_stages=self.peers.n_stages)
+                                routing=self.config.clients.routing, n_stages=self.peers.n_stages)
         self.peers.price = np.asarray(self._state.price)
         self.peers.revenue = np.asarray(self._state.revenue)
         self.peers.requests = np.asarray(self._state.requests)
@@ -176,6 +195,11 @@ class P2PLLMModel(mesa.Model):
                                    n_stages=self.peers.n_stages)
         self.stage_stats = stage_statistics(self.peers, np.asarray(self._state.tick_revenue),
                                             np.asarray(self._state.tick_expected_revenue), self.certificate)
-        self._stage_rows.append(self.stage_stats.assign(step=self.steps)[["step", *self.stage_stats.columns]])
+        state = self._state
+        self.class_stats = self.request_classes.statistics(
+            np.asarray(state.class_requests), np.asarray(state.class_price), np.asarray(state.class_time))
+        zeros = jnp.zeros_like(state.class_requests)
+        self._state = state._replace(class_requests=zeros, class_price=zeros, class_time=zeros)
+        self._metric_rows.append(metric_rows(self.steps, self.stage_stats, self.class_stats))
         self.datacollector.collect(self)
         self._recorded_step = self.steps

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .config import NetworkConfig, initial_distribution
@@ -63,17 +65,20 @@ class PeerTable:
 
     @classmethod
     def from_config(cls, network: NetworkConfig, rng: np.random.Generator) -> PeerTable:
-        """Draw the paper's network (section 5.2): peers laid out stage by stage per the initial
-        distribution, ``c_i ~ U(cost_range)``, positions uniform in the unit square, all prices
-        equal to ``initial_price``."""
+        """Draw the paper's network (section 5.2): peers laid out by first stage per the initial
+        distribution, span lengths by :func:`draw_span_lengths` (one stage each by default),
+        ``c_i = length_i * U(cost_range)`` (the range is per stage served), positions uniform in
+        the unit square, all prices equal to ``initial_price``."""
         counts = initial_distribution(network)
         n = network.peers
-        stage = np.repeat(np.arange(network.stages), counts)
+        start = np.repeat(np.arange(network.stages), counts)
         low, high = network.cost_range
+        cost = rng.uniform(low, high, size=n)
+        length = draw_span_lengths(start, network.stages, network.span_length_probs, rng)
         return cls(
-            stage_start=stage,
-            stage_end=stage + 1,
-            cost=rng.uniform(low, high, size=n),
+            stage_start=start,
+            stage_end=start + length,
+            cost=cost * length,
             price=np.full(n, float(network.initial_price)),
             position=rng.uniform(0.0, 1.0, size=(n, 2)),
             alive=np.ones(n, dtype=bool),
@@ -89,14 +94,44 @@ class PeerTable:
         """Latency ``l_uv`` in ms between peers ``u`` and ``v`` (arrays of indices, broadcast)."""
         return latency(self.position[u], self.position[v], self.latency_range)
 
+    def client_latency(self, u: np.ndarray, client: np.ndarray) -> np.ndarray:
+        """Latency in ms between peers ``u`` and a client at position ``client`` (``(2,)``, or
+        ``(..., 2)`` broadcast against ``u``)."""
+        return latency(self.position[u], client, self.latency_range)
+
+
+def draw_span_lengths(start: np.ndarray, n_stages: int, probs: list[float], rng: np.random.Generator) -> np.ndarray:
+    """A span length for every peer starting at ``start``: ``probs[k]`` is the probability of
+    length ``k + 1``, renormalised over the lengths that fit (``start + length <= n_stages``);
+    a peer for which none of those has mass serves up to the last stage. ``probs = [1]`` (the
+    paper) gives every peer one stage, and draws nothing from ``rng``."""
+    probs = np.asarray(probs, dtype=float)
+    if not probs[1:].any():
+        return np.ones(len(start), dtype=np.int64)
+    length = np.empty(len(start), dtype=np.int64)
+    for first in np.unique(start):
+        room = n_stages - int(first)
+        members = np.flatnonzero(start == first)
+        fitting = probs[:room]
+        if fitting.sum() > 0:
+            length[members] = 1 + rng.choice(len(fitting), size=len(members), p=fitting / fitting.sum())
+        else:
+            length[members] = room
+    return length
+
 
 def latency(a: np.ndarray, b: np.ndarray, latency_range: tuple[float, float]) -> np.ndarray:
-    """Latency between positions ``a`` and ``b`` (``(..., 2)`` arrays in the unit square).
+    """Latency between positions ``a`` and ``b`` (``(..., 2)`` arrays in the unit square; numpy
+    or, inside jitted code, JAX arrays).
 
     ``l = low + (high - low) * |a - b| / sqrt(2)``: symmetric, within ``[low, high]``, and a
     metric between distinct peers (a positive offset plus a scaled Euclidean distance keeps the
     triangle inequality).
     """
     low, high = latency_range
-    distance = np.linalg.norm(np.asarray(a) - np.asarray(b), axis=-1)
+    traced = isinstance(a, jax.Array) or isinstance(b, jax.Array)  # inside the jitted request phase
+    xp = jnp if traced else np
+    a, b = xp.asarray(a), xp.asarray(b)
+    dx, dy = a[..., 0] - b[..., 0], a[..., 1] - b[..., 1]
+    distance = xp.sqrt(dx * dx + dy * dy)  # the Euclidean norm, without (..., 2) temporaries
     return low + (high - low) * distance / _MAX_DISTANCE

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from .metrics import stage_rows
+
 #: Table 1, per iteration: (nodes per layer, average price per layer)
 PAPER_TABLE1 = {
     0: ([78, 52, 34, 36], [5.42, 5.28, 5.87, 5.31]),
@@ -24,6 +26,7 @@ def checkpoint_table(metrics: pd.DataFrame, steps: list[int], reference: str | N
     """Rows (iteration, metric), columns ``Layer 1..m``: nodes and average price at ``steps``, in
     the layout of the paper's Table 1; with ``reference``, each cell reads ``ours (paper)``."""
     published = REFERENCES[reference] if reference else {}
+    metrics = stage_rows(metrics)
     rows = []
     for step in steps:
         at = metrics[metrics["step"] == step].sort_values("stage")

@@ -4,8 +4,9 @@ The network is a DAG: peer ``v`` may follow peer ``u`` when ``stage_start[v] == 
 a virtual source precedes every peer serving stage 0 and a virtual sink follows every peer
 serving the last stage. A client with preference ``alpha`` scores a path by
 ``alpha * sum(price) + (1 - alpha) * (sum(cost) + sum(latency))`` (eq. 1 summed along the path,
-with the latencies between consecutive peers). Both algorithms are iterative and run in
-O(V + E).
+with the latencies between consecutive peers and, for a client at a position, from the client to
+the first peer and from the last peer back). Both algorithms are iterative and run in O(V + E).
+The exact bi-objective Pareto set is in :mod:`p2pllm_abm.pareto`.
 """
 
 from __future__ import annotations
@@ -91,17 +92,31 @@ def topological_order(dag: PeerDAG) -> np.ndarray:
     return np.array(result[::-1], dtype=np.int64)
 
 
-def edge_weights(dag: PeerDAG, peers: PeerTable, alpha: float) -> np.ndarray:
-    """Weight of every edge ``u -> v``: ``w_v + (1 - alpha) l_uv`` with ``w_v`` from eq. 1;
-    edges into the sink weigh 0 and edges out of the source carry no latency."""
+def edge_objectives(dag: PeerDAG, peers: PeerTable, client: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(price, time)`` of every edge ``u -> v``: ``(p_v, c_v + l_uv)``. Edges out of the source
+    carry the client's latency to ``v`` and edges into the sink ``(0, l_u,client)``; without a
+    ``client`` position (an ``(2,)`` point in the unit square) both endpoint latencies are 0."""
     tails, heads = dag.edges()
     into_peer = heads < dag.n_peers
-    between_peers = into_peer & (tails < dag.n_peers)
-    weights = np.zeros(len(heads))
+    from_peer = tails < dag.n_peers
+    price, time = np.zeros(len(heads)), np.zeros(len(heads))
     v = heads[into_peer]
-    weights[into_peer] = alpha * peers.price[v] + (1.0 - alpha) * peers.cost[v]
-    weights[between_peers] += (1.0 - alpha) * peers.latency(tails[between_peers], heads[between_peers])
-    return weights
+    price[into_peer] = peers.price[v]
+    time[into_peer] = peers.cost[v]
+    between = into_peer & from_peer
+    time[between] += peers.latency(tails[between], heads[between])
+    if client is not None:
+        first, last = into_peer & ~from_peer, from_peer & ~into_peer
+        time[first] += peers.client_latency(heads[first], client)
+        time[last] += peers.client_latency(tails[last], client)
+    return price, time
+
+
+def edge_weights(dag: PeerDAG, peers: PeerTable, alpha: float, client: np.ndarray | None = None) -> np.ndarray:
+    """Weight of every edge: ``alpha * price + (1 - alpha) * time`` of :func:`edge_objectives`,
+    i.e. ``w_v`` of eq. 1 plus ``(1 - alpha)`` times the hop's latency."""
+    price, time = edge_objectives(dag, peers, client)
+    return alpha * price + (1.0 - alpha) * time
 
 
 def shortest_path(dag: PeerDAG, weights: np.ndarray, order: np.ndarray | None = None) -> tuple[float, list[int]]:
@@ -132,14 +147,72 @@ def shortest_path(dag: PeerDAG, weights: np.ndarray, order: np.ndarray | None = 
     return float(dist[dag.sink]), path[::-1]
 
 
-def path_objectives(peers: PeerTable, path: list[int] | np.ndarray) -> tuple[float, float]:
-    """``(total price, total time)`` of a path: time is compute cost plus hop latencies."""
+def path_objectives(peers: PeerTable, path: list[int] | np.ndarray,
+                    client: np.ndarray | None = None) -> tuple[float, float]:
+    """``(total price, total time)`` of a path: time is compute cost plus hop latencies, plus the
+    client's latencies to the first and from the last peer when ``client`` is given. Sums run
+    along the path, in the order the routing algorithms accumulate them."""
     path = np.asarray(path, dtype=np.int64)
-    hops = peers.latency(path[:-1], path[1:]).sum() if len(path) > 1 else 0.0
-    return float(peers.price[path].sum()), float(peers.cost[path].sum() + hops)
+    time = np.concatenate([peers.cost[path[:1]], peers.latency(path[:-1], path[1:]) + peers.cost[path[1:]]])
+    if client is not None:
+        time = np.concatenate([[peers.client_latency(path[0], client) + time[0]], time[1:],
+                               [peers.client_latency(path[-1], client)]])
+    return float(np.cumsum(peers.price[path])[-1]), float(np.cumsum(time)[-1])
 
 
-def best_path(peers: PeerTable, alpha: float) -> tuple[float, list[int]]:
-    """The weighted-sum optimal path for a client with preference ``alpha`` (Alg. 1 + Alg. 2)."""
-    dag = build_dag(peers.stage_start, peers.stage_end, peers.alive, peers.n_stages)
-    return shortest_path(dag, edge_weights(dag, peers, alpha))
+def boundary_members(peers: PeerTable) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Live peers by the stage boundary they start at (``0..m-1``) and end at (``0..m``; none end
+    at 0). A peer starting at ``b`` follows exactly the peers ending at ``b``, so visiting the
+    boundaries in increasing order is a topological order of the DAG."""
+    live = np.flatnonzero(peers.alive)
+    starts = [live[peers.stage_start[live] == b] for b in range(peers.n_stages)]
+    ends = [live[peers.stage_end[live] == b] for b in range(peers.n_stages + 1)]
+    return starts, ends
+
+
+def hop_times(peers: PeerTable, tails: np.ndarray, heads: np.ndarray, client: np.ndarray | None) -> np.ndarray:
+    """Times of all edges ``tails[j] -> heads[r]`` as a ``(len(heads), len(tails))`` array, as
+    :func:`edge_objectives` computes them: ``c_head + l(tail, head)``. ``tails = [-1]`` stands for
+    the source (the client's latency to ``head``, or none without a client)."""
+    if tails.size and tails[0] < 0:
+        latency = (peers.client_latency(heads, client)[:, None] if client is not None
+                   else np.zeros((len(heads), 1)))
+    else:
+        latency = peers.latency(tails[None, :], heads[:, None])
+    return peers.cost[heads][:, None] + latency
+
+
+def sink_times(peers: PeerTable, tails: np.ndarray, client: np.ndarray | None) -> np.ndarray:
+    """Times of the edges ``tails -> sink``: the latency back to the client, or 0."""
+    return peers.client_latency(tails, client) if client is not None else np.zeros(len(tails))
+
+
+def best_path(peers: PeerTable, alpha: float, client: np.ndarray | None = None) -> tuple[float, list[int]]:
+    """The weighted-sum optimal path for a client with preference ``alpha`` (and position
+    ``client``, if its endpoint latencies count): Alg. 2 over the boundary order of
+    :func:`boundary_members`, relaxing all edges into one boundary's peers in one array operation
+    (the same edge weights and relaxation as :func:`shortest_path` on :func:`build_dag`, without
+    materialising the O(n^2 / m) edges). ``(inf, [])`` when no path exists."""
+    starts, ends = boundary_members(peers)
+    dist = np.full(len(peers), np.inf)
+    previous = np.full(len(peers), -1)
+    for boundary, heads in enumerate(starts):
+        tails = ends[boundary] if boundary > 0 else np.array([-1])
+        if not heads.size or not tails.size:
+            continue
+        weights = alpha * peers.price[heads][:, None] + (1.0 - alpha) * hop_times(peers, tails, heads, client)
+        candidates = (dist[tails][None, :] if boundary > 0 else 0.0) + weights
+        best = np.argmin(candidates, axis=1)
+        dist[heads] = candidates[np.arange(len(heads)), best]
+        previous[heads] = tails[best]
+    last = ends[peers.n_stages]
+    if not last.size:
+        return float("inf"), []
+    totals = dist[last] + (1.0 - alpha) * sink_times(peers, last, client)
+    end = int(np.argmin(totals))
+    if not np.isfinite(totals[end]):
+        return float("inf"), []
+    path = [int(last[end])]
+    while previous[path[-1]] >= 0:
+        path.append(int(previous[path[-1]]))
+    return float(totals[end]), path[::-1]

@@ -54,7 +54,7 @@ def test_checkpoint_table_puts_paper_numbers_beside_ours():
     rows = []
     for step in (0, 100):
         for stage in range(4):
-            rows.append({"step": step, "stage": stage, "peers": 50, "mean_price": 1.0 + stage})
+            rows.append({"step": step, "scope": "stage", "stage": stage, "peers": 50, "mean_price": 1.0 + stage})
     table = checkpoint_table(pd.DataFrame(rows), [0, 100], "paper_table1")
     assert table.loc[(0, "Nodes"), "Layer 1"] == "50 (78)"
     assert table.loc[(100, "Avg. Price"), "Layer 4"] == f"4.00 ({PAPER_TABLE1[100][1][3]:.2f})"

@@ -4,10 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
 
-from p2pllm_abm.dynamics import Environment, logit_choices
-from p2pllm_abm.equilibrium import stage_blocks
 from p2pllm_abm.economics import (
     MarketParams,
     choice_probabilities,
@@ -119,24 +116,6 @@ def test_price_step_is_eq5_with_floor_and_frozen_dead_peers():
 
 def test_node_weights_eq1():
     assert node_weights(4.0, 10.0, 0.25) == pytest.approx(0.25 * 4 + 0.75 * 10)
-
-
-def test_gumbel_choices_realise_boltzmann_probabilities():
-    """Argmin of weight + Gumbel(T) noise picks peer i with probability P_i (chi-square test)."""
-    price, cost, stage, alive = random_market(2, n=20, n_stages=2)
-    cost = cost * 0.05  # keep probabilities away from 0 so that every cell is testable
-    clients = 40_000
-    env = Environment(cost, stage, alive, jnp.full(clients, 0.4), 1.0, params(temperature=1.5),
-                      stage_blocks(stage, alive, 2), 0.5)
-    chosen, probs = logit_choices(jax.random.key(0), env, price, 2)
-    boltzmann = np.asarray(choice_probabilities(price, cost, stage, alive, 0.4, 1.5, 2))
-    np.testing.assert_allclose(np.asarray(probs[0]), boltzmann, atol=1e-15)
-    for s in range(2):
-        counts = np.bincount(np.asarray(chosen[:, s]), minlength=len(price))
-        members = np.flatnonzero((np.asarray(stage) == s) & np.asarray(alive))
-        assert counts.sum() == counts[members].sum() == clients  # only live peers of stage s
-        result = stats.chisquare(counts[members], clients * boltzmann[members])
-        assert result.pvalue > 1e-3
 
 
 def test_rival_mass_is_exact_when_one_peer_dominates_beyond_float_range():

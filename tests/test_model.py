@@ -8,7 +8,7 @@ import pytest
 
 from p2pllm_abm import P2PLLMModel, load_config
 from p2pllm_abm.agents import ClientAgent, PeerAgent
-from p2pllm_abm.metrics import PEER_COLUMNS, STAGE_METRICS, write_run_outputs
+from p2pllm_abm.metrics import CLASS_METRICS, PEER_COLUMNS, STAGE_METRICS, stage_rows, write_run_outputs
 
 
 def small(*overrides, experiment="paper_28"):
@@ -67,9 +67,10 @@ def test_fused_run_equals_step_by_step():
 def test_metrics_invariants():
     model = P2PLLMModel(small(experiment="paper_table1"))
     model.run(100)
-    metrics = model.metrics_frame()
-    assert list(metrics.columns) == ["step", "stage", *STAGE_METRICS]
-    assert sorted(metrics["step"].unique()) == list(range(0, 101, 10))
+    everything = model.metrics_frame()
+    assert list(everything.columns) == ["step", "scope", "stage", "request_class", *STAGE_METRICS, *CLASS_METRICS]
+    metrics = stage_rows(everything)
+    assert len(metrics) == 4 * 11 and sorted(metrics["step"].unique()) == list(range(0, 101, 10))
     per_step = metrics.groupby("step")
     assert (per_step["peers"].sum() == 200).all()
     np.testing.assert_allclose(per_step["compute_share"].sum(), 1.0)
@@ -115,7 +116,7 @@ def test_datacollector_exposes_stage_and_agent_reporters():
     model.run(30)
     model_vars = model.datacollector.get_model_vars_dataframe()
     assert model_vars["step"].tolist() == [0, 10, 20, 30]
-    metrics = model.metrics_frame()
+    metrics = stage_rows(model.metrics_frame())
     for metric in STAGE_METRICS:
         for s in range(4):
             column = model_vars[f"{metric}_stage_{s}"].to_numpy()

@@ -102,11 +102,24 @@ def test_cycle_is_reported():
         topological_order(cyclic)
 
 
-def test_long_chain_needs_no_recursion():
-    n = 300_000
+def test_million_node_chain_needs_no_recursion():
+    n = 1_000_000
     stage = np.arange(n)
     dag = build_dag(stage, stage + 1, np.ones(n, dtype=bool), n)
     order = topological_order(dag)
     assert order[0] == dag.source and order[-1] == dag.sink
+    assert np.array_equal(order[1:-1], np.arange(n))
     length, path = shortest_path(dag, np.ones(len(dag.indices)), order)
     assert path == list(range(n)) and length == n + 1
+
+
+@given(peers=networks(), alpha=st.floats(0.0, 1.0), client=st.tuples(st.floats(0, 1), st.floats(0, 1)))
+def test_boundary_dp_equals_alg2_on_the_csr_dag(peers, alpha, client):
+    client = np.array(client)
+    dag = build_dag(peers.stage_start, peers.stage_end, peers.alive, peers.n_stages)
+    expected, _ = shortest_path(dag, edge_weights(dag, peers, alpha, client))
+    length, path = best_path(peers, alpha, client)
+    assert length == pytest.approx(expected, rel=1e-12, abs=1e-9)
+    if path:
+        price, time = path_objectives(peers, path, client)
+        assert alpha * price + (1 - alpha) * time == pytest.approx(length, rel=1e-12, abs=1e-9)

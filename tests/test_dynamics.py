@@ -1,0 +1,116 @@
+"""The request phase: logit choice per stage, path routing with latency, realised path totals."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from p2pllm_abm import P2PLLMModel, load_config
+from p2pllm_abm.dynamics import Environment, Geometry, logit_choices, path_choices, path_totals
+from p2pllm_abm.economics import MarketParams, choice_probabilities
+from p2pllm_abm.equilibrium import stage_blocks
+from p2pllm_abm.metrics import class_rows
+from p2pllm_abm.network import PeerTable
+from p2pllm_abm.routing import path_objectives
+from tests.test_economics import params, random_market
+from tests.test_pareto import span_networks
+from tests.test_routing import all_paths
+
+
+def environment(peers: PeerTable, client_alpha, client_position, market: MarketParams) -> Environment:
+    stage, alive = peers.stage_start, peers.alive
+    return Environment(
+        jnp.asarray(peers.cost), jnp.asarray(stage), jnp.asarray(alive), jnp.asarray(client_alpha), 1.0, market,
+        stage_blocks(stage, alive, peers.n_stages), 0.5,
+        Geometry(jnp.asarray(peers.position), jnp.asarray(client_position), peers.latency_range,
+                 stage_blocks(peers.stage_end, alive, peers.n_stages + 1).index,
+                 jnp.ones((len(client_alpha), 1))),
+    )
+
+
+def market_table(seed: int, n: int = 20, n_stages: int = 2, latency_range=(1.0, 20.0)) -> PeerTable:
+    price, cost, stage, alive = (np.asarray(x) for x in random_market(seed, n=n, n_stages=n_stages))
+    rng = np.random.default_rng(seed + 100)
+    return PeerTable(stage, stage + 1, cost, price, rng.uniform(0, 1, (n, 2)), alive, n_stages, latency_range)
+
+
+def test_gumbel_choices_realise_boltzmann_probabilities():
+    """Argmin of weight + Gumbel(T) noise picks peer i with probability P_i (chi-square test)."""
+    peers = market_table(2)
+    peers.cost = peers.cost * 0.05  # keep probabilities away from 0 so that every cell is testable
+    clients = 40_000
+    env = environment(peers, np.full(clients, 0.4), np.zeros((clients, 2)), params(temperature=1.5))
+    price = jnp.asarray(peers.price)
+    chosen, probs = logit_choices(jax.random.key(0), env, price, 2)
+    boltzmann = np.asarray(choice_probabilities(price, env.cost, env.stage, env.alive, 0.4, 1.5, 2))
+    np.testing.assert_allclose(np.asarray(probs[0]), boltzmann, atol=1e-15)
+    for s in range(2):
+        counts = np.bincount(np.asarray(chosen[:, s]), minlength=len(price))
+        members = np.flatnonzero((peers.stage == s) & peers.alive)
+        assert counts.sum() == counts[members].sum() == clients  # only live peers of stage s
+        result = stats.chisquare(counts[members], clients * boltzmann[members])
+        assert result.pvalue > 1e-3
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_path_routing_without_latency_makes_the_stage_choice(seed):
+    peers = market_table(seed, n=30, n_stages=3, latency_range=(0.0, 0.0))
+    rng = np.random.default_rng(seed)
+    env = environment(peers, rng.uniform(0, 0.9, 200), rng.uniform(0, 1, (200, 2)), params(temperature=0.7))
+    key, price = jax.random.key(seed), jnp.asarray(peers.price)
+    stage_choice, stage_probs = logit_choices(key, env, price, 3)
+    path_choice, path_probs = path_choices(key, env, price, 3)
+    np.testing.assert_array_equal(np.asarray(path_choice), np.asarray(stage_choice))
+    np.testing.assert_array_equal(np.asarray(path_probs), np.asarray(stage_probs))
+
+
+@settings(max_examples=30)
+@given(peers=span_networks(), alpha=st.floats(0.0, 0.95), temperature=st.floats(0.1, 3.0),
+       home=st.tuples(st.floats(0, 1), st.floats(0, 1)), seed=st.integers(0, 2**31 - 1))
+def test_path_routing_minimises_noisy_weights_plus_latency(peers, alpha, temperature, home, seed):
+    """Against brute force over every path: the chosen one minimises sum(w - T G) + (1 - alpha) sum(l)
+    with the same Gumbel draws; its totals are routing.path_objectives."""
+    home = np.array(home)
+    env = environment(peers, np.array([alpha]), home[None, :], params(alpha=alpha, temperature=temperature))
+    key = jax.random.split(jax.random.key(seed), 3)[2]
+    price = jnp.asarray(peers.price)
+    chosen = np.asarray(path_choices(key, env, price, peers.n_stages)[0][0])
+    gumbel = np.asarray(jax.random.gumbel(key, (1, len(peers)), dtype=jnp.float32), dtype=np.float64)[0]
+    score = alpha * peers.price + (1 - alpha) * peers.cost - temperature * gumbel
+
+    def value(path):
+        _, time = path_objectives(peers, path, home)
+        return np.sum(score[path]) + (1 - alpha) * (time - np.sum(peers.cost[path]))
+
+    candidates = list(all_paths(peers))
+    path = chosen[chosen >= 0].tolist()
+    if not candidates:
+        assert not path
+        return
+    assert path in candidates
+    assert value(path) == pytest.approx(min(value(p) for p in candidates), rel=1e-9, abs=1e-9)
+    routed, total_price, total_time = (np.asarray(x)[0] for x in path_totals(jnp.asarray(chosen[None, :]), env, price))
+    assert routed
+    assert (total_price, total_time) == pytest.approx(path_objectives(peers, path, home), rel=1e-12)
+
+
+def test_model_routes_spans_and_records_request_classes():
+    config = load_config("paper_28", overrides=[
+        "network.span_length_probs=[0.5,0.3,0.2]", "allocation.enabled=false", "clients.routing=path",
+        "clients.alpha_distribution=uniform", "clients.alpha_params=[0.0,1.0]", "run.record_interval=20"])
+    model = P2PLLMModel(config)
+    model.run(40)
+    assert np.any(model.peers.stage_end - model.peers.stage_start > 1)
+    classes = class_rows(model.metrics_frame())
+    last = classes[classes["step"] == 40]
+    assert last["clients"].sum() == 64 and last["path_requests"].sum() == 64 * 20  # request_rate 1
+    # cheap-minded clients (high alpha) pay less and wait longer than time-minded ones
+    lowest, highest = last.iloc[0], last.iloc[-1]
+    assert highest["path_price"] < lowest["path_price"] and highest["path_time"] > lowest["path_time"]
+    again = P2PLLMModel(config)
+    again.run(40)
+    pd.testing.assert_frame_equal(again.metrics_frame(), model.metrics_frame())
