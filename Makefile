@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench bench-equilibrium verify clean
+.PHONY: run test bench bench-equilibrium bench-routing verify clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,6 +23,9 @@ bench: $(STAMP)
 
 bench-equilibrium: $(STAMP)
 	$(BIN)/python -m benchmarks.equilibrium
+
+bench-routing: $(STAMP)
+	$(BIN)/python -m benchmarks.routing
 
 # The equilibrium verification experiment (table + figures in outputs/equilibrium_verification).
 verify: $(STAMP)

@@ -34,6 +34,8 @@ from p2pllm_abm import P2PLLMModel, load_config
 from p2pllm_abm.economics import MarketParams, price_step
 from p2pllm_abm.network import PeerTable
 
+from .timing import fmt
+
 SIZES = {  # label -> (experiment overrides, steps timed per variant)
     "200 x 4": ([], {"full": 1000, "market": 2000, "agents": 20, "scan": 2000}),
     "10^4 x 16": (["network.peers=10000", "network.stages=16", "network.initial_distribution=null",
@@ -129,14 +131,6 @@ def fused_scan(overrides: list[str]):
     def run(steps: int) -> None:
         scan(price, jnp.zeros(steps)).block_until_ready()
     return run
-
-
-def fmt(seconds: float) -> str:
-    if seconds >= 1:
-        return f"{seconds:.2f} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds * 1e6:.0f} us"
 
 
 def main() -> None:

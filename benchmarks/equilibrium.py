@@ -13,15 +13,14 @@ Times are medians of 3 runs after a compiling run (VM timings swing 2-3x within 
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import jax
 import numpy as np
 
 from p2pllm_abm.config import UPDATE_RULES
 from p2pllm_abm.economics import MarketParams
 from p2pllm_abm.equilibrium import certify, solve_equilibrium, stable_eta
+
+from .timing import timed
 
 REPEATS = 3
 
@@ -30,16 +29,6 @@ def network(n_stages: int, per_stage: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     n = n_stages * per_stage
     return np.repeat(np.arange(n_stages), per_stage), rng.uniform(1.0, 5.0, n), np.ones(n, dtype=bool), np.ones(n)
-
-
-def timed(run, repeats: int = REPEATS):
-    run()  # compile
-    times, result = [], None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), result
 
 
 def main() -> None:
@@ -70,7 +59,7 @@ def main() -> None:
     def run_certify():
         return jax.block_until_ready(certify(price, cost, stage, alive, params, n_stages=16))
 
-    seconds, certificate = timed(run_certify)
+    seconds, certificate = timed(run_certify, repeats=REPEATS)
     print(f"\nCertify 10^5 peers x 16 stages: {seconds * 1e3:.1f} ms "
           f"(max stage gap {float(np.max(certificate.stage_gap)):.3g})")
     print(f"jax {jax.__version__}; float64 on the CPU")

@@ -71,3 +71,15 @@ def test_figures_regenerate_from_a_run_directory(tmp_path):
     assert all((tmp_path / name).stat().st_size > 0 for name in STAGE_FIGURES)
     with pytest.raises(SystemExit):
         main([str(tmp_path / "missing")])
+
+
+def test_petals_spans_experiment_records_paths_per_request_class(tmp_path):
+    result = sim("experiment=petals_spans", *FAST, "run.figures=false", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    peers = pd.read_parquet(tmp_path / "peers.parquet")
+    assert (peers["stage_end"] - peers["stage_start"]).max() > 1
+    metrics = pd.read_parquet(tmp_path / "metrics.parquet")
+    classes = metrics[(metrics["scope"] == "request_class") & (metrics["step"] == 20)]
+    assert classes["path_requests"].sum() == 64 * 10 and (classes["path_time"].dropna() > 0).all()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["allocation"]["efficient"] is None and len(summary["final"]["path_time_per_class"]) == 4

@@ -43,6 +43,13 @@ def test_default_distribution_splits_evenly():
         ("network.initial_distribution=[14,0,10,4]", "network.initial_distribution"),
         ("network.initial_distribution=[14,10,4]", "network.initial_distribution"),
         ("network.initial_price=-1", "network.initial_price"),
+        ("network.span_length_probs=[0.5,0.6]", "network.span_length_probs"),
+        ("network.span_length_probs=[-0.5,1.5]", "network.span_length_probs"),
+        ("network.span_length_probs=[0.2,0.2,0.2,0.2,0.2]", "network.span_length_probs"),
+        ("network.span_length_probs=[]", "network.span_length_probs"),
+        ("network.span_length_probs=[0.5,0.5]", "allocation.enabled"),
+        ("clients.routing=teleport", "clients.routing"),
+        ("clients.request_classes=0", "clients.request_classes"),
         ("allocation.period=0", "allocation.period"),
         ("allocation.move_fraction=0", "allocation.move_fraction"),
         ("allocation.hysteresis=-0.5", "allocation.hysteresis"),
@@ -73,3 +80,14 @@ def test_model_rejects_bad_config_before_running():
 def test_validate_returns_config_unchanged():
     cfg = load_config("paper_28")
     assert validate(cfg) is cfg
+
+
+def test_spans_need_path_routing():
+    with pytest.raises(ConfigError, match="clients.routing") as err:
+        load_config("paper_28", overrides=["network.span_length_probs=[0.5,0.5]", "allocation.enabled=false"])
+    assert err.value.value == "stage"
+    cfg = load_config("paper_28", overrides=["network.span_length_probs=[0.5,0.5]", "allocation.enabled=false",
+                                             "clients.routing=path"])
+    assert cfg.network.span_length_probs == [0.5, 0.5]
+    # zero mass on longer spans is the one-stage network: reallocation and stage routing stay allowed
+    assert load_config("paper_28", overrides=["network.span_length_probs=[1.0,0.0]"]).clients.routing == "stage"

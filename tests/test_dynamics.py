@@ -17,7 +17,7 @@ from p2pllm_abm.metrics import class_rows
 from p2pllm_abm.network import PeerTable
 from p2pllm_abm.routing import path_objectives
 from tests.test_economics import params, random_market
-from tests.test_pareto import span_networks
+from tests.strategies import span_networks
 from tests.test_routing import all_paths
 
 
@@ -69,7 +69,7 @@ def test_path_routing_without_latency_makes_the_stage_choice(seed):
 
 
 @settings(max_examples=30)
-@given(peers=span_networks(), alpha=st.floats(0.0, 0.95), temperature=st.floats(0.1, 3.0),
+@given(peers=span_networks(served=True), alpha=st.floats(0.0, 0.95), temperature=st.floats(0.1, 3.0),
        home=st.tuples(st.floats(0, 1), st.floats(0, 1)), seed=st.integers(0, 2**31 - 1))
 def test_path_routing_minimises_noisy_weights_plus_latency(peers, alpha, temperature, home, seed):
     """Against brute force over every path: the chosen one minimises sum(w - T G) + (1 - alpha) sum(l)

@@ -142,3 +142,18 @@ def test_route_returns_one_peer_per_stage():
 def test_run_rejects_negative_steps():
     with pytest.raises(ValueError, match="steps"):
         P2PLLMModel(small()).run(-1)
+
+
+def test_span_lengths_follow_the_configured_distribution():
+    """Lengths are drawn from span_length_probs renormalised over what fits before the last stage;
+    a span's cost is its length times a per-stage draw from cost_range."""
+    config = small("network.peers=4000", "network.stages=4", "network.initial_distribution=[1000,1000,1000,1000]",
+                   "network.span_length_probs=[0.5,0.3,0.2]", "network.cost_range=[2.0,2.0]",
+                   "allocation.enabled=false", "clients.routing=path", "clients.count=0")
+    peers = P2PLLMModel(config).peers
+    length = peers.stage_end - peers.stage_start
+    assert peers.stage_end.max() == 4
+    np.testing.assert_array_equal(peers.cost, 2.0 * length)
+    for start, probs in ((0, [0.5, 0.3, 0.2]), (1, [0.5, 0.3, 0.2]), (2, [0.625, 0.375, 0.0]), (3, [1.0, 0, 0])):
+        observed = np.bincount(length[peers.stage_start == start], minlength=4)[1:] / 1000
+        np.testing.assert_allclose(observed, probs, atol=0.05)

@@ -11,28 +11,8 @@ from hypothesis import strategies as st
 from p2pllm_abm.network import PeerTable
 from p2pllm_abm.pareto import pareto_paths, path_counts, sample_path_objectives, weighted_sum_sweep
 from p2pllm_abm.routing import path_objectives
+from tests.strategies import span_networks
 from tests.test_routing import all_paths
-
-
-@st.composite
-def span_networks(draw, integer: bool = False):
-    """Random networks of spans with at least one peer starting at every stage (and some dead)."""
-    n_stages = draw(st.integers(1, 4))
-    starts = list(range(n_stages)) + draw(st.lists(st.integers(0, n_stages - 1), max_size=7))
-    ends = [draw(st.integers(s + 1, n_stages)) for s in starts]
-    n = len(starts)
-    values = st.integers(0, 30).map(float) if integer else st.floats(0.0, 50.0, allow_nan=False)
-    alive = [True] * n_stages + draw(st.lists(st.booleans(), min_size=n - n_stages, max_size=n - n_stages))
-    return PeerTable(
-        stage_start=np.array(starts),
-        stage_end=np.array(ends),
-        cost=np.array(draw(st.lists(values, min_size=n, max_size=n))),
-        price=np.array(draw(st.lists(values, min_size=n, max_size=n))),
-        position=np.array(draw(st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)), min_size=n, max_size=n))),
-        alive=np.array(alive),
-        n_stages=n_stages,
-        latency_range=(0.0, 0.0) if integer else (1.0, 20.0),
-    )
 
 
 clients = st.one_of(st.none(), st.tuples(st.floats(0, 1), st.floats(0, 1)).map(np.array))
@@ -59,7 +39,7 @@ def test_pareto_set_equals_brute_force(peers, client):
 
 
 @settings(max_examples=100)
-@given(peers=span_networks(), client=clients, alpha=st.floats(1e-6, 1 - 1e-6))
+@given(peers=span_networks(served=True), client=clients, alpha=st.floats(1e-6, 1 - 1e-6))
 def test_every_weighted_sum_optimum_is_pareto(peers, client, alpha):
     front = pareto_paths(peers, client)
     chosen = weighted_sum_sweep(peers, [alpha], client).iloc[0]
@@ -87,7 +67,7 @@ def exactly_supported(point, points) -> bool:
 
 
 @settings(max_examples=150)
-@given(peers=span_networks(integer=True))
+@given(peers=span_networks(served=True, integer=True))
 def test_supported_points_are_the_lower_convex_hull(peers):
     points = [path_objectives(peers, p) for p in all_paths(peers)]
     front = pareto_paths(peers)
@@ -96,7 +76,7 @@ def test_supported_points_are_the_lower_convex_hull(peers):
 
 
 @settings(max_examples=100)
-@given(peers=span_networks(integer=True), fraction=st.floats(0, 1))
+@given(peers=span_networks(served=True, integer=True), fraction=st.floats(0, 1))
 def test_alpha_interval_selects_its_point(peers, fraction):
     front = pareto_paths(peers)
     for k in np.flatnonzero(front.supported):

@@ -17,28 +17,7 @@ from p2pllm_abm.routing import (
     shortest_path,
     topological_order,
 )
-
-
-@st.composite
-def networks(draw):
-    n_stages = draw(st.integers(1, 4))
-    n = draw(st.integers(1, 9))
-    starts, ends = [], []
-    for _ in range(n):
-        start = draw(st.integers(0, n_stages - 1))
-        starts.append(start)
-        ends.append(draw(st.integers(start + 1, n_stages)))
-    floats = st.floats(0.0, 50.0, allow_nan=False)
-    return PeerTable(
-        stage_start=np.array(starts),
-        stage_end=np.array(ends),
-        cost=np.array(draw(st.lists(floats, min_size=n, max_size=n))),
-        price=np.array(draw(st.lists(floats, min_size=n, max_size=n))),
-        position=np.array(draw(st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)), min_size=n, max_size=n))),
-        alive=np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n))),
-        n_stages=n_stages,
-        latency_range=(1.0, 20.0),
-    )
+from tests.strategies import span_networks
 
 
 def all_paths(peers):
@@ -57,7 +36,7 @@ def weighted(peers, path, alpha):
     return alpha * price + (1 - alpha) * time
 
 
-@given(peers=networks(), alpha=st.floats(0.0, 1.0))
+@given(peers=span_networks(), alpha=st.floats(0.0, 1.0))
 def test_shortest_path_equals_brute_force(peers, alpha):
     length, path = best_path(peers, alpha)
     candidates = list(all_paths(peers))
@@ -70,7 +49,7 @@ def test_shortest_path_equals_brute_force(peers, alpha):
     assert weighted(peers, path, alpha) == pytest.approx(length, rel=1e-12, abs=1e-9)
 
 
-@given(peers=networks())
+@given(peers=span_networks())
 def test_topological_order_respects_every_edge(peers):
     dag = build_dag(peers.stage_start, peers.stage_end, peers.alive, peers.n_stages)
     order = topological_order(dag)
@@ -113,7 +92,7 @@ def test_million_node_chain_needs_no_recursion():
     assert path == list(range(n)) and length == n + 1
 
 
-@given(peers=networks(), alpha=st.floats(0.0, 1.0), client=st.tuples(st.floats(0, 1), st.floats(0, 1)))
+@given(peers=span_networks(), alpha=st.floats(0.0, 1.0), client=st.tuples(st.floats(0, 1), st.floats(0, 1)))
 def test_boundary_dp_equals_alg2_on_the_csr_dag(peers, alpha, client):
     client = np.array(client)
     dag = build_dag(peers.stage_start, peers.stage_end, peers.alive, peers.n_stages)

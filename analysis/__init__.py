@@ -1,0 +1,1 @@
+"""Reading run outputs and drawing figures for papers (``python -m analysis --help``)."""
