@@ -3,12 +3,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench bench-equilibrium bench-routing verify clean
+.PHONY: run test bench bench-equilibrium bench-routing bench-sweeps verify clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,cluster]'
 	touch $(STAMP)
 
 # The main job: the paper's Table 1 experiment (200 peers, 4 stages, 5000 iterations).
@@ -26,6 +26,9 @@ bench-equilibrium: $(STAMP)
 
 bench-routing: $(STAMP)
 	$(BIN)/python -m benchmarks.routing
+
+bench-sweeps: $(STAMP)
+	$(BIN)/python -m benchmarks.sweeps
 
 # The equilibrium verification experiment (table + figures in outputs/equilibrium_verification).
 verify: $(STAMP)

@@ -1,6 +1,9 @@
-"""``python -m analysis <command>``: figures for papers from run outputs or fresh networks.
+"""``python -m analysis <command>``: tidy tables and figures for papers from run outputs.
 
-    python -m analysis pareto-figure --run-dir outputs/paper_28         # Figure 2 of a finished run
+    python -m analysis collect multirun/sweep_alpha                  # runs.parquet, steps.parquet
+    python -m analysis figures multirun/sweep_alpha                  # the gallery (a)-(e), PDF + PNG + captions
+    python -m analysis table multirun/sweep_alpha --format latex     # Table-1-style table, mean ± sd
+    python -m analysis pareto-figure --run-dir outputs/paper_28      # Figure 2 of a finished run
     python -m analysis pareto-figure --experiment paper_28 --steps 200  # of a fresh network
     python -m analysis network-figure --experiment paper_28 --alpha 0.5 # Figure 1
 """
@@ -12,6 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+import yaml
+
+from .collect import Collection, collect, run_directories
+from .gallery import FIGURES, draw_gallery
 from .routing_figures import ANNOTATED_ALPHAS, network_from_experiment, network_from_run, plot_network, plot_pareto
 
 
@@ -40,7 +47,30 @@ def main(argv: list[str] | None = None) -> None:
     network = commands.add_parser("network-figure", help="Figure 1: the peer DAG with the chosen path")
     _network_arguments(network)
     network.add_argument("--alpha", type=float, default=0.5, help="the client's alpha for the highlighted path")
+    collecting = commands.add_parser("collect", help="read a multirun directory into runs.parquet and steps.parquet")
+    collecting.add_argument("multirun_dir", type=Path)
+    collecting.add_argument("--out", type=Path, help="output folder (default: the multirun directory)")
+    gallery = commands.add_parser("figures", help="the figure gallery (a)-(e) of a sweep")
+    gallery.add_argument("source", type=Path, help="a multirun directory, or a folder of collected tables")
+    gallery.add_argument("--only", nargs="+", choices=list(FIGURES), help="draw only these figures")
+    gallery.add_argument("--out", type=Path, help="output folder (default: <source>/figures)")
+    table = commands.add_parser("table", help="Table-1-style table over the runs of a sweep")
+    table.add_argument("source", type=Path, help="a multirun directory, or a folder of collected tables")
+    table.add_argument("--format", choices=["markdown", "latex"], default="markdown")
+    table.add_argument("--steps", type=int, nargs="+", help="iterations (default: up to 6 recorded ones)")
+    table.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                       help="keep runs whose runs.parquet column KEY equals VALUE (repeatable)")
+    table.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
+
+    if args.command == "collect":
+        return _collect(args.multirun_dir, args.out)
+    if args.command == "figures":
+        for path in draw_gallery(_collection(args.source), args.out or args.source / "figures", args.only).values():
+            print(path)
+        return None
+    if args.command == "table":
+        return _table(parser, args)
 
     for name in ("alphas",) if args.command == "pareto-figure" else ("alpha",):
         values = np.atleast_1d(getattr(args, name))
@@ -61,6 +91,41 @@ def main(argv: list[str] | None = None) -> None:
         written = plot_network(peers, args.alpha, client, out)
     for path in written.values():
         print(path)
+
+
+def _collection(source: Path) -> Collection:
+    """A multirun directory is collected afresh (its runs may have changed); a folder holding only
+    collected tables is read."""
+    return collect(source) if run_directories(source) else Collection.read(source)
+
+
+def _collect(multirun_dir: Path, out: Path | None) -> None:
+    collection = collect(multirun_dir)
+    for path in collection.write(out or multirun_dir).values():
+        print(path)
+    counts = collection.runs["status"].value_counts().to_dict()
+    print(f"{len(collection.runs)} runs ({', '.join(f'{n} {s}' for s, n in counts.items())}); "
+          f"swept: {', '.join(collection.swept) or 'nothing'}")
+    for problem in collection.problems:
+        print(f"  {problem}")
+
+
+def _table(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from .tables import render, table1
+
+    where = {}
+    for item in args.where:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--where = {item!r} is invalid: allowed KEY=VALUE")
+        where[key] = yaml.safe_load(value)
+    try:
+        text = render(table1(_collection(args.source), args.steps, where), args.format)
+    except ValueError as error:
+        parser.error(str(error))
+    print(text, end="")
+    if args.out:
+        args.out.write_text(text)
 
 
 if __name__ == "__main__":

@@ -17,18 +17,21 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from .config import CONF_DIR, Config, to_config
+from .config import CONF_DIR, Config
 from .figures import plot_stage_trajectories
-from .metrics import write_run_outputs
+from .metrics import reset_peak_memory, write_run_outputs
 from .model import P2PLLMModel
 from .paper import checkpoint_table
+from .sweep import run_job
 
 
 def run_experiment(config: Config, outdir: Path) -> P2PLLMModel:
     """Build the model, run ``config.run.steps`` steps and write the run directory. An interrupt
     (Ctrl-C) still writes what was recorded so far before it propagates."""
+    reset_peak_memory()
     model = P2PLLMModel(config)
     started = time.perf_counter()
     try:
@@ -57,4 +60,6 @@ def quiet_library_logs() -> None:
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     quiet_library_logs()
-    run_experiment(to_config(cfg), Path(HydraConfig.get().runtime.output_dir))
+    hydra_config = HydraConfig.get()
+    run_job(cfg, Path(hydra_config.runtime.output_dir), run_experiment,
+            multirun=hydra_config.mode == RunMode.MULTIRUN)

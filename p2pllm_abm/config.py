@@ -90,6 +90,8 @@ class RunConfig:
     record_interval: int = 50  #: metrics and peer snapshots every this many steps (and at 0, last)
     progress: bool = True  #: show a progress bar
     figures: bool = True  #: write PNG figures into the run directory
+    #: in a multirun, skip a job whose run directory holds a completed run of the same config
+    resume: bool = True
 
 
 @dataclass

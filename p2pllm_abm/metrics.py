@@ -201,6 +201,29 @@ def allocation_status(peers: PeerTable) -> dict[str, Any]:
             "capacity_per_stage": check.capacity_per_stage.tolist(), "capacity_ratio": check.capacity_ratio}
 
 
+def reset_peak_memory() -> None:
+    """Start a new peak-memory measurement (Linux: clears the process's VmHWM; a joblib worker
+    runs many jobs, so each job resets it). Elsewhere a no-op."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process since :func:`reset_peak_memory`, in MiB (where the
+    peak cannot be reset, since the process started)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def summary(model: P2PLLMModel, wall_time_s: float) -> dict[str, Any]:
     final = model.stage_stats
     return {
@@ -218,6 +241,7 @@ def summary(model: P2PLLMModel, wall_time_s: float) -> dict[str, Any]:
         "allocation": allocation_status(model.peers),
         "wall_time_s": wall_time_s,
         "steps_per_s": model.steps / wall_time_s if wall_time_s > 0 else None,
+        "peak_memory_mb": peak_memory_mb(),
     }
 
 

@@ -1,0 +1,154 @@
+"""Many run directories into tidy tables.
+
+    python -m analysis collect multirun/sweep_alpha      # writes runs.parquet, steps.parquet, collection.json
+
+``runs.parquet``: one row per run directory: ``run`` (its name), ``status`` (complete, failed,
+partial), every swept parameter (from ``.hydra/overrides.yaml``, typed), the run's whole config
+flattened to dotted columns (``market.alpha``, ...), and summary figures (``steps_per_s``,
+``peak_memory_mb``, ``final_mean_price``, ``final_nash_gap``, ``converged_step``, ...).
+``steps.parquet``: one row per run x recorded step x stage, the stage rows of ``metrics.parquet``
+with ``run`` and the swept parameters. Failed and partial runs are listed, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from p2pllm_abm.metrics import stage_rows
+from p2pllm_abm.sweep import COMPLETE, STATUS
+
+#: overrides that do not change a run's results
+IGNORED_OVERRIDES = ("run.progress", "run.resume", "sweep")
+#: a run has converged at the first recorded step whose largest relative Nash gap is this small
+CONVERGENCE_GAP = 1e-3
+
+
+@dataclass
+class Collection:
+    """The tables of a sweep, the parameters it swept, and what could not be read."""
+
+    runs: pd.DataFrame
+    steps: pd.DataFrame
+    swept: list[str]  #: overridden parameters that take more than one value across the runs
+    problems: list[str] = field(default_factory=list)
+    source: Path | None = None
+
+    def write(self, out_dir: Path) -> dict[str, Path]:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = {name: out_dir / name for name in ("runs.parquet", "steps.parquet", "collection.json")}
+        self.runs.to_parquet(paths["runs.parquet"], index=False)
+        self.steps.to_parquet(paths["steps.parquet"], index=False)
+        paths["collection.json"].write_text(json.dumps(
+            {"source": str(self.source), "swept": self.swept, "problems": self.problems}, indent=2))
+        return paths
+
+    @classmethod
+    def read(cls, directory: Path) -> Collection:
+        """Tables written by :meth:`write`."""
+        directory = Path(directory)
+        meta = json.loads((directory / "collection.json").read_text())
+        return cls(pd.read_parquet(directory / "runs.parquet"), pd.read_parquet(directory / "steps.parquet"),
+                   meta["swept"], meta["problems"], Path(meta["source"]) if meta["source"] else None)
+
+
+def run_directories(multirun_dir: Path) -> list[Path]:
+    """Every job directory (one holding ``.hydra/overrides.yaml``) at or below ``multirun_dir``."""
+    return sorted(path.parent.parent for path in Path(multirun_dir).rglob(".hydra/overrides.yaml"))
+
+
+def parse_overrides(run_dir: Path) -> dict[str, Any]:
+    """``key=value`` overrides of a job, values typed by YAML, the ones in :data:`IGNORED_OVERRIDES`
+    and Hydra's own (``hydra.*``, ``hydra/...``) left out."""
+    parsed = {}
+    for override in yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []:
+        key, _, value = override.partition("=")
+        key = key.lstrip("+~")
+        if key in IGNORED_OVERRIDES or key.startswith("hydra"):
+            continue
+        parsed[key] = yaml.safe_load(value)
+        if isinstance(parsed[key], (list, dict)):
+            parsed[key] = json.dumps(parsed[key])
+    return parsed
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys for a nested dict; lists become JSON strings (parquet needs one type per column)."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, list) else value
+    return flat
+
+
+def run_record(run_dir: Path, summary: dict[str, Any], stages: pd.DataFrame) -> dict[str, Any]:
+    """Summary figures of one finished run."""
+    final = summary["final"]
+    gaps = stages.groupby("step")["relative_nash_gap"].max()
+    below = gaps[gaps <= CONVERGENCE_GAP]
+    return {
+        **flatten(summary["config"]),
+        "steps": summary["steps"],
+        "wall_time_s": summary["wall_time_s"],
+        "steps_per_s": summary["steps_per_s"],
+        "peak_memory_mb": summary.get("peak_memory_mb"),
+        "stage_size": summary["config"]["network"]["peers"] / summary["config"]["network"]["stages"],
+        "final_mean_price": float(np.mean(final["mean_price_per_stage"])),
+        "final_nash_gap": float(np.max(final["nash_gap_per_stage"])),
+        "final_relative_nash_gap": float(np.max(final["relative_nash_gap_per_stage"])),
+        "converged_step": float(below.index[0]) if len(below) else np.nan,
+        "allocation_efficient": summary["allocation"].get("efficient"),
+    }
+
+
+def collect(multirun_dir: Path) -> Collection:
+    """Read every run under ``multirun_dir`` into a :class:`Collection`."""
+    multirun_dir = Path(multirun_dir)
+    if not multirun_dir.is_dir():
+        raise FileNotFoundError(f"multirun_dir = {str(multirun_dir)!r} is not a directory: allowed a "
+                                "p2pllm-sim multirun (or run) directory")
+    rows, step_frames, problems, swept = [], [], [], {}
+    for run_dir in run_directories(multirun_dir):
+        name = str(run_dir.relative_to(multirun_dir)) if run_dir != multirun_dir else run_dir.name
+        overrides = parse_overrides(run_dir)
+        swept.update(dict.fromkeys(overrides))
+        row = {"run": name, **overrides}
+        try:
+            summary = json.loads((run_dir / "summary.json").read_text())
+            stages = stage_rows(pd.read_parquet(run_dir / "metrics.parquet"))
+        except (OSError, ValueError, KeyError) as error:
+            status, message = _status(run_dir)
+            problems.append(f"{name}: {status}{f' ({message})' if message else ''}; no readable outputs "
+                            f"({type(error).__name__}: {error})")
+            rows.append({**row, "status": status, "error": message})
+            continue
+        row.update({"status": "complete" if (run_dir / COMPLETE).is_file() else "partial",
+                    **{k: v for k, v in run_record(run_dir, summary, stages).items() if k not in overrides}})
+        if row["status"] == "partial":
+            problems.append(f"{name}: partial (no {COMPLETE}: interrupted or still running)")
+        rows.append(row)
+        step_frames.append(stages.assign(run=name, **overrides))
+    if not rows:
+        raise FileNotFoundError(f"multirun_dir = {str(multirun_dir)!r} holds no run directories "
+                                "(none has .hydra/overrides.yaml)")
+    steps = pd.concat(step_frames, ignore_index=True) if step_frames else pd.DataFrame()
+    runs = pd.DataFrame(rows)
+    varied = [name for name in swept if runs[name].nunique(dropna=False) > 1]
+    return Collection(runs, steps, varied, problems, multirun_dir)
+
+
+def _status(run_dir: Path) -> tuple[str, str | None]:
+    """A run without outputs: ``failed`` with its error when its status says so, else ``partial``."""
+    status_file = run_dir / STATUS
+    record = json.loads(status_file.read_text()) if status_file.is_file() else {}
+    return ("failed", record.get("error")) if record.get("status") == "failed" else ("partial", None)

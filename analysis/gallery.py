@@ -1,0 +1,182 @@
+"""The figure gallery for papers, from a collected sweep (:mod:`analysis.collect`).
+
+    python -m analysis figures multirun/sweep_alpha            # collects first if needed
+
+Every figure is written as PDF and PNG in one style, with a caption file naming the sweep that
+produced it (its directory, runs, swept parameters, the sweep's overrides and sweeper
+parameters) and the command that regenerates it. Bands are 95% confidence intervals over the runs
+that share an x value (seeds, for the ready sweeps).
+
+(a) ``table1_trajectories``: peers and mean price per stage vs iteration (the paper's Table 1);
+(b) ``convergence_vs_eta``: iterations until the Nash gap is small, and the final gap, vs eta per
+    stage size (``sweep=eta``);
+(c) ``price_vs_alpha``: final (equilibrium) mean price vs alpha for several T (``sweep=temperature``);
+(d) ``revenue_curve``: expected revenue R(p) of a peer of stage 1 for several compute costs, its
+    maximiser (the best response) marked (the paper's Figure 3), from the first complete run;
+(e) ``scaling``: steps/s and peak memory vs number of peers (``sweep=network_size``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+import yaml  # noqa: E402
+
+from p2pllm_abm.economics import MarketParams, expected_revenue  # noqa: E402
+from p2pllm_abm.equilibrium import best_response  # noqa: E402
+
+from .collect import CONVERGENCE_GAP, Collection  # noqa: E402
+
+BAND = ("ci", 95)
+
+
+def _style() -> None:
+    sns.set_theme(context="paper", style="whitegrid", palette="colorblind", font_scale=1.1)
+
+
+def _facet_parameter(collection: Collection) -> str | None:
+    """The first swept parameter other than the seed that takes several values."""
+    for name in collection.swept:
+        if name != "seed" and name in collection.runs and collection.runs[name].nunique() > 1:
+            return name
+    return None
+
+
+def table1_trajectories(collection: Collection) -> tuple[plt.Figure, str]:
+    steps = collection.steps.assign(layer=lambda f: "layer " + (f["stage"] + 1).astype(str))
+    facet = _facet_parameter(collection)
+    values = sorted(steps[facet].unique()) if facet else [None]
+    fig, axes = plt.subplots(2, len(values), figsize=(3.6 * len(values), 5.5), squeeze=False, sharex=True)
+    for column, value in enumerate(values):
+        part = steps if facet is None else steps[steps[facet] == value]
+        for row, (metric, label) in enumerate((("peers", "peers serving the stage"), ("mean_price", "mean price"))):
+            ax = axes[row, column]
+            sns.lineplot(data=part, x="step", y=metric, hue="layer", errorbar=BAND, ax=ax, legend=row == column == 0)
+            ax.set(xlabel="iteration" if row else "", ylabel=label if column == 0 else "",
+                   title=f"{facet} = {value}" if facet and row == 0 else "")
+    return fig, "Peers and mean price per stage over the iterations (the paper's Table 1)"
+
+
+def convergence_vs_eta(collection: Collection) -> tuple[plt.Figure, str]:
+    runs = collection.runs[collection.runs["status"] == "complete"].assign(
+        stage_size=lambda f: f["stage_size"].round(1).astype(str))
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
+    sns.lineplot(data=runs, x="market.eta", y="converged_step", hue="stage_size", marker="o", errorbar=BAND,
+                 ax=axes[0])
+    sns.lineplot(data=runs, x="market.eta", y="final_relative_nash_gap", hue="stage_size", marker="o",
+                 errorbar=BAND, ax=axes[1], legend=False)
+    axes[0].set(xscale="log", ylabel=f"iterations to relative Nash gap <= {CONVERGENCE_GAP:g}", xlabel="eta")
+    axes[1].set(xscale="log", yscale="log", ylabel="final relative Nash gap", xlabel="eta")
+    axes[0].legend(title="peers per stage")
+    return fig, (f"Iterations of eq. 5 until the largest relative Nash gap is <= {CONVERGENCE_GAP:g} (missing: "
+                 "not within the run) and the final gap, vs eta, per stage size")
+
+
+def price_vs_alpha(collection: Collection) -> tuple[plt.Figure, str]:
+    runs = collection.runs[collection.runs["status"] == "complete"].assign(
+        T=lambda f: f["market.temperature"].astype(str))
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    sns.lineplot(data=runs, x="market.alpha", y="final_mean_price", hue="T", marker="o", errorbar=BAND, ax=ax)
+    ax.set(xlabel="alpha", ylabel="final mean price", yscale="log")
+    return fig, "Final mean price (the equilibrium price under best-response updates) vs alpha, per temperature T"
+
+
+def revenue_curve(collection: Collection) -> tuple[plt.Figure, str]:
+    run_dir = collection.source / collection.runs.loc[collection.runs["status"] == "complete", "run"].iloc[0]
+    config = json.loads((run_dir / "summary.json").read_text())["config"]
+    peers = pd.read_parquet(run_dir / "peers.parquet")
+    peers = peers[(peers["step"] == peers["step"].max()) & peers["alive"] & (peers["stage"] == 0)]
+    market = config["market"]
+    params = MarketParams(market["alpha"], market["temperature"], market["demand"], market["eta"],
+                          market["price_floor"])
+    rivals_price, rivals_cost = peers["price"].to_numpy(), peers["cost"].to_numpy()
+    costs = np.quantile(rivals_cost, [0.1, 0.5, 0.9])
+    curves, optima = [], []
+    for c in costs:
+        price, cost = np.append(rivals_price, 1.0), np.append(rivals_cost, c)
+        stage, alive = np.zeros(len(price), dtype=np.int64), np.ones(len(price), dtype=bool)
+        best = float(best_response(jnp.asarray(price), jnp.asarray(cost), stage, alive, params, 1)[-1])
+        top = 3.0 * best if np.isfinite(best) else 10.0
+        grid = np.linspace(top / 300, top, 300)
+
+        def revenue(q, price=price, cost=cost, stage=stage, alive=alive):
+            return expected_revenue(jnp.asarray(price).at[-1].set(q), cost, stage, alive, params, 1)[-1]
+
+        values = np.asarray(jax.vmap(revenue)(jnp.asarray(grid)))
+        curves.append(pd.DataFrame({"price": grid, "revenue": values, "cost": f"c = {c:.3g}"}))
+        optima.append((best, float(revenue(best)), f"c = {c:.3g}"))
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    sns.lineplot(data=pd.concat(curves), x="price", y="revenue", hue="cost", ax=ax)
+    for (best, value, _), color in zip(optima, sns.color_palette()):
+        ax.plot([best], [value], marker="o", color=color)
+        ax.axvline(best, color=color, lw=0.6, ls=":")
+    ax.set(xlabel="own price p", ylabel="expected revenue R(p)", yscale="log")
+    return fig, (f"Expected revenue R(p) (eq. 2; log scale: costs far apart give revenues orders of magnitude "
+                 f"apart) of a peer joining stage 1 of run {run_dir.name} at its final prices, for the 10%, 50% "
+                 "and 90% quantiles of that stage's costs; dots mark the maximiser (the best response)")
+
+
+def scaling(collection: Collection) -> tuple[plt.Figure, str]:
+    runs = collection.runs[collection.runs["status"] == "complete"]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
+    sns.lineplot(data=runs, x="network.peers", y="steps_per_s", marker="o", errorbar=BAND, ax=axes[0])
+    sns.lineplot(data=runs, x="network.peers", y="peak_memory_mb", marker="o", errorbar=BAND, ax=axes[1])
+    axes[0].set(xscale="log", yscale="log", xlabel="peers", ylabel="steps per second")
+    axes[1].set(xscale="log", xlabel="peers", ylabel="peak memory of the job (MiB)")
+    return fig, "Simulation speed (steps/s over the whole run) and peak resident memory vs number of peers"
+
+
+#: file stem -> figure function
+FIGURES: dict[str, Callable[[Collection], tuple[plt.Figure, str]]] = {
+    "a_table1_trajectories": table1_trajectories,
+    "b_convergence_vs_eta": convergence_vs_eta,
+    "c_price_vs_alpha": price_vs_alpha,
+    "d_revenue_curve": revenue_curve,
+    "e_scaling": scaling,
+}
+
+
+def caption(collection: Collection, description: str, stem: str) -> str:
+    """The caption file's text: the figure, the sweep that produced it, how to regenerate it."""
+    counts = collection.runs["status"].value_counts().to_dict()
+    lines = [f"{description}.", "",
+             f"Sweep: {collection.source} ({len(collection.runs)} runs: "
+             + ", ".join(f"{n} {status}" for status, n in counts.items()) + ")",
+             f"Swept parameters: {', '.join(collection.swept) or 'none'}"]
+    multirun = collection.source / "multirun.yaml" if collection.source else None
+    if multirun is not None and multirun.is_file():
+        hydra = yaml.safe_load(multirun.read_text())["hydra"]
+        lines.append(f"Command-line overrides: {' '.join(hydra['overrides']['task'])}")
+        if hydra.get("sweeper", {}).get("params"):
+            lines.append(f"Sweeper parameters: {hydra['sweeper']['params']}")
+    lines.append(f"Regenerate: python -m analysis figures {collection.source} (file {stem})")
+    return "\n".join(lines) + "\n"
+
+
+def draw_gallery(collection: Collection, out_dir: Path, names: list[str] | None = None) -> dict[str, Path]:
+    """Draw the figures ``names`` (default all of :data:`FIGURES`) into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _style()
+    written = {}
+    for stem in names or list(FIGURES):
+        fig, description = FIGURES[stem](collection)
+        fig.tight_layout()
+        for suffix in (".pdf", ".png"):
+            fig.savefig(out_dir / f"{stem}{suffix}", dpi=200)
+            written[f"{stem}{suffix}"] = out_dir / f"{stem}{suffix}"
+        plt.close(fig)
+        (out_dir / f"{stem}.txt").write_text(caption(collection, description, stem))
+        written[f"{stem}.txt"] = out_dir / f"{stem}.txt"
+    return written

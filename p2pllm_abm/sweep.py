@@ -1,0 +1,153 @@
+"""Multiruns that survive: resumable jobs, failures kept in their run directory, a closing summary,
+and no core oversubscription when jobs share a machine.
+
+Every job of ``p2pllm-sim -m ...`` goes through :func:`run_job`:
+
+- a run directory holding :data:`COMPLETE` (written last, with a digest of the job's config) is
+  *skipped* when the same config runs again (``run.resume=false`` forces a rerun);
+- a job that raises (a bad override, a crash) writes its traceback to :data:`ERROR` and
+  ``status = failed`` to :data:`STATUS`, and the sweep goes on with the other jobs;
+- :class:`SweepCallback` (registered in ``conf/config.yaml``) limits every job's JAX/BLAS threads
+  before the launcher starts its workers, and prints :func:`sweep_summary` at the end.
+
+The sweep directory is fixed by the sweep, not by the clock (``conf/config.yaml``), and each job's
+subdirectory is named by its overrides, so the same command finds the same directories again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import traceback
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from .config import Config, to_config
+
+COMPLETE = "complete.json"  #: written last by a finished job
+STATUS = "status.json"  #: done, skipped or failed, with the sweep id
+ERROR = "error.txt"  #: the traceback of a failed job
+SWEEP_ID = "P2PLLM_SWEEP_ID"  #: environment variable naming the running multirun
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def config_digest(config: Config) -> str:
+    """SHA-256 of the job's config (``run.progress`` and ``run.resume`` left out: they do not
+    change results)."""
+    data = OmegaConf.to_container(OmegaConf.structured(config))
+    for ignored in ("progress", "resume"):
+        data["run"].pop(ignored)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def is_complete(outdir: Path, digest: str) -> bool:
+    marker = Path(outdir) / COMPLETE
+    return marker.is_file() and json.loads(marker.read_text()).get("config_digest") == digest
+
+
+def write_status(outdir: Path, status: str, **details: Any) -> None:
+    record = {"status": status, "sweep_id": os.environ.get(SWEEP_ID), "time": time.time(), **details}
+    (Path(outdir) / STATUS).write_text(json.dumps(record, indent=2))
+
+
+def run_job(cfg: DictConfig, outdir: Path, task: Callable[[Config, Path], Any], multirun: bool) -> str:
+    """Validate ``cfg`` and run ``task(config, outdir)`` unless ``outdir`` already holds this
+    config's completed run; returns ``"done"``, ``"skipped"`` or ``"failed"``. In a ``multirun`` a
+    failure is recorded (traceback in :data:`ERROR`) instead of raised, so the sweep goes on."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    try:
+        config = to_config(cfg)
+        digest = config_digest(config)
+        if config.run.resume and is_complete(outdir, digest):
+            write_status(outdir, "skipped")
+            print(f"Skipped (complete): {outdir}")
+            return "skipped"
+        (outdir / COMPLETE).unlink(missing_ok=True)
+        (outdir / ERROR).unlink(missing_ok=True)
+        started = time.perf_counter()
+        task(config, outdir)
+    except Exception as error:
+        if not multirun:
+            raise
+        (outdir / ERROR).write_text(traceback.format_exc())
+        write_status(outdir, "failed", error=f"{type(error).__name__}: {error}")
+        print(f"Failed: {outdir} ({type(error).__name__}: {error})")
+        return "failed"
+    write_status(outdir, "done")
+    (outdir / COMPLETE).write_text(json.dumps({"config_digest": digest,
+                                               "wall_time_s": time.perf_counter() - started}))
+    return "done"
+
+
+def thread_environment(threads: int) -> dict[str, str]:
+    """Environment that keeps the BLAS libraries to ``threads`` threads and, for one thread, XLA's
+    CPU client to its calling thread (XLA has no flag for another count)."""
+    environment = {name: str(threads) for name in THREAD_VARIABLES}
+    if threads == 1:
+        environment["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    return environment
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def threads_per_job(launcher: DictConfig | dict) -> int | None:
+    """Threads each job may use: the cores divided among joblib's parallel jobs, a submitit job's
+    ``cpus_per_task``; ``None`` (leave JAX alone) for the basic launcher, one job at a time."""
+    target = str(launcher.get("_target_", ""))
+    if "joblib" in target:
+        cores = available_cores()
+        n_jobs = int(launcher.get("n_jobs", -1))
+        parallel = cores if n_jobs < 0 else min(n_jobs, cores)
+        return max(1, cores // max(parallel, 1))
+    if "submitit" in target and launcher.get("cpus_per_task"):
+        return int(launcher.get("cpus_per_task"))
+    return None
+
+
+def sweep_summary(sweep_dir: Path, sweep_id: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The jobs under ``sweep_dir`` (those of multirun ``sweep_id`` if given) by status."""
+    jobs: dict[str, list[dict[str, Any]]] = {"done": [], "skipped": [], "failed": []}
+    for status_file in sorted(Path(sweep_dir).glob(f"*/{STATUS}")):
+        record = json.loads(status_file.read_text())
+        if sweep_id is None or record.get("sweep_id") == sweep_id:
+            jobs.setdefault(record["status"], []).append({"dir": status_file.parent, **record})
+    return jobs
+
+
+def format_summary(sweep_dir: Path, jobs: dict[str, list[dict[str, Any]]]) -> str:
+    counts = {status: len(entries) for status, entries in jobs.items()}
+    lines = [f"Sweep {sweep_dir}: {sum(counts.values())} jobs, {counts['done']} done, "
+             f"{counts['skipped']} skipped (already complete), {counts['failed']} failed"]
+    for job in jobs["failed"]:
+        lines.append(f"  failed: {job['dir'].name}\n          {job['error']}  (traceback: {job['dir'] / ERROR})")
+    return "\n".join(lines)
+
+
+class SweepCallback(Callback):
+    """Hydra callback of every multirun: thread limits for the jobs, then the closing summary.
+
+    ``threads_per_job`` overrides :func:`threads_per_job` (``hydra.callbacks.sweep.threads_per_job``)."""
+
+    def __init__(self, threads_per_job: int | None = None) -> None:
+        self.threads = threads_per_job
+        self.sweep_id: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.sweep_id = uuid.uuid4().hex
+        os.environ[SWEEP_ID] = self.sweep_id  # inherited by the launcher's worker processes
+        threads = self.threads or threads_per_job(config.hydra.launcher)
+        if threads is not None:
+            os.environ.update(thread_environment(threads))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        print(format_summary(sweep_dir, sweep_summary(sweep_dir, self.sweep_id)))

@@ -1,0 +1,162 @@
+"""Multiruns with the joblib and submitit_local launchers, failures, resuming, collection, gallery."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from analysis.__main__ import main as analysis
+from analysis.collect import Collection, collect, parse_overrides
+from p2pllm_abm import load_config
+from p2pllm_abm.config import CONF_DIR, to_config
+from p2pllm_abm.sweep import COMPLETE, ERROR, config_digest, thread_environment, threads_per_job
+from tests.test_cli import sim
+
+TINY = ["experiment=paper_28", "run.steps=20", "run.record_interval=10", "report.table_steps=[0,10,20]",
+        "run.progress=false", "run.figures=false"]
+
+
+def multirun(sweep_dir, *overrides, launcher="joblib"):
+    result = sim("-m", f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep_dir}", *TINY, *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def joblib_sweep(tmp_path_factory):
+    sweep_dir = tmp_path_factory.mktemp("joblib")
+    return sweep_dir, multirun(sweep_dir, "market.alpha=0.25,0.75", "market.temperature=1,2", "seed=0,1")
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_four_job_multirun_is_collected_with_parameter_columns(launcher, tmp_path):
+    stdout = multirun(tmp_path, "market.alpha=0.25,0.75", "seed=0,1", launcher=launcher)
+    assert "4 jobs, 4 done, 0 skipped (already complete), 0 failed" in stdout
+    collection = collect(tmp_path)
+    runs = collection.runs
+    assert len(runs) == 4 and (runs["status"] == "complete").all()
+    assert sorted(zip(runs["market.alpha"], runs["seed"])) == [(0.25, 0), (0.25, 1), (0.75, 0), (0.75, 1)]
+    assert collection.swept == ["market.alpha", "seed"]
+    assert (runs["run.steps"] == 20).all() and runs["final_mean_price"].gt(0).all()
+    steps = collection.steps
+    assert len(steps) == 4 * 3 * 4 and set(steps["step"]) == {0, 10, 20}  # runs x records x stages
+    assert steps.groupby("run")["market.alpha"].nunique().eq(1).all()
+
+
+def test_failed_job_is_recorded_and_the_sweep_goes_on_then_resumes(tmp_path):
+    stdout = multirun(tmp_path, "market.alpha=0.5,1.5")
+    assert "2 jobs, 1 done, 0 skipped (already complete), 1 failed" in stdout
+    assert "market.alpha = 1.5 is invalid" in stdout
+    failed = next(tmp_path.glob("*market.alpha=1.5*"))
+    assert "ConfigError" in (failed / ERROR).read_text() and not (failed / COMPLETE).exists()
+    done = next(tmp_path.glob("*market.alpha=0.5*"))
+    assert (done / COMPLETE).is_file()
+
+    collection = collect(tmp_path)
+    assert sorted(collection.runs["status"]) == ["complete", "failed"]
+    assert any("market.alpha = 1.5 is invalid" in problem for problem in collection.problems)
+
+    metrics_before = (done / "metrics.parquet").stat().st_mtime_ns
+    again = multirun(tmp_path, "market.alpha=0.5,1.5")
+    assert "2 jobs, 0 done, 1 skipped (already complete), 1 failed" in again
+    assert (done / "metrics.parquet").stat().st_mtime_ns == metrics_before
+
+
+def test_rerunning_a_finished_sweep_skips_every_job(joblib_sweep):
+    sweep_dir, first = joblib_sweep
+    assert "8 jobs, 8 done" in first
+    again = multirun(sweep_dir, "market.alpha=0.25,0.75", "market.temperature=1,2", "seed=0,1")
+    assert "8 jobs, 0 done, 8 skipped (already complete), 0 failed" in again
+
+
+def test_changed_config_reruns_instead_of_skipping(tmp_path):
+    multirun(tmp_path, "seed=0")
+    (only,) = [p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    marker = json.loads((only / COMPLETE).read_text())
+    (only / COMPLETE).write_text(json.dumps({**marker, "config_digest": "stale"}))
+    assert "1 jobs, 1 done, 0 skipped" in multirun(tmp_path, "seed=0")
+
+
+def test_collect_reports_partial_runs(joblib_sweep, tmp_path):
+    sweep_dir, _ = joblib_sweep
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep_dir, copy)
+    broken = sorted(p for p in copy.iterdir() if p.is_dir() and not p.name.startswith("."))[0]
+    (broken / "summary.json").unlink()
+    collection = collect(copy)
+    assert (collection.runs["status"] == "partial").sum() == 1 and len(collection.runs) == 8
+    assert len(collection.problems) == 1 and broken.name in collection.problems[0]
+
+
+def test_gallery_and_table_from_a_tiny_sweep(joblib_sweep, tmp_path, capsys):
+    sweep_dir, _ = joblib_sweep
+    analysis(["collect", str(sweep_dir), "--out", str(tmp_path / "tables")])
+    reread = Collection.read(tmp_path / "tables")
+    assert reread.swept == ["market.alpha", "market.temperature", "seed"] and len(reread.runs) == 8
+    analysis(["figures", str(tmp_path / "tables"), "--out", str(tmp_path / "figures")])
+    stems = ["a_table1_trajectories", "b_convergence_vs_eta", "c_price_vs_alpha", "d_revenue_curve", "e_scaling"]
+    for stem in stems:
+        for suffix in (".pdf", ".png"):
+            assert (tmp_path / "figures" / f"{stem}{suffix}").stat().st_size > 1000
+        caption = (tmp_path / "figures" / f"{stem}.txt").read_text()
+        assert str(sweep_dir) in caption and "market.alpha=0.25,0.75" in caption
+    capsys.readouterr()
+    analysis(["table", str(sweep_dir), "--format", "latex", "--where", "market.alpha=0.25", "--steps", "0", "20"])
+    latex = capsys.readouterr().out
+    assert latex.startswith(r"\begin{tabular}") and r"10.0 $\pm$ 0.0" in latex  # layer 1 starts with 10 peers
+    with pytest.raises(SystemExit):
+        analysis(["table", str(sweep_dir), "--where", "market.alpha=0.3"])
+
+
+def test_table_statistics_are_over_runs(joblib_sweep):
+    from analysis.tables import table1
+
+    sweep_dir, _ = joblib_sweep
+    collection = collect(sweep_dir)
+    table = table1(collection, [20], {"market.alpha": 0.75, "market.temperature": 2})
+    chosen = collection.runs[(collection.runs["market.alpha"] == 0.75) & (collection.runs["market.temperature"] == 2)]
+    at = collection.steps[collection.steps["run"].isin(chosen["run"]) & (collection.steps["step"] == 20)]
+    prices = at[at["stage"] == 0]["mean_price"]
+    assert table.loc[(20, "Avg. Price"), "Layer 1"] == f"{prices.mean():.2f} ± {prices.std():.2f}"
+
+
+def test_overrides_are_typed_and_hydra_ones_left_out(joblib_sweep):
+    sweep_dir, _ = joblib_sweep
+    run_dir = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith("."))[0]
+    parsed = parse_overrides(run_dir)
+    assert isinstance(parsed["market.alpha"], float) and isinstance(parsed["seed"], int)
+    assert "run.progress" not in parsed and not any(key.startswith("hydra") for key in parsed)
+
+
+def test_config_digest_ignores_progress_only():
+    base = load_config("paper_28")
+    assert config_digest(base) == config_digest(load_config("paper_28", ["run.progress=false", "run.resume=false"]))
+    assert config_digest(base) != config_digest(load_config("paper_28", ["market.eta=2.0"]))
+
+
+def test_threads_are_divided_among_parallel_jobs():
+    cores = len(os.sched_getaffinity(0))
+    joblib = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"}
+    assert threads_per_job({**joblib, "n_jobs": -1}) == 1
+    assert threads_per_job({**joblib, "n_jobs": 1}) == cores
+    assert threads_per_job({"_target_": "hydra_plugins.hydra_submitit_launcher.x", "cpus_per_task": 4}) == 4
+    assert threads_per_job({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}) is None
+    assert thread_environment(1)["XLA_FLAGS"].startswith("--xla_cpu_multi_thread_eigen=false")
+    assert "XLA_FLAGS" not in thread_environment(2) and thread_environment(2)["OMP_NUM_THREADS"] == "2"
+
+
+def test_ready_sweeps_compose():
+    for sweep, jobs in (("alpha", 10), ("eta", 30), ("temperature", 24), ("network_size", 8), ("paper_grid", 54)):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            composed = compose(config_name="config", overrides=[f"sweep={sweep}"], return_hydra_config=True)
+        params = composed.hydra.sweeper.params
+        assert np.prod([len(str(values).split(",")) for values in params.values()]) == jobs
+        assert composed.hydra.sweep.dir == f"multirun/sweep_{sweep}"
+        first = [f"{key}={str(values).split(',')[0]}" for key, values in params.items()]
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            job = to_config(compose(config_name="config", overrides=[f"sweep={sweep}", *first]))  # validates
+        assert job.network.peers == {"paper_grid": 28, "network_size": 28, "eta": 40}.get(sweep, 200)
+    assert load_config("paper_table1", ["sweep=network_size", "size=n10000_m64"]).network.stages == 64
