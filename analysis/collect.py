@@ -21,13 +21,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from p2pllm_abm.metrics import stage_rows
+from p2pllm_abm.metrics import convergence_step, stage_rows
 from p2pllm_abm.sweep import COMPLETE, STATUS
 
 #: overrides that do not change a run's results
 IGNORED_OVERRIDES = ("run.progress", "run.resume", "sweep")
-#: a run has converged at the first recorded step whose largest relative Nash gap is this small
-CONVERGENCE_GAP = 1e-3
 
 
 @dataclass
@@ -94,8 +92,6 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def run_record(run_dir: Path, summary: dict[str, Any], stages: pd.DataFrame) -> dict[str, Any]:
     """Summary figures of one finished run."""
     final = summary["final"]
-    gaps = stages.groupby("step")["relative_nash_gap"].max()
-    below = gaps[gaps <= CONVERGENCE_GAP]
     return {
         **flatten(summary["config"]),
         "steps": summary["steps"],
@@ -106,7 +102,7 @@ def run_record(run_dir: Path, summary: dict[str, Any], stages: pd.DataFrame) -> 
         "final_mean_price": float(np.mean(final["mean_price_per_stage"])),
         "final_nash_gap": float(np.max(final["nash_gap_per_stage"])),
         "final_relative_nash_gap": float(np.max(final["relative_nash_gap_per_stage"])),
-        "converged_step": float(below.index[0]) if len(below) else np.nan,
+        "converged_step": convergence_step(stages),
         "allocation_efficient": summary["allocation"].get("efficient"),
     }
 

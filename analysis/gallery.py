@@ -35,8 +35,9 @@ import yaml  # noqa: E402
 
 from p2pllm_abm.economics import MarketParams, expected_revenue  # noqa: E402
 from p2pllm_abm.equilibrium import best_response  # noqa: E402
+from p2pllm_abm.metrics import CONVERGENCE_GAP  # noqa: E402
 
-from .collect import CONVERGENCE_GAP, Collection  # noqa: E402
+from .collect import Collection  # noqa: E402
 
 BAND = ("ci", 95)
 

@@ -1,8 +1,8 @@
-"""Parallel efficiency of multiruns: ``sweep=alpha`` (10 jobs of the paper's Table 1 run) one job
+"""Parallel efficiency of multiruns: ``sweep=alpha`` (27 jobs of the paper's Table 1 run) one job
 at a time (Hydra's basic launcher, and joblib with one worker) against the default joblib
 launcher on all cores.
 
-    python -m benchmarks.sweeps          # or: make bench-sweeps; about 5 minutes on 2 cores
+    python -m benchmarks.sweeps          # or: make bench-sweeps; about 4 minutes on 2 cores
 
 Each variant runs in a fresh sweep directory (nothing to resume) as the ``p2pllm-sim`` command a
 user types; wall time includes start-up and JAX compilation (the basic launcher runs every job
@@ -37,7 +37,7 @@ def sweep_seconds(launcher: list[str], sweep_dir: Path) -> float:
     result = subprocess.run([SIM, "-m", "sweep=alpha", *launcher, f"hydra.sweep.dir={sweep_dir}",
                              "run.progress=false", "run.figures=false"], capture_output=True, text=True)
     elapsed = time.perf_counter() - started
-    if result.returncode != 0 or "10 done" not in result.stdout:
+    if result.returncode != 0 or "27 done" not in result.stdout:
         raise RuntimeError(f"sweep with {launcher} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
     return elapsed
 
@@ -54,7 +54,7 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     parallel = seconds["joblib, all cores (default)"]
     serial = min(seconds["one at a time (basic)"], seconds["one at a time (joblib, n_jobs=1)"])
-    print(f"\nsweep=alpha (10 jobs x 5000 steps of paper_table1), {cores} cores\n")
+    print(f"\nsweep=alpha (27 jobs x 5000 steps of paper_table1), {cores} cores\n")
     print("| launcher | wall time | speed-up over the faster one-at-a-time | parallel efficiency |")
     print("|---|---|---|---|")
     for label, elapsed in seconds.items():

@@ -21,8 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .config import CONF_DIR, Config
-from .figures import plot_stage_trajectories
-from .metrics import reset_peak_memory, write_run_outputs
+from .metrics import convergence_objective, reset_peak_memory, stage_rows, write_run_outputs
 from .model import P2PLLMModel
 from .paper import checkpoint_table
 from .sweep import run_job
@@ -39,6 +38,8 @@ def run_experiment(config: Config, outdir: Path) -> P2PLLMModel:
     finally:
         paths = write_run_outputs(model, outdir, time.perf_counter() - started)
         if config.run.figures:
+            from .figures import plot_stage_trajectories  # matplotlib + seaborn: 0.6 s to import
+
             paths.update({p.name: p for p in plot_stage_trajectories(model.metrics_frame(), outdir)})
     steps = [s for s in config.report.table_steps if s <= model.steps]
     table = checkpoint_table(model.metrics_frame(), steps, config.report.reference)
@@ -57,9 +58,16 @@ def quiet_library_logs() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def experiment_objective(config: Config, outdir: Path) -> float:
+    """Run the experiment; its objective is :func:`~p2pllm_abm.metrics.convergence_objective`."""
+    model = run_experiment(config, outdir)
+    return convergence_objective(stage_rows(model.metrics_frame()), config.run.steps)
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float:
+    """The Hydra app; returns the run's objective (iterations to a small Nash gap) for sweepers."""
     quiet_library_logs()
     hydra_config = HydraConfig.get()
-    run_job(cfg, Path(hydra_config.runtime.output_dir), run_experiment,
-            multirun=hydra_config.mode == RunMode.MULTIRUN)
+    return run_job(cfg, Path(hydra_config.runtime.output_dir), experiment_objective,
+                   multirun=hydra_config.mode == RunMode.MULTIRUN)

@@ -159,10 +159,13 @@ class StageBlocks(NamedTuple):
 
 
 def stage_blocks(stage, alive, n_stages: int) -> StageBlocks:
-    """Build :class:`StageBlocks` from numpy arrays (outside jit: the block width is static)."""
+    """Build :class:`StageBlocks` from numpy arrays (outside jit: the block width is static). The
+    width is the largest stage's size rounded up to a power of two, so that reallocation, which
+    changes stage sizes, rarely changes the shape (and so rarely recompiles the jitted steps)."""
     stage, alive = np.asarray(stage), np.asarray(alive)
     counts = np.bincount(stage[alive], minlength=n_stages)
-    index = np.full((n_stages, max(int(counts.max(initial=0)), 1)), -1, dtype=np.int64)
+    width = 1 << max(int(counts.max(initial=0)) - 1, 0).bit_length()
+    index = np.full((n_stages, width), -1, dtype=np.int64)
     for s in range(n_stages):
         members = np.flatnonzero(alive & (stage == s))
         index[s, : len(members)] = members

@@ -201,6 +201,29 @@ def allocation_status(peers: PeerTable) -> dict[str, Any]:
             "capacity_per_stage": check.capacity_per_stage.tolist(), "capacity_ratio": check.capacity_ratio}
 
 
+#: a run has converged at the first recorded step where every stage's relative Nash gap is this small
+CONVERGENCE_GAP = 1e-3
+
+
+def convergence_step(stages: pd.DataFrame, tol: float = CONVERGENCE_GAP) -> float:
+    """The first recorded step at which every stage's relative Nash gap is <= ``tol`` (the
+    stage rows of a metrics table); NaN if none."""
+    gaps = stages.groupby("step")["relative_nash_gap"].max()
+    below = gaps[gaps <= tol]
+    return float(below.index[0]) if len(below) else float("nan")
+
+
+def convergence_objective(stages: pd.DataFrame, steps: int) -> float:
+    """What the Optuna sweep minimises: :func:`convergence_step`, or for a run that did not
+    converge ``steps * (1 + final largest relative gap)``, so such runs still rank by how close
+    they came."""
+    step = convergence_step(stages)
+    if not np.isnan(step):
+        return step
+    final = stages[stages["step"] == stages["step"].max()]["relative_nash_gap"].max()
+    return float(steps * (1.0 + min(final, 1e6)))
+
+
 def reset_peak_memory() -> None:
     """Start a new peak-memory measurement (Linux: clears the process's VmHWM; a joblib worker
     runs many jobs, so each job resets it). Elsewhere a no-op."""

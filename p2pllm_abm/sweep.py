@@ -56,10 +56,12 @@ def write_status(outdir: Path, status: str, **details: Any) -> None:
     (Path(outdir) / STATUS).write_text(json.dumps(record, indent=2))
 
 
-def run_job(cfg: DictConfig, outdir: Path, task: Callable[[Config, Path], Any], multirun: bool) -> str:
-    """Validate ``cfg`` and run ``task(config, outdir)`` unless ``outdir`` already holds this
-    config's completed run; returns ``"done"``, ``"skipped"`` or ``"failed"``. In a ``multirun`` a
-    failure is recorded (traceback in :data:`ERROR`) instead of raised, so the sweep goes on."""
+def run_job(cfg: DictConfig, outdir: Path, task: Callable[[Config, Path], float], multirun: bool) -> float:
+    """Validate ``cfg`` and run ``task(config, outdir)``, which returns the job's objective (what
+    a Hydra sweeper such as Optuna minimises), unless ``outdir`` already holds this config's
+    completed run: then return the objective recorded there. In a ``multirun`` a failure is
+    recorded (traceback in :data:`ERROR`, status ``failed``) instead of raised, so the sweep goes
+    on, and the objective is NaN."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     try:
@@ -68,22 +70,22 @@ def run_job(cfg: DictConfig, outdir: Path, task: Callable[[Config, Path], Any], 
         if config.run.resume and is_complete(outdir, digest):
             write_status(outdir, "skipped")
             print(f"Skipped (complete): {outdir}")
-            return "skipped"
+            return float(json.loads((outdir / COMPLETE).read_text()).get("objective", "nan"))
         (outdir / COMPLETE).unlink(missing_ok=True)
         (outdir / ERROR).unlink(missing_ok=True)
         started = time.perf_counter()
-        task(config, outdir)
+        objective = float(task(config, outdir))
     except Exception as error:
         if not multirun:
             raise
         (outdir / ERROR).write_text(traceback.format_exc())
         write_status(outdir, "failed", error=f"{type(error).__name__}: {error}")
         print(f"Failed: {outdir} ({type(error).__name__}: {error})")
-        return "failed"
+        return float("nan")
     write_status(outdir, "done")
-    (outdir / COMPLETE).write_text(json.dumps({"config_digest": digest,
+    (outdir / COMPLETE).write_text(json.dumps({"config_digest": digest, "objective": objective,
                                                "wall_time_s": time.perf_counter() - started}))
-    return "done"
+    return objective
 
 
 def thread_environment(threads: int) -> dict[str, str]:

@@ -5,5 +5,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import p2pllm_abm  # noqa: E402,F401  (enables float64 before any test builds arrays)
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: the same examples on every run, so that CI's verdict does not depend on luck
+settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow],
+                          derandomize=True, database=None)
 settings.load_profile("default")

@@ -5,13 +5,16 @@ import os
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 
 from analysis.__main__ import main as analysis
 from analysis.collect import Collection, collect, parse_overrides
 from p2pllm_abm import load_config
 from p2pllm_abm.config import CONF_DIR, to_config
+from p2pllm_abm.metrics import convergence_objective, convergence_step
 from p2pllm_abm.sweep import COMPLETE, ERROR, config_digest, thread_environment, threads_per_job
 from tests.test_cli import sim
 
@@ -149,7 +152,7 @@ def test_threads_are_divided_among_parallel_jobs():
 
 
 def test_ready_sweeps_compose():
-    for sweep, jobs in (("alpha", 10), ("eta", 30), ("temperature", 24), ("network_size", 8), ("paper_grid", 54)):
+    for sweep, jobs in (("alpha", 27), ("eta", 30), ("temperature", 24), ("network_size", 8), ("paper_grid", 54)):
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             composed = compose(config_name="config", overrides=[f"sweep={sweep}"], return_hydra_config=True)
         params = composed.hydra.sweeper.params
@@ -160,3 +163,23 @@ def test_ready_sweeps_compose():
             job = to_config(compose(config_name="config", overrides=[f"sweep={sweep}", *first]))  # validates
         assert job.network.peers == {"paper_grid": 28, "network_size": 28, "eta": 40}.get(sweep, 200)
     assert load_config("paper_table1", ["sweep=network_size", "size=n10000_m64"]).network.stages == 64
+
+
+def test_optuna_sweep_minimises_the_returned_objective(tmp_path):
+    result = sim("-m", "sweep=optuna", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path}", *TINY[1:])
+    assert result.returncode == 0, result.stderr[-3000:]
+    best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    objectives = [json.loads(marker.read_text())["objective"] for marker in tmp_path.glob(f"*/{COMPLETE}")]
+    assert len(objectives) == 2 and best["best_value"] == min(objectives)
+    assert set(best["best_params"]) == {"market.eta", "allocation.period"}
+
+
+def test_convergence_objective():
+    def stages(gaps):  # one row per step and stage
+        return pd.DataFrame([{"step": step, "stage": s, "relative_nash_gap": g}
+                             for step, row in gaps.items() for s, g in enumerate(row)])
+
+    converging = stages({0: [0.5, 0.5], 10: [1e-2, 1e-4], 20: [1e-4, 1e-3], 30: [0.0, 0.0]})
+    assert convergence_step(converging) == 20 and convergence_objective(converging, 30) == 20
+    stuck = stages({0: [0.5, 0.5], 10: [0.2, 0.1]})
+    assert np.isnan(convergence_step(stuck)) and convergence_objective(stuck, 10) == pytest.approx(12.0)
