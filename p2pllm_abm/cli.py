@@ -6,7 +6,8 @@
 
 Each run writes metrics.parquet, peers.parquet, summary.json and PNG figures into its Hydra
 output directory and prints the checkpoint table (beside the paper's numbers when the experiment
-names a reference).
+names a reference). In a multirun every job goes through :func:`p2pllm_abm.sweep.run_job`
+(resume, failures recorded, closing summary).
 """
 
 from __future__ import annotations

@@ -58,16 +58,16 @@ def write_status(outdir: Path, status: str, **details: Any) -> None:
 
 def run_job(cfg: DictConfig, outdir: Path, task: Callable[[Config, Path], float], multirun: bool) -> float:
     """Validate ``cfg`` and run ``task(config, outdir)``, which returns the job's objective (what
-    a Hydra sweeper such as Optuna minimises), unless ``outdir`` already holds this config's
-    completed run: then return the objective recorded there. In a ``multirun`` a failure is
-    recorded (traceback in :data:`ERROR`, status ``failed``) instead of raised, so the sweep goes
-    on, and the objective is NaN."""
+    a Hydra sweeper such as Optuna minimises). In a ``multirun``, a job whose ``outdir`` already
+    holds this config's completed run is skipped and returns the objective recorded there, and a
+    failure is recorded (traceback in :data:`ERROR`, status ``failed``) instead of raised, so the
+    sweep goes on, with objective NaN."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     try:
         config = to_config(cfg)
         digest = config_digest(config)
-        if config.run.resume and is_complete(outdir, digest):
+        if multirun and config.run.resume and is_complete(outdir, digest):
             write_status(outdir, "skipped")
             print(f"Skipped (complete): {outdir}")
             return float(json.loads((outdir / COMPLETE).read_text()).get("objective", "nan"))

@@ -183,3 +183,10 @@ def test_convergence_objective():
     assert convergence_step(converging) == 20 and convergence_objective(converging, 30) == 20
     stuck = stages({0: [0.5, 0.5], 10: [0.2, 0.1]})
     assert np.isnan(convergence_step(stuck)) and convergence_objective(stuck, 10) == pytest.approx(12.0)
+
+
+def test_a_single_run_into_a_finished_directory_runs_again(tmp_path):
+    for _ in range(2):
+        result = sim(*TINY, f"hydra.run.dir={tmp_path}")
+        assert result.returncode == 0 and "Nodes and average price" in result.stdout
+    assert (tmp_path / COMPLETE).is_file()
