@@ -17,11 +17,14 @@ from typing import Any, Sequence
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from .costs import COST_METRICS, PROFILED, devices, load_profile, resolve_profile
+from .paths import CONF_DIR
+
 
 UPDATE_RULES = ("gradient", "best_response", "sequential_best_response", "fixed_point", "newton")
 ALPHA_DISTRIBUTIONS = ("fixed", "uniform", "beta")
 ROUTINGS = ("stage", "path")
+COST_SOURCES = ("uniform", "profile")
 REFERENCES = ("paper_table1",)
 
 
@@ -37,6 +40,14 @@ class NetworkConfig:
     #: first stage (Petals-style spans); [1.0] = one stage per peer, as in the paper
     span_length_probs: list[float] = field(default_factory=lambda: [1.0])
     cost_range: list[float] = field(default_factory=lambda: [1.0, 50.0])  #: c_i ~ U(lo, hi) per stage served, ms
+    #: where c_i comes from: "uniform" (cost_range, the paper) or "profile" (measured transformer
+    #: shards, see p2pllm_abm/costs.py)
+    cost_source: str = "uniform"
+    cost_profile: str | None = None  #: profile file (absolute, or in conf/profiles/) for cost_source=profile
+    cost_metric: str = "decode"  #: the profiled time that is c_i: "decode" (ms per token) or "prefill"
+    #: device -> weight; each peer's device is drawn from this mix ("profiled": the profile's machine;
+    #: every device of conf/devices.yaml is a key, so an override only changes weights)
+    device_mix: dict[str, float] = field(default_factory=lambda: {PROFILED: 1.0, **dict.fromkeys(devices(), 0.0)})
     latency_range: list[float] = field(default_factory=lambda: [1.0, 20.0])  #: l_ij in [lo, hi], ms
     initial_price: float = 1.0  #: p_i at step 0
 
@@ -151,6 +162,24 @@ def initial_distribution(network: NetworkConfig) -> list[int]:
     return [base + (s < extra) for s in range(network.stages)]
 
 
+def _validate_cost_source(net: NetworkConfig) -> None:
+    _require(net.cost_source in COST_SOURCES, "network.cost_source", net.cost_source, f"one of {COST_SOURCES}")
+    if net.cost_source != "profile":
+        return
+    _require(net.cost_profile is not None and resolve_profile(net.cost_profile).is_file(), "network.cost_profile",
+             net.cost_profile, "a cost profile file (absolute, or a name in conf/profiles/)")
+    stages = len(load_profile(net.cost_profile)["stages"])
+    _require(stages == net.stages, "network.cost_profile", net.cost_profile,
+             f"a profile of network.stages = {net.stages} stages (this one has {stages})")
+    _require(net.cost_metric in COST_METRICS, "network.cost_metric", net.cost_metric, f"one of {COST_METRICS}")
+    mix = dict(net.device_mix)
+    allowed = (PROFILED, *devices())
+    _require(len(mix) > 0 and all(name in allowed for name in mix), "network.device_mix", mix,
+             f"weights for devices among {allowed}")
+    _require(all(_finite(w) and w >= 0 for w in mix.values()) and sum(mix.values()) > 0, "network.device_mix",
+             mix, "finite weights >= 0, not all 0")
+
+
 def validate(cfg: Config) -> Config:
     """Check every field's range and the fields' consistency; return ``cfg`` unchanged.
 
@@ -170,6 +199,7 @@ def validate(cfg: Config) -> Config:
     _require(1 <= len(probs) <= net.stages and all(_finite(q) and q >= 0 for q in probs)
              and abs(sum(probs) - 1.0) <= 1e-9, "network.span_length_probs", probs,
              f"probabilities of lengths 1..k (k <= network.stages = {net.stages}), each >= 0, summing to 1")
+    _validate_cost_source(net)
     _range_pair(net.cost_range, "network.cost_range", lower=0.0)
     _require(net.cost_range[1] > 0, "network.cost_range", list(net.cost_range), "high > 0")
     _range_pair(net.latency_range, "network.latency_range", lower=0.0)
@@ -188,6 +218,9 @@ def validate(cfg: Config) -> Config:
              "a finite floor >= 0")
 
     single_stage = all(q == 0 for q in probs[1:])
+    _require(not alloc.enabled or net.cost_source != "profile", "allocation.enabled", alloc.enabled,
+             "false with network.cost_source = 'profile' (a profiled cost depends on the stage, and eq. 7-8 "
+             "move peers at a fixed cost)")
     _require(not alloc.enabled or single_stage, "allocation.enabled", alloc.enabled,
              "false when network.span_length_probs allows spans longer than one stage "
              "(eq. 7-8 move peers between single stages)")

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import NetworkConfig, initial_distribution
+from .costs import load_profile, span_costs
 
 #: the unit square's diameter, the largest distance between two positions
 _MAX_DISTANCE = float(np.sqrt(2.0))
@@ -75,12 +76,17 @@ class PeerTable:
         low, high = network.cost_range
         cost = rng.uniform(low, high, size=n)
         length = draw_span_lengths(start, network.stages, network.span_length_probs, rng)
+        position = rng.uniform(0.0, 1.0, size=(n, 2))
+        if network.cost_source == "profile":
+            cost = profiled_costs(network, start, start + length, rng)
+        else:
+            cost = cost * length
         return cls(
             stage_start=start,
             stage_end=start + length,
-            cost=cost * length,
+            cost=cost,
             price=np.full(n, float(network.initial_price)),
-            position=rng.uniform(0.0, 1.0, size=(n, 2)),
+            position=position,
             alive=np.ones(n, dtype=bool),
             n_stages=network.stages,
             latency_range=(float(network.latency_range[0]), float(network.latency_range[1])),
@@ -98,6 +104,15 @@ class PeerTable:
         """Latency in ms between peers ``u`` and a client at position ``client`` (``(2,)``, or
         ``(..., 2)`` broadcast against ``u``)."""
         return latency(self.position[u], client, self.latency_range)
+
+
+def profiled_costs(network: NetworkConfig, start: np.ndarray, end: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Costs from ``network.cost_profile``: each peer's device drawn from ``network.device_mix``,
+    its cost the profiled time of its span on that device (:mod:`p2pllm_abm.costs`)."""
+    names = list(network.device_mix)
+    weights = np.array([network.device_mix[name] for name in names], dtype=float)
+    device = np.asarray(names)[rng.choice(len(names), size=len(start), p=weights / weights.sum())]
+    return span_costs(load_profile(network.cost_profile), start, end, device, network.cost_metric)
 
 
 def draw_span_lengths(start: np.ndarray, n_stages: int, probs: list[float], rng: np.random.Generator) -> np.ndarray:

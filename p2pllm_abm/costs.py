@@ -1,0 +1,83 @@
+"""Compute costs grounded in measured transformer shards (``network.cost_source=profile``).
+
+A cost profile (written by ``python -m torch_backend.profile``; reference profiles ship in
+``conf/profiles/``, so no torch is needed here) holds, per stage of a Llama-style model, the
+measured prefill time and per-token decode time on the machine it ran on, with the bytes a decode
+step reads and the FLOPs of a prefill. :data:`DEVICES` (``conf/devices.yaml``) lists other devices
+by peak tensor throughput and memory bandwidth, each with its source. A stage's time on another
+device is the measured time scaled by the roofline: decode is memory-bound, so it scales with
+``bandwidth_profiled / bandwidth_device``; prefill is compute-bound, so with
+``gflops_profiled / peak_device`` (``gflops_profiled`` being the profile's reference matmul probe).
+The measured inefficiency relative to the roofline is kept; the result is an estimate and is
+labelled so.
+
+A peer serving stages ``[start, end)`` on device ``d`` costs the sum of those stages' times on
+``d`` (``network.cost_metric``: ``decode``, ms per generated token, or ``prefill``).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from .paths import CONF_DIR
+
+
+COST_METRICS = ("decode", "prefill")
+PROFILED = "profiled"  #: the device a profile was measured on
+
+
+@lru_cache(maxsize=1)
+def devices() -> dict[str, dict[str, Any]]:
+    """The device table of ``conf/devices.yaml``."""
+    return yaml.safe_load((CONF_DIR / "devices.yaml").read_text())
+
+
+def resolve_profile(path: str | Path) -> Path:
+    """A profile path as given, or relative to ``conf/profiles/``."""
+    candidate = Path(path)
+    return candidate if candidate.is_file() else CONF_DIR / "profiles" / candidate
+
+
+def load_profile(path: str | Path) -> dict[str, Any]:
+    return json.loads(resolve_profile(path).read_text())
+
+
+def stage_times(profile: dict[str, Any], device: str, metric: str) -> np.ndarray:
+    """Time in ms of every stage of ``profile`` on ``device`` for ``metric`` (measured for
+    :data:`PROFILED`, roofline-scaled otherwise)."""
+    key = f"{metric}_ms"
+    measured = np.array([stage[key] for stage in profile["stages"]])
+    if device == PROFILED:
+        return measured
+    spec, meta = devices()[device], profile["metadata"]
+    if metric == "decode":
+        return measured * meta["memory_bandwidth_gbs"] / spec["bandwidth_gbs"]
+    return measured * meta["reference_gflops"] / (spec["peak_tflops"] * 1e3)
+
+
+def device_estimates(profile: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Per device of :data:`devices`, every stage's estimated prefill and decode time (what a
+    profile file stores beside its measurements, marked ``source = "estimated"``)."""
+    estimates = {}
+    for device in devices():
+        prefill, decode = stage_times(profile, device, "prefill"), stage_times(profile, device, "decode")
+        estimates[device] = [{"stage": s, "prefill_ms": float(p), "decode_ms": float(d), "source": "estimated"}
+                             for s, (p, d) in enumerate(zip(prefill, decode))]
+    return estimates
+
+
+def span_costs(profile: dict[str, Any], start: np.ndarray, end: np.ndarray, device: np.ndarray,
+               metric: str) -> np.ndarray:
+    """Cost of each peer serving ``[start, end)`` on its ``device`` (names)."""
+    cost = np.zeros(len(start))
+    for name in np.unique(device):
+        cumulative = np.concatenate([[0.0], np.cumsum(stage_times(profile, str(name), metric))])
+        mine = device == name
+        cost[mine] = cumulative[end[mine]] - cumulative[start[mine]]
+    return cost

@@ -1,0 +1,81 @@
+"""Grounded compute costs from the shipped cost profile (no torch needed)."""
+
+import numpy as np
+import pytest
+
+from p2pllm_abm import ConfigError, P2PLLMModel, load_config
+from p2pllm_abm.config import validate
+from p2pllm_abm.costs import PROFILED, device_estimates, devices, load_profile, span_costs, stage_times
+
+PROFILE = "llama-134m_4stages_cpu.json"
+
+
+def test_shipped_profile_is_measured_with_metadata():
+    profile = load_profile(PROFILE)
+    meta = profile["metadata"]
+    for key in ("device", "torch", "transformers", "dtype", "threads", "date", "shapes", "reference_gflops",
+                "memory_bandwidth_gbs"):
+        assert key in meta
+    assert [s["source"] for s in profile["stages"]] == ["measured"] * 4
+    assert all(e["source"] == "estimated" for stages in profile["estimates"].values() for e in stages)
+    # the last stage carries the LM head: more bytes per decode step, more time
+    assert profile["stages"][3]["weight_bytes"] > profile["stages"][2]["weight_bytes"]
+    assert profile["stages"][3]["decode_ms"] > profile["stages"][2]["decode_ms"]
+
+
+def test_device_scaling_follows_the_roofline():
+    profile = load_profile(PROFILE)
+    measured = stage_times(profile, PROFILED, "decode")
+    bandwidth = profile["metadata"]["memory_bandwidth_gbs"]
+    for name, spec in devices().items():
+        np.testing.assert_allclose(stage_times(profile, name, "decode"), measured * bandwidth / spec["bandwidth_gbs"])
+        assert spec["source"]
+    decode = {name: stage_times(profile, name, "decode")[0] for name in devices()}
+    assert decode["h100_sxm"] < decode["a100_sxm"] < decode["rtx4090"] < decode["rtx3060"] < decode["apple_m2"]
+    prefill = {name: stage_times(profile, name, "prefill")[0] for name in devices()}
+    assert prefill["h100_sxm"] < prefill["rtx4090"] < prefill["apple_m2"]
+    estimates = device_estimates(profile)
+    assert estimates["a100_sxm"][1]["decode_ms"] == pytest.approx(stage_times(profile, "a100_sxm", "decode")[1])
+
+
+def test_span_cost_is_the_sum_of_its_stages():
+    profile = load_profile(PROFILE)
+    times = stage_times(profile, "rtx4090", "decode")
+    costs = span_costs(profile, np.array([0, 1, 0]), np.array([1, 3, 4]), np.array(["rtx4090"] * 3), "decode")
+    np.testing.assert_allclose(costs, [times[0], times[1] + times[2], times.sum()])
+    assert costs[2] > costs[1] > costs[0]
+
+
+def test_grounded_costs_experiment_draws_devices_from_the_mix():
+    only = "network.device_mix={rtx4090: 1.0, profiled: 1.0, h100_sxm: 0, a100_sxm: 0, rtx3060: 0, apple_m2: 0}"
+    model = P2PLLMModel(load_config("grounded_costs", overrides=[only]))
+    peers = model.peers
+    profile = load_profile(PROFILE)
+    for stage in range(4):
+        options = {stage_times(profile, d, "decode")[stage] for d in ("rtx4090", PROFILED)}
+        costs = peers.cost[peers.stage == stage]
+        assert set(np.round(costs, 12)) == set(np.round(list(options), 12))
+    model.run(20)
+    assert np.all(np.isfinite(model.peers.price))
+
+
+@pytest.mark.parametrize(("override", "field"), [
+    ("network.cost_profile=missing.json", "network.cost_profile"),
+    ("network.stages=3", "network.cost_profile"),
+    ("network.device_mix={rtx4090: -1.0}", "network.device_mix"),
+    ("network.cost_metric=energy", "network.cost_metric"),
+    ("allocation.enabled=true", "allocation.enabled"),
+    ("network.cost_source=magic", "network.cost_source"),
+])
+def test_bad_cost_settings_are_rejected(override, field):
+    overrides = [override] + (["network.initial_distribution=null"] if "stages" in override else [])
+    with pytest.raises(ConfigError) as err:
+        load_config("grounded_costs", overrides=overrides)
+    assert err.value.field == field
+
+
+def test_unknown_device_is_rejected():
+    config = load_config("grounded_costs")
+    config.network.device_mix = {"tpu_v9": 1.0}
+    with pytest.raises(ConfigError, match="network.device_mix"):
+        validate(config)

@@ -1,0 +1,96 @@
+"""The optional torch backend (skipped without torch): shards, profile, routed forward, commitments."""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from p2pllm_abm import P2PLLMModel, load_config  # noqa: E402
+from p2pllm_abm.costs import PROFILED, span_costs  # noqa: E402
+from torch_backend.model import build_model, layer_bounds, run_chain, split  # noqa: E402
+from torch_backend.profile import profile_shards  # noqa: E402
+from torch_backend.route import commitment, forward_along_path  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model("tiny", seed=0)
+
+
+@pytest.mark.parametrize("bounds", [[(0, 4)], [(0, 1), (1, 4)], [(0, 2), (2, 3), (3, 4)], layer_bounds(4, 4)])
+def test_chained_shards_equal_the_whole_model(model, bounds):
+    ids = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        whole = model(ids, use_cache=True)
+    shards = split(model, bounds)
+    caches = [shard.new_cache() for shard in shards]
+    torch.testing.assert_close(run_chain(shards, ids, 0, caches), whole.logits)
+    step = torch.randint(0, 512, (2, 1), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model(step, past_key_values=whole.past_key_values, use_cache=True).logits
+    torch.testing.assert_close(run_chain(shards, step, 9, caches), expected)
+
+
+def test_bad_splits_are_rejected(model):
+    with pytest.raises(ValueError, match="tiling"):
+        split(model, [(0, 2), (3, 4)])
+    with pytest.raises(ValueError, match="n_stages"):
+        layer_bounds(4, 5)
+
+
+@pytest.fixture(scope="module")
+def tiny_profile(tmp_path_factory):
+    profile = profile_shards("tiny", 2, batch=1, seq_len=16, kv_len=16, threads=1, min_run_time=0.05)
+    path = tmp_path_factory.mktemp("profile") / "tiny.json"
+    path.write_text(json.dumps(profile))
+    return path
+
+
+def test_profile_round_trips_into_the_simulation(tiny_profile):
+    profile = json.loads(tiny_profile.read_text())
+    assert [s["layers"] for s in profile["stages"]] == [[0, 2], [2, 4]]
+    assert all(s["decode_ms"] > 0 and s["prefill_ms"] > 0 and s["decode_over_memory_bound"] > 0
+               for s in profile["stages"])
+    assert profile["metadata"]["threads"] == 1 and profile["metadata"]["dtype"] == "float32"
+    config = load_config("paper_28", overrides=[
+        "network.stages=2", "network.initial_distribution=[14,14]", "network.cost_source=profile",
+        f"network.cost_profile={tiny_profile}", "allocation.enabled=false"])
+    peers = P2PLLMModel(config).peers
+    expected = span_costs(profile, peers.stage_start, peers.stage_end, np.full(len(peers), PROFILED), "decode")
+    np.testing.assert_array_equal(peers.cost, expected)
+
+
+def test_longer_spans_and_slower_devices_cost_more(tiny_profile):
+    profile = json.loads(tiny_profile.read_text())
+    one, both = span_costs(profile, np.array([0, 0]), np.array([1, 2]), np.array([PROFILED] * 2), "prefill")
+    assert both > one
+    fast, slow = span_costs(profile, np.array([0, 0]), np.array([2, 2]), np.array(["h100_sxm", "apple_m2"]), "decode")
+    assert fast < slow
+
+
+def test_routed_forward_commits_to_every_hop(model):
+    sim = P2PLLMModel(load_config("paper_28", overrides=["seed=2"]))
+    _, path = sim.route(alpha=0.5)
+    ids = torch.tensor([[5, 17, 42, 7]])
+    logits, hops = forward_along_path(model, sim.peers, path, ids)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(ids).logits)
+    assert [hop.peer for hop in hops] == path and [hop.layers for hop in hops] == layer_bounds(4, 4)
+    _, again = forward_along_path(model, sim.peers, path, ids)
+    assert [h.commitment for h in again] == [h.commitment for h in hops]
+
+    def tamper(index, hidden):
+        return hidden + 0.5 * torch.randn_like(hidden) if index == 1 else hidden
+
+    _, tampered = forward_along_path(model, sim.peers, path, ids, tamper=tamper)
+    assert tampered[0].commitment == hops[0].commitment
+    assert tampered[1].commitment != hops[1].commitment
+
+
+def test_commitment_ignores_rounding_noise(model):
+    hidden = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(3))
+    assert commitment(hidden + 1e-7 * torch.randn_like(hidden)) == commitment(hidden)
+    assert commitment(hidden.flip(-1)) != commitment(hidden)

@@ -1,0 +1,177 @@
+"""Time every shard of a Llama-style model: prefill of ``(batch, seq_len)`` tokens and one decode
+step with a KV cache of ``kv_len`` tokens, with ``torch.utils.benchmark`` (warm-up, repeated
+blocks, median and interquartile range), next to the memory-bound minimum of a decode step on the
+device it ran on. The profile file holds the measurements (``source = "measured"``), their
+metadata, and each stage's time on every device of ``conf/devices.yaml`` scaled by the roofline
+(``estimates``, ``source = "estimated"``; :mod:`p2pllm_abm.costs`).
+
+    python -m torch_backend.profile --preset llama-134m --stages 4 --out profile.json
+
+The VM this runs on swings 2-3x within minutes, so every profile records a reference probe (a
+fixed fp32 matmul's GFLOP/s) and the measured memory bandwidth: compare orderings and ratios
+across profiles, not milliseconds. On this CPU time fp32 (bf16 matmuls run hundreds of times
+slower here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+from pathlib import Path
+
+import torch
+import transformers
+from torch.utils import benchmark
+
+from p2pllm_abm.costs import device_estimates
+
+from .model import PRESETS, Shard, build_model, layer_bounds, split
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "cpu"
+
+
+def _measure(stmt: str, setup: str, scope: dict, threads: int, min_run_time: float) -> benchmark.Measurement:
+    return benchmark.Timer(stmt=stmt, setup=setup, globals=scope, num_threads=threads).blocked_autorange(
+        min_run_time=min_run_time)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reference_probe(device: torch.device, threads: int, size: int = 1024) -> float:
+    """GFLOP/s of a ``size`` x ``size`` fp32 matmul: the machine's speed when the profile ran."""
+    a = torch.randn(size, size, device=device)
+    sync = "torch.cuda.synchronize()" if device.type == "cuda" else ""
+    median = _measure(f"a @ a; {sync}", "", {"a": a, "torch": torch}, threads, 0.3).median
+    return 2 * size**3 / median / 1e9
+
+
+def bandwidth_probe(device: torch.device, threads: int, megabytes: int = 256) -> float:
+    """Memory bandwidth in GB/s measured by copying a ``megabytes`` fp32 tensor (read + write)."""
+    source = torch.empty(megabytes * 2**20 // 4, device=device)
+    target = torch.empty_like(source)
+    sync = "torch.cuda.synchronize()" if device.type == "cuda" else ""
+    median = _measure(f"target.copy_(source); {sync}", "", {"source": source, "target": target, "torch": torch},
+                      threads, 0.3).median
+    return 2 * source.numel() * 4 / median / 1e9
+
+
+def shard_bytes(shard: Shard, dtype: torch.dtype) -> int:
+    """Weight bytes a decode step of ``shard`` must read: every parameter but the token
+    embedding, of which a step reads one row per token."""
+    embedding = shard.embed.weight.numel() if shard.is_first else 0
+    return (sum(p.numel() for p in shard.parameters()) - embedding) * (torch.finfo(dtype).bits // 8)
+
+
+def prefill_flops(shard: Shard, batch: int, tokens: int) -> int:
+    """Matmul FLOPs of a prefill: 2 per weight per token (embedding lookups excluded) plus the
+    attention scores and values, ``4 * tokens^2 * hidden`` per layer (causal: half of it)."""
+    embedding = shard.embed.weight.numel() if shard.is_first else 0
+    weights = sum(p.numel() for p in shard.parameters()) - embedding
+    attention = 2 * len(shard.layers) * tokens * tokens * shard.config.hidden_size
+    return batch * (2 * weights * tokens + attention)
+
+
+def kv_bytes(shard: Shard, kv_len: int, batch: int, dtype: torch.dtype) -> int:
+    config = shard.config
+    head_dim = config.hidden_size // config.num_attention_heads
+    return 2 * len(shard.layers) * batch * kv_len * config.num_key_value_heads * head_dim * (torch.finfo(dtype).bits // 8)
+
+
+def profile_shards(preset: str, n_stages: int, batch: int = 1, seq_len: int = 128, kv_len: int = 128,
+                   threads: int | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                   min_run_time: float = 1.0, seed: int = 0) -> dict:
+    """The cost profile of ``preset`` split into ``n_stages`` shards (see module docstring)."""
+    device = torch.device(device)
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    model = build_model(preset, seed, dtype).to(device)
+    shards = split(model, layer_bounds(model.config.num_hidden_layers, n_stages))
+    probe, bandwidth = reference_probe(device, threads), bandwidth_probe(device, threads)
+    sync = "torch.cuda.synchronize()" if device.type == "cuda" else ""
+    stages = []
+    for index, shard in enumerate(shards):
+        def inputs(tokens: int) -> torch.Tensor:
+            if shard.is_first:
+                return torch.randint(0, model.config.vocab_size, (batch, tokens), device=device)
+            return torch.randn(batch, tokens, model.config.hidden_size, device=device, dtype=dtype)
+
+        scope = {"shard": shard, "prompt": inputs(seq_len), "token": inputs(1), "history": inputs(kv_len),
+                 "kv_len": kv_len, "torch": torch}
+        prefill = _measure(f"shard(prompt, 0, shard.new_cache()); {sync}", "", scope, threads, min_run_time)
+        decode = _measure(f"shard(token, kv_len, cache); cache.crop(kv_len); {sync}",
+                          "cache = shard.new_cache(); shard(history, 0, cache)", scope, threads, min_run_time)
+        memory_bound = (shard_bytes(shard, dtype) + kv_bytes(shard, kv_len, batch, dtype)) / (bandwidth * 1e9)
+        stages.append({
+            "stage": index, "layers": [shard.start, shard.end], "first": shard.is_first, "last": shard.is_last,
+            "parameters": sum(p.numel() for p in shard.parameters()),
+            "prefill_ms": prefill.median * 1e3, "prefill_iqr_ms": prefill.iqr * 1e3,
+            "decode_ms": decode.median * 1e3, "decode_iqr_ms": decode.iqr * 1e3,
+            "decode_memory_bound_ms": memory_bound * 1e3, "decode_over_memory_bound": decode.median / memory_bound,
+            "weight_bytes": shard_bytes(shard, dtype), "kv_bytes": kv_bytes(shard, kv_len, batch, dtype),
+            "prefill_flops": prefill_flops(shard, batch, seq_len), "source": "measured",
+        })
+    profile = {
+        "metadata": {
+            "device": device_name(device), "device_type": device.type, "torch": torch.__version__,
+            "transformers": transformers.__version__, "dtype": str(dtype).removeprefix("torch."), "threads": threads,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "preset": preset, "shapes": vars(PRESETS[preset]), "batch": batch, "seq_len": seq_len,
+            "kv_len": kv_len, "reference_gflops": probe, "memory_bandwidth_gbs": bandwidth,
+        },
+        "stages": stages,
+    }
+    profile["estimates"] = device_estimates(profile)
+    return profile
+
+
+def format_table(profile: dict) -> str:
+    meta = profile["metadata"]
+    lines = [f"{meta['preset']} on {meta['device']} ({meta['dtype']}, {meta['threads']} threads), batch "
+             f"{meta['batch']}, prompt {meta['seq_len']}, KV cache {meta['kv_len']}; probe "
+             f"{meta['reference_gflops']:.1f} GFLOP/s, {meta['memory_bandwidth_gbs']:.1f} GB/s",
+             "| stage | layers | prefill (ms) | decode (ms) | decode memory bound (ms) | measured / bound |",
+             "|---|---|---|---|---|---|"]
+    for s in profile["stages"]:
+        lines.append(f"| {s['stage']} | {s['layers'][0]}-{s['layers'][1]} | {s['prefill_ms']:.2f} ± "
+                     f"{s['prefill_iqr_ms']:.2f} | {s['decode_ms']:.3f} ± {s['decode_iqr_ms']:.3f} | "
+                     f"{s['decode_memory_bound_ms']:.3f} | {s['decode_over_memory_bound']:.1f}x |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m torch_backend.profile", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="llama-134m", choices=sorted(PRESETS))
+    parser.add_argument("--stages", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--kv-len", type=int, default=128)
+    parser.add_argument("--threads", type=int, help="default: torch's")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per timed statement")
+    parser.add_argument("--out", type=Path, default=Path("profile.json"))
+    args = parser.parse_args(argv)
+    for name in ("stages", "batch", "seq_len", "kv_len"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} = {getattr(args, name)} is invalid: allowed >= 1")
+    profile = profile_shards(args.preset, args.stages, args.batch, args.seq_len, args.kv_len, args.threads,
+                             args.device, min_run_time=args.min_run_time)
+    args.out.write_text(json.dumps(profile, indent=2))
+    print(format_table(profile))
+    print(f"\nWrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
