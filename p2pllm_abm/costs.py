@@ -62,13 +62,19 @@ def stage_times(profile: dict[str, Any], device: str, metric: str) -> np.ndarray
 
 
 def device_estimates(profile: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """Per device of :data:`devices`, every stage's estimated prefill and decode time (what a
-    profile file stores beside its measurements, marked ``source = "estimated"``)."""
+    """Per device of :data:`devices`, every stage's estimated prefill and decode time (the
+    measurement scaled as in :func:`stage_times`) and its roofline minimum (prefill FLOPs / peak,
+    decode weight + KV bytes / bandwidth): what a profile stores beside its measurements, marked
+    ``source = "estimated"``."""
     estimates = {}
-    for device in devices():
+    for device, spec in devices().items():
         prefill, decode = stage_times(profile, device, "prefill"), stage_times(profile, device, "decode")
-        estimates[device] = [{"stage": s, "prefill_ms": float(p), "decode_ms": float(d), "source": "estimated"}
-                             for s, (p, d) in enumerate(zip(prefill, decode))]
+        estimates[device] = [{
+            "stage": s, "prefill_ms": float(p), "decode_ms": float(d),
+            "prefill_roofline_ms": stage["prefill_flops"] / (spec["peak_tflops"] * 1e12) * 1e3,
+            "decode_roofline_ms": (stage["weight_bytes"] + stage["kv_bytes"]) / (spec["bandwidth_gbs"] * 1e9) * 1e3,
+            "source": "estimated",
+        } for s, (p, d, stage) in enumerate(zip(prefill, decode, profile["stages"]))]
     return estimates
 
 

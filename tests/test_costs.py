@@ -36,6 +36,12 @@ def test_device_scaling_follows_the_roofline():
     assert prefill["h100_sxm"] < prefill["rtx4090"] < prefill["apple_m2"]
     estimates = device_estimates(profile)
     assert estimates["a100_sxm"][1]["decode_ms"] == pytest.approx(stage_times(profile, "a100_sxm", "decode")[1])
+    stage = profile["stages"][1]
+    assert estimates["a100_sxm"][1]["decode_roofline_ms"] == pytest.approx(
+        (stage["weight_bytes"] + stage["kv_bytes"]) / 2039e9 * 1e3)
+    first = profile["stages"][0]
+    assert estimates["h100_sxm"][0]["prefill_roofline_ms"] == pytest.approx(first["prefill_flops"] / 989.4e12 * 1e3)
+    assert estimates == profile["estimates"]  # what the shipped file stores
 
 
 def test_span_cost_is_the_sum_of_its_stages():

@@ -40,8 +40,10 @@ def device_name(device: torch.device) -> str:
 
 
 def _measure(stmt: str, setup: str, scope: dict, threads: int, min_run_time: float) -> benchmark.Measurement:
-    return benchmark.Timer(stmt=stmt, setup=setup, globals=scope, num_threads=threads).blocked_autorange(
-        min_run_time=min_run_time)
+    """Median and spread of ``stmt`` after three warm-up runs (allocator, caches, lazy init)."""
+    timer = benchmark.Timer(stmt=stmt, setup=setup, globals=scope, num_threads=threads)
+    timer.timeit(number=3)
+    return timer.blocked_autorange(min_run_time=min_run_time)
 
 
 def _synchronize(device: torch.device) -> None:
