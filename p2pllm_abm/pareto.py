@@ -186,36 +186,36 @@ def pareto_paths(peers: PeerTable, client: np.ndarray | None = None, prune: bool
     slack_price = 1e-9 * max(1.0, float(incumbent_price[-1]))
     slack_time = 1e-9 * max(1.0, float(incumbent_time[0]))
 
-    # labels: node (-1 = source), parent label, price and time so far; pooled by end boundary
-    node, parent, price, time = [np.array([-1])], [np.array([-1])], [np.zeros(1)], [np.zeros(1)]
-    pool: list[list[np.ndarray]] = [[] for _ in range(m + 1)]
-    pool[0].append(np.array([0]))
+    # every label's node (-1 = source) and parent label, by label id, for tracing paths at the end;
+    # labels waiting at each end boundary as (ids, node, price so far, time so far) chunks
+    node, parent = [np.array([-1])], [np.array([-1])]
+    pool: list[list[tuple[np.ndarray, ...]]] = [[] for _ in range(m + 1)]
+    pool[0].append((np.array([0]), np.array([-1]), np.zeros(1), np.zeros(1)))
     count = 1
     for boundary in range(m):
         heads = starts[boundary]
         if not heads.size or not pool[boundary]:
             continue
-        ids = np.concatenate(pool[boundary])
-        all_node, all_price, all_time = (np.concatenate(x) for x in (node, price, time))
+        ids, tails_of, lp, lt = (np.concatenate(column) for column in zip(*pool[boundary]))
+        keep = np.ones(len(ids), dtype=bool)
         if prune and boundary > 0:  # incumbents found since these labels were made
-            ends_at = all_node[ids]
-            ids = ids[~_dominated_by(incumbent_price, incumbent_time, all_price[ids] + rest.price[ends_at],
-                                     all_time[ids] + rest.time[ends_at], slack_price, slack_time)]
-        if not ids.size:
+            keep = ~_dominated_by(incumbent_price, incumbent_time, lp + rest.price[tails_of],
+                                  lt + rest.time[tails_of], slack_price, slack_time)
+        order = np.flatnonzero(keep)[np.lexsort((lt[keep], lp[keep]))]
+        if not order.size:
             continue
-        ids = ids[np.lexsort((all_time[ids], all_price[ids]))]
-        tails, tail_of = np.unique(all_node[ids], return_inverse=True)
+        ids, tails_of, lp, lt = ids[order], tails_of[order], lp[order], lt[order]
+        tails, tail_of = np.unique(tails_of, return_inverse=True)
         rows = max(1, _BLOCK // len(ids))
         for lo in range(0, len(heads), rows):
             block = heads[lo:lo + rows]
             hops = hop_times(peers, tails, block, client)
             latency = hops - peers.cost[block][:, None]
-            label = ids[_robust_front(all_time[ids], latency.min(axis=0)[tail_of], latency.max(axis=0)[tail_of],
-                                      slack_time)]
-            lp, lt = all_price[label], all_time[label]
-            group_start = np.flatnonzero(np.r_[True, lp[1:] != lp[:-1]])
-            new_price = lp[None, :] + peers.price[block][:, None]
-            new_time = lt[None, :] + hops[:, np.searchsorted(tails, all_node[label])]
+            label = _robust_front(lt, latency.min(axis=0)[tail_of], latency.max(axis=0)[tail_of], slack_time)
+            price_so_far, time_so_far = lp[label], lt[label]
+            group_start = np.flatnonzero(np.r_[True, price_so_far[1:] != price_so_far[:-1]])
+            new_price = price_so_far[None, :] + peers.price[block][:, None]
+            new_time = time_so_far[None, :] + hops[:, tail_of[label]]
             if prune:
                 hopeless = _dominated_by(incumbent_price, incumbent_time, new_price + rest.price[block][:, None],
                                          new_time + rest.time[block][:, None], slack_price, slack_time)
@@ -227,20 +227,22 @@ def pareto_paths(peers: PeerTable, client: np.ndarray | None = None, prune: bool
             new_ids = np.arange(count, count + r.size)
             count += r.size
             node.append(kept_node)
-            parent.append(label[c])
-            price.append(kept_price)
-            time.append(kept_time)
-            for end in np.unique(peers.stage_end[kept_node]):
-                pool[end].append(new_ids[peers.stage_end[kept_node] == end])
+            parent.append(ids[label[c]])
+            kept_end = peers.stage_end[kept_node]
+            for end in np.unique(kept_end):
+                mine = kept_end == end
+                pool[end].append((new_ids[mine], kept_node[mine], kept_price[mine], kept_time[mine]))
             if prune:
                 incumbent_price, incumbent_time = _merge(
                     incumbent_price, incumbent_time,
                     np.concatenate([kept_price + rest.price[kept_node], kept_price + rest.fastest_price[kept_node]]),
                     np.concatenate([kept_time + rest.cheapest_time[kept_node], kept_time + rest.time[kept_node]]))
-    all_node, all_parent, all_price, all_time = (np.concatenate(x) for x in (node, parent, price, time))
-    ids = np.concatenate(pool[m]) if pool[m] else np.empty(0, dtype=np.int64)
-    final_price, final_time = all_price[ids], all_time[ids] + sink_times(peers, all_node[ids], client)
+    if not pool[m]:
+        return _frontier(np.empty(0), np.empty(0), [], count)
+    ids, last, final_price, final_time = (np.concatenate(column) for column in zip(*pool[m]))
+    final_time = final_time + sink_times(peers, last, client)
     keep = _skyline(final_price, final_time)
+    all_node, all_parent = np.concatenate(node), np.concatenate(parent)
     paths = [_trace(int(i), all_node, all_parent) for i in ids[keep]]
     return _frontier(final_price[keep], final_time[keep], paths, count)
 
