@@ -38,6 +38,11 @@ class Collection:
     problems: list[str] = field(default_factory=list)
     source: Path | None = None
 
+    @property
+    def complete_runs(self) -> pd.DataFrame:
+        """The rows of :attr:`runs` whose run finished."""
+        return self.runs[self.runs["status"] == "complete"]
+
     def write(self, out_dir: Path) -> dict[str, Path]:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -70,7 +70,7 @@ def table1_trajectories(collection: Collection) -> tuple[plt.Figure, str]:
 
 
 def convergence_vs_eta(collection: Collection) -> tuple[plt.Figure, str]:
-    runs = collection.runs[collection.runs["status"] == "complete"].assign(
+    runs = collection.complete_runs.assign(
         stage_size=lambda f: f["stage_size"].round(1).astype(str))
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
     sns.lineplot(data=runs, x="market.eta", y="converged_step", hue="stage_size", marker="o", errorbar=BAND,
@@ -85,7 +85,7 @@ def convergence_vs_eta(collection: Collection) -> tuple[plt.Figure, str]:
 
 
 def price_vs_alpha(collection: Collection) -> tuple[plt.Figure, str]:
-    runs = collection.runs[collection.runs["status"] == "complete"].assign(
+    runs = collection.complete_runs.assign(
         T=lambda f: f["market.temperature"].astype(str))
     fig, ax = plt.subplots(figsize=(4.8, 3.4))
     sns.lineplot(data=runs, x="market.alpha", y="final_mean_price", hue="T", marker="o", errorbar=BAND, ax=ax)
@@ -94,7 +94,7 @@ def price_vs_alpha(collection: Collection) -> tuple[plt.Figure, str]:
 
 
 def revenue_curve(collection: Collection) -> tuple[plt.Figure, str]:
-    run_dir = collection.source / collection.runs.loc[collection.runs["status"] == "complete", "run"].iloc[0]
+    run_dir = collection.source / collection.complete_runs["run"].iloc[0]
     config = json.loads((run_dir / "summary.json").read_text())["config"]
     peers = pd.read_parquet(run_dir / "peers.parquet")
     peers = peers[(peers["step"] == peers["step"].max()) & peers["alive"] & (peers["stage"] == 0)]
@@ -129,7 +129,7 @@ def revenue_curve(collection: Collection) -> tuple[plt.Figure, str]:
 
 
 def scaling(collection: Collection) -> tuple[plt.Figure, str]:
-    runs = collection.runs[collection.runs["status"] == "complete"]
+    runs = collection.complete_runs
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
     sns.lineplot(data=runs, x="network.peers", y="steps_per_s", marker="o", errorbar=BAND, ax=axes[0])
     sns.lineplot(data=runs, x="network.peers", y="peak_memory_mb", marker="o", errorbar=BAND, ax=axes[1])

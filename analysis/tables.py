@@ -17,7 +17,7 @@ def table1(collection: Collection, steps: list[int] | None = None, where: dict[s
     """Rows (iteration, metric), columns ``Layer 1..m``, cells ``mean ± sd`` over the complete runs
     matching ``where`` (parameter -> value) at each of ``steps`` (default: every recorded step of
     the runs, at most 6 of them evenly spaced)."""
-    runs = collection.runs[collection.runs["status"] == "complete"]
+    runs = collection.complete_runs
     for key, value in (where or {}).items():
         if key not in runs:
             raise ValueError(f"where: {key!r} is not a column of runs.parquet: allowed one of {sorted(runs.columns)}")

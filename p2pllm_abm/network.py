@@ -74,7 +74,7 @@ class PeerTable:
         n = network.peers
         start = np.repeat(np.arange(network.stages), counts)
         low, high = network.cost_range
-        cost = rng.uniform(low, high, size=n)
+        cost = rng.uniform(low, high, size=n)  # drawn for profiled costs too: spans and positions come next
         length = draw_span_lengths(start, network.stages, network.span_length_probs, rng)
         position = rng.uniform(0.0, 1.0, size=(n, 2))
         if network.cost_source == "profile":
