@@ -39,23 +39,20 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or "cpu"
 
 
-def _measure(stmt: str, setup: str, scope: dict, threads: int, min_run_time: float) -> benchmark.Measurement:
-    """Median and spread of ``stmt`` after three warm-up runs (allocator, caches, lazy init)."""
-    timer = benchmark.Timer(stmt=stmt, setup=setup, globals=scope, num_threads=threads)
+def _measure(stmt: str, setup: str, scope: dict, device: torch.device, threads: int,
+             min_run_time: float) -> benchmark.Measurement:
+    """Median and spread of ``stmt`` (followed by a CUDA synchronisation on a GPU, so that the
+    kernels' time is counted) after three warm-up runs (allocator, caches, lazy init)."""
+    sync = "; torch.cuda.synchronize()" if device.type == "cuda" else ""
+    timer = benchmark.Timer(stmt=stmt + sync, setup=setup, globals={**scope, "torch": torch}, num_threads=threads)
     timer.timeit(number=3)
     return timer.blocked_autorange(min_run_time=min_run_time)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def reference_probe(device: torch.device, threads: int, size: int = 1024) -> float:
     """GFLOP/s of a ``size`` x ``size`` fp32 matmul: the machine's speed when the profile ran."""
     a = torch.randn(size, size, device=device)
-    sync = "torch.cuda.synchronize()" if device.type == "cuda" else ""
-    median = _measure(f"a @ a; {sync}", "", {"a": a, "torch": torch}, threads, 0.3).median
+    median = _measure("a @ a", "", {"a": a}, device, threads, 0.3).median
     return 2 * size**3 / median / 1e9
 
 
@@ -63,9 +60,8 @@ def bandwidth_probe(device: torch.device, threads: int, megabytes: int = 256) ->
     """Memory bandwidth in GB/s measured by copying a ``megabytes`` fp32 tensor (read + write)."""
     source = torch.empty(megabytes * 2**20 // 4, device=device)
     target = torch.empty_like(source)
-    sync = "torch.cuda.synchronize()" if device.type == "cuda" else ""
-    median = _measure(f"target.copy_(source); {sync}", "", {"source": source, "target": target, "torch": torch},
-                      threads, 0.3).median
+    median = _measure("target.copy_(source)", "", {"source": source, "target": target}, device, threads,
+                      0.3).median
     return 2 * source.numel() * 4 / median / 1e9
 
 
@@ -101,7 +97,6 @@ def profile_shards(preset: str, n_stages: int, batch: int = 1, seq_len: int = 12
     model = build_model(preset, seed, dtype).to(device)
     shards = split(model, layer_bounds(model.config.num_hidden_layers, n_stages))
     probe, bandwidth = reference_probe(device, threads), bandwidth_probe(device, threads)
-    sync = "torch.cuda.synchronize()" if device.type == "cuda" else ""
     stages = []
     for index, shard in enumerate(shards):
         def inputs(tokens: int) -> torch.Tensor:
@@ -110,10 +105,10 @@ def profile_shards(preset: str, n_stages: int, batch: int = 1, seq_len: int = 12
             return torch.randn(batch, tokens, model.config.hidden_size, device=device, dtype=dtype)
 
         scope = {"shard": shard, "prompt": inputs(seq_len), "token": inputs(1), "history": inputs(kv_len),
-                 "kv_len": kv_len, "torch": torch}
-        prefill = _measure(f"shard(prompt, 0, shard.new_cache()); {sync}", "", scope, threads, min_run_time)
-        decode = _measure(f"shard(token, kv_len, cache); cache.crop(kv_len); {sync}",
-                          "cache = shard.new_cache(); shard(history, 0, cache)", scope, threads, min_run_time)
+                 "kv_len": kv_len}
+        prefill = _measure("shard(prompt, 0, shard.new_cache())", "", scope, device, threads, min_run_time)
+        decode = _measure("shard(token, kv_len, cache); cache.crop(kv_len)",
+                          "cache = shard.new_cache(); shard(history, 0, cache)", scope, device, threads, min_run_time)
         memory_bound = (shard_bytes(shard, dtype) + kv_bytes(shard, kv_len, batch, dtype)) / (bandwidth * 1e9)
         stages.append({
             "stage": index, "layers": [shard.start, shard.end], "first": shard.is_first, "last": shard.is_last,
