@@ -26,6 +26,12 @@ ALPHA_DISTRIBUTIONS = ("fixed", "uniform", "beta")
 ROUTINGS = ("stage", "path")
 COST_SOURCES = ("uniform", "profile")
 REFERENCES = ("paper_table1",)
+LEDGER_BACKENDS = ("python", "evm")
+LEDGER_CHOICES = {"fee_destination": ("proposer", "burn"), "sharding": ("stage", "none"),
+                  "registry_view": ("live", "confirmed"), "payments": ("channels", "escrow"),
+                  "signatures": ("stub", "ed25519")}
+#: the ledger's int64 balances stay exact below this (p2pllm_abm.ledger.accounts.MAX_SUPPLY)
+_MAX_AMOUNT = 2**62
 
 
 @dataclass
@@ -106,6 +112,41 @@ class RunConfig:
 
 
 @dataclass
+class LedgerConfig:
+    """The cryptoeconomic layer (paper section 4; :mod:`p2pllm_abm.ledger`). Every amount is an
+    integer number of base units; ``unit`` base units make one price unit."""
+
+    enabled: bool = False  #: off: today's market only, bit for bit
+    backend: str = "python"  #: "python" (numpy balances) or "evm" (Vyper contracts on pyrevm, [evm] extra)
+    unit: int = 1_000_000  #: base units per price unit (a payment is floor(price * unit))
+    client_endowment: int = 10**12  #: each client's genesis balance
+    peer_endowment: int = 10**9  #: each peer's genesis balance (registration stake is bonded from it)
+    min_stake: int = 32 * 10**6  #: bonded stake needed to stay registered and validate
+    initial_stake: int = 64 * 10**6  #: stake each peer bonds at registration (>= min_stake)
+    max_effective_stake: int | None = None  #: cap on a validator's weight (null: no cap)
+    slots_per_epoch: int = 32  #: one slot per step
+    block_capacity: int = 512  #: transactions per block per shard
+    tx_fee: int = 1_000  #: paid by the sender of every included transaction
+    fee_destination: str = "proposer"  #: "proposer" or "burn"
+    issuance_per_epoch: int = 0  #: minted to validators by effective stake at each epoch's end
+    attestation_rate: float = 1.0  #: probability that a validator attests (finality needs 2/3 of stake)
+    sharding: str = "stage"  #: "stage" (one shard per stage, section 4.1) or "none" (one chain)
+    cross_shard_delay: int = 1  #: extra slots before a transaction from another shard is ready (receipt)
+    registry_view: str = "live"  #: what requests read: "live" prices or the "confirmed" registry
+    price_tick: float = 0.01  #: a peer posts its price on chain once it moved by this much
+    unbonding_delay: int = 64  #: slots before unbonded stake can be withdrawn
+    whistleblower_share: float = 0.125  #: of a slashed amount to the reporter; the rest is burned
+    payments: str = "channels"  #: "channels" (off-chain updates) or "escrow" (one escrow per hop)
+    sla_term: int = 1  #: steps an SLA's price holds before renewal at the posted price
+    sla_penalty: float = 0.5  #: penalty for a violated SLA, times its price, from the peer's stake
+    channel_deposit: int = 100 * 10**6  #: a client's deposit when it opens a channel
+    challenge_window: int = 16  #: slots to challenge a unilateral channel close
+    stale_penalty: float = 1.0  #: share of a stale closer's balance forfeited to the challenger
+    signatures: str = "stub"  #: "stub" or "ed25519" (PyNaCl) on channel states
+    check_every_step: bool = False  #: assert conservation after every step (debug runs, tests)
+
+
+@dataclass
 class ReportConfig:
     """The checkpoint table printed at the end of a CLI run."""
 
@@ -122,6 +163,7 @@ class Config:
     clients: ClientsConfig = field(default_factory=ClientsConfig)
     run: RunConfig = field(default_factory=RunConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
     seed: int = 0  #: one seed decides the whole run
 
 
@@ -261,7 +303,43 @@ def validate(cfg: Config) -> Config:
     _require(rep.reference is None or net.stages == 4, "report.reference", rep.reference,
              "a reference only for network.stages = 4 (the paper's setup)")
     _require(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
+    _validate_ledger(cfg)
     return cfg
+
+
+def _validate_ledger(cfg: Config) -> None:
+    led = cfg.ledger
+    if not led.enabled:
+        return
+    _require(led.backend in LEDGER_BACKENDS, "ledger.backend", led.backend, f"one of {LEDGER_BACKENDS}")
+    for name, allowed in LEDGER_CHOICES.items():
+        _require(getattr(led, name) in allowed, f"ledger.{name}", getattr(led, name), f"one of {allowed}")
+    for name in ("unit", "slots_per_epoch", "block_capacity"):
+        _require(isinstance(getattr(led, name), int) and getattr(led, name) >= 1, f"ledger.{name}",
+                 getattr(led, name), "an integer >= 1")
+    for name in ("client_endowment", "peer_endowment", "min_stake", "tx_fee", "issuance_per_epoch",
+                 "channel_deposit", "cross_shard_delay", "unbonding_delay", "challenge_window"):
+        value = getattr(led, name)
+        _require(isinstance(value, int) and 0 <= value <= _MAX_AMOUNT, f"ledger.{name}", value,
+                 "an integer in [0, 2^62]")
+    _require(isinstance(led.sla_term, int) and led.sla_term >= 1, "ledger.sla_term", led.sla_term, "an integer >= 1")
+    _require(led.min_stake >= 1, "ledger.min_stake", led.min_stake, "an integer >= 1 (validators need stake)")
+    _require(isinstance(led.initial_stake, int) and led.min_stake <= led.initial_stake <= led.peer_endowment,
+             "ledger.initial_stake", led.initial_stake,
+             f"an integer with ledger.min_stake = {led.min_stake} <= stake <= ledger.peer_endowment = {led.peer_endowment}")
+    _require(led.max_effective_stake is None or (isinstance(led.max_effective_stake, int) and led.max_effective_stake >= 1),
+             "ledger.max_effective_stake", led.max_effective_stake, "null or an integer >= 1")
+    genesis = cfg.clients.count * led.client_endowment + cfg.network.peers * led.peer_endowment
+    _require(genesis + led.issuance_per_epoch * (cfg.run.steps // led.slots_per_epoch + 1) <= _MAX_AMOUNT,
+             "ledger.client_endowment", led.client_endowment,
+             "endowments and issuance whose total supply stays below 2^62 base units")
+    for name in ("attestation_rate", "whistleblower_share", "stale_penalty"):
+        value = getattr(led, name)
+        _require(_finite(value) and 0.0 <= value <= 1.0, f"ledger.{name}", value, "a number in [0, 1]")
+    _require(_finite(led.sla_penalty) and led.sla_penalty >= 0, "ledger.sla_penalty", led.sla_penalty,
+             "a finite number >= 0")
+    _require(_finite(led.price_tick) and led.price_tick >= 0, "ledger.price_tick", led.price_tick,
+             "a finite number >= 0")
 
 
 def to_config(cfg: Config | DictConfig) -> Config:

@@ -170,37 +170,47 @@ def path_totals(paths: Array, env: Environment, price: Array) -> tuple[Array, Ar
     return jax.vmap(one)(paths, geo.client_position)
 
 
-def tick(state: MarketState, env: Environment, rule: str, routing: str, n_stages: int) -> MarketState:
-    """One tick: requests routed (``routing``) and paid at current prices, then the price update
-    ``rule``."""
+def paid_tick(state: MarketState, env: Environment, quoted: Array, rule: str, routing: str,
+              n_stages: int) -> tuple[MarketState, Array]:
+    """One tick in which requests see and pay the ``quoted`` prices (the live ones, or the
+    ledger's confirmed registry) while peers update their own live prices by ``rule``. Also
+    returns the paid hops, ``(clients, n_stages)`` peer ids with ``-1`` where a client sent no
+    request (or its path has no hop there), for the ledger to settle."""
     new_price = price_update(rule, state.price, env.cost, env.stage, env.alive, env.params, n_stages,
                              env.blocks, env.damping)
     if env.client_alpha.shape[0] == 0:  # no clients, no requests (decided when tracing)
-        return state._replace(price=new_price)
+        return state._replace(price=new_price), jnp.zeros((0, n_stages), dtype=jnp.int32)
     key, request_key, noise_key = jax.random.split(state.key, 3)
     active = jax.random.bernoulli(request_key, env.request_rate, env.client_alpha.shape)
     choose = path_choices if routing == "path" else logit_choices
-    chosen, probs = choose(noise_key, env, state.price, n_stages)
+    chosen, probs = choose(noise_key, env, quoted, n_stages)
     dtype = state.price.dtype
     weight = jnp.broadcast_to(active[:, None], chosen.shape).astype(dtype)
     served = jnp.zeros_like(state.price).at[jnp.where(chosen >= 0, chosen, state.price.shape[0]).ravel()].add(
         weight.ravel(), mode="drop")
     expected = active.astype(dtype) @ probs
-    routed, path_price, path_time = path_totals(chosen, env, state.price)
+    routed, path_price, path_time = path_totals(chosen, env, quoted)
     counted = (active & routed).astype(dtype)
-    tick_revenue = state.price * served
-    return MarketState(
+    tick_revenue = quoted * served
+    new_state = MarketState(
         price=new_price,
         key=key,
         revenue=state.revenue + tick_revenue,
         requests=state.requests + served,
         expected_requests=state.expected_requests + expected,
         tick_revenue=tick_revenue,
-        tick_expected_revenue=state.price * expected,
+        tick_expected_revenue=quoted * expected,
         class_requests=state.class_requests + counted @ env.geometry.client_class,
         class_price=state.class_price + (counted * path_price) @ env.geometry.client_class,
         class_time=state.class_time + (counted * path_time) @ env.geometry.client_class,
     )
+    return new_state, jnp.where(active[:, None], chosen, -1)
+
+
+def tick(state: MarketState, env: Environment, rule: str, routing: str, n_stages: int) -> MarketState:
+    """One tick: requests routed (``routing``) and paid at current prices, then the price update
+    ``rule``."""
+    return paid_tick(state, env, state.price, rule, routing, n_stages)[0]
 
 
 @partial(jax.jit, static_argnames=("rule", "routing", "n_stages"))
@@ -208,3 +218,7 @@ def run_ticks(state: MarketState, env: Environment, n_ticks: Array, rule: str, r
               n_stages: int) -> MarketState:
     """``n_ticks`` consecutive ticks in one compiled loop (the trip count is traced: no recompile)."""
     return jax.lax.fori_loop(0, n_ticks, lambda _, s: tick(s, env, rule, routing, n_stages), state)
+
+
+#: one tick that also returns the paid hops (the model's step with the ledger on)
+paid_tick_jit = jax.jit(paid_tick, static_argnames=("rule", "routing", "n_stages"))

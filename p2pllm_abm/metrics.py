@@ -27,6 +27,7 @@ from .equilibrium import NashGap, allocation_equilibrium
 from .network import PeerTable
 
 if TYPE_CHECKING:
+    from .ledger import MarketLedger
     from .model import P2PLLMModel
 
 #: per-stage columns of metrics.parquet (besides ``step`` and ``stage``)
@@ -63,9 +64,23 @@ PEER_COLUMNS = (
 )
 
 
+#: extra columns of peers.parquet with the ledger on, in base units
+LEDGER_PEER_COLUMNS = ("balance", "stake", "escrowed")
+
+#: columns of metrics.parquet's ledger scopes: ``scope = "shard"`` (one row per shard, figures over
+#: the steps since the previous record) and ``scope = "chain"`` (one row, figures at the step)
+SHARD_METRICS = ("shard", "tx_submitted", "tx_included", "tx_failed", "queue", "block_fill",
+                 "confirmation_latency", "cross_shard_share")
+CHAIN_METRICS = ("slot", "blocks", "validators", "stake_gini", "nakamoto_coefficient", "finalized_slot",
+                 "finality_lag", "mempool", "total_supply", "conserved", "staked", "escrow_locked",
+                 "channel_locked", "burned", "window_requests")
+
+
 def peer_columns(peers: PeerTable) -> dict[str, np.ndarray]:
-    """The table's columns under their :data:`PEER_COLUMNS` names."""
-    return {
+    """The table's columns under their :data:`PEER_COLUMNS` names (and
+    :data:`LEDGER_PEER_COLUMNS` when the ledger has set them)."""
+    ledger = {} if peers.balance is None else {name: getattr(peers, name) for name in LEDGER_PEER_COLUMNS}
+    return {**ledger,
         "peer_id": np.arange(len(peers)),
         "stage": peers.stage,
         "stage_start": peers.stage_start,
@@ -138,13 +153,42 @@ class RequestClasses:
         })
 
 
-def metric_rows(step: int, stage_stats: pd.DataFrame, class_stats: pd.DataFrame) -> pd.DataFrame:
-    """The metrics.parquet rows of one recorded step: stage rows, then request-class rows."""
+def metric_rows(step: int, stage_stats: pd.DataFrame, class_stats: pd.DataFrame,
+                extra: tuple[pd.DataFrame, ...] = ()) -> pd.DataFrame:
+    """The metrics.parquet rows of one recorded step: stage rows, then request-class rows, then
+    ``extra`` rows that carry their own ``scope`` (the ledger's, :func:`ledger_metric_rows`)."""
     stages = stage_stats.assign(step=step, scope="stage", request_class=pd.NA)
     classes = class_stats.assign(step=step, scope="request_class", stage=pd.NA)
     frame = pd.concat([stages, classes], ignore_index=True)
     frame[["stage", "request_class", "peers", "clients"]] = frame[["stage", "request_class", "peers", "clients"]].astype("Int64")
-    return frame[["step", "scope", "stage", "request_class", *STAGE_METRICS, *CLASS_METRICS]]
+    frame = frame[["step", "scope", "stage", "request_class", *STAGE_METRICS, *CLASS_METRICS]]
+    if not extra:
+        return frame
+    return pd.concat([frame, *(rows.assign(step=step) for rows in extra)], ignore_index=True)
+
+
+def ledger_metric_rows(ledger: MarketLedger) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ledger's metrics.parquet rows: one per shard (:data:`SHARD_METRICS`) and one for the
+    chain (:data:`CHAIN_METRICS`); money in base units as nullable integers."""
+    shards = ledger.shard_rows().assign(scope="shard")
+    shards[["shard", "tx_submitted", "tx_included", "tx_failed"]] = shards[
+        ["shard", "tx_submitted", "tx_included", "tx_failed"]].astype("Int64")
+    chain = pd.DataFrame([ledger.chain_row()]).assign(scope="chain")
+    integer = [c for c in CHAIN_METRICS if c not in ("stake_gini", "conserved")]
+    chain[integer] = chain[integer].astype("Int64")
+    chain["conserved"] = chain["conserved"].astype("boolean")
+    return shards[["scope", *SHARD_METRICS]], chain[["scope", *CHAIN_METRICS]]
+
+
+def shard_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The per-shard rows of a metrics table (ledger runs)."""
+    rows = metrics[metrics["scope"] == "shard"]
+    return rows.assign(shard=rows["shard"].astype(np.int64))
+
+
+def chain_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The chain rows of a metrics table (ledger runs), one per recorded step."""
+    return metrics[metrics["scope"] == "chain"]
 
 
 def stage_rows(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -167,8 +211,8 @@ class PeerTableCollector(mesa.DataCollector):
     records cover the peers; ``AgentID`` is the PeerAgent's ``unique_id``.
     """
 
-    def __init__(self, model_reporters: dict[str, Any]):
-        super().__init__(model_reporters=model_reporters, agent_reporters={name: name for name in PEER_COLUMNS})
+    def __init__(self, model_reporters: dict[str, Any], columns: tuple[str, ...] = PEER_COLUMNS):
+        super().__init__(model_reporters=model_reporters, agent_reporters={name: name for name in columns})
 
     def _record_agents(self, model: P2PLLMModel):
         columns = peer_columns(model.peers)
@@ -249,6 +293,7 @@ def peak_memory_mb() -> float:
 
 def summary(model: P2PLLMModel, wall_time_s: float) -> dict[str, Any]:
     final = model.stage_stats
+    ledger = {"ledger": model.ledger.summary()} if model.ledger is not None else {}
     return {
         "config": OmegaConf.to_container(OmegaConf.structured(model.config)),
         "steps": model.steps,
@@ -265,15 +310,20 @@ def summary(model: P2PLLMModel, wall_time_s: float) -> dict[str, Any]:
         "wall_time_s": wall_time_s,
         "steps_per_s": model.steps / wall_time_s if wall_time_s > 0 else None,
         "peak_memory_mb": peak_memory_mb(),
+        **ledger,
     }
 
 
 def write_run_outputs(model: P2PLLMModel, outdir: Path, wall_time_s: float) -> dict[str, Path]:
-    """Write metrics.parquet, peers.parquet and summary.json into ``outdir``; return their paths."""
+    """Write metrics.parquet, peers.parquet and summary.json (and, with the ledger on, its journal
+    as ledger.parquet) into ``outdir``; return their paths."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     paths = {name: outdir / name for name in ("metrics.parquet", "peers.parquet", "summary.json")}
     model.metrics_frame().to_parquet(paths["metrics.parquet"], index=False)
     model.peers_frame().to_parquet(paths["peers.parquet"], index=False)
     paths["summary.json"].write_text(json.dumps(summary(model, wall_time_s), indent=2))
+    if model.ledger is not None:
+        paths["ledger.parquet"] = outdir / "ledger.parquet"
+        model.ledger.ledger.journal_frame().to_parquet(paths["ledger.parquet"], index=False)
     return paths

@@ -7,14 +7,18 @@ Each step runs the paper's phases in order:
 2. prices: every peer updates its price (``market.update_rule``; by default the paper's
    gradient ascent, eq. 5);
 3. reallocation, every ``allocation.period`` steps (eq. 7-8);
-4. contracts: a hook for the ledger (no ledger yet: it does nothing);
+4. contracts, with ``ledger.enabled``: the step's payments settled on the ledger (SLA terms,
+   escrows or channel updates), moved prices posted, the slot's blocks produced
+   (:class:`~p2pllm_abm.ledger.phase.MarketLedger`); peers whose stake fell below the minimum
+   leave the market;
 5. metrics, every ``run.record_interval`` steps, with each stage's Nash-gap certificate
    (:func:`~p2pllm_abm.equilibrium.nash_gap`) and each request class's realised path price and
    time.
 
 Phases 1-2 are jitted JAX over all peers. :meth:`P2PLLMModel.run` fuses the consecutive steps
 between two steps that need phases 3-5 into one compiled call; it gives the same results, bit for
-bit, as calling :meth:`~P2PLLMModel.step` repeatedly.
+bit, as calling :meth:`~P2PLLMModel.step` repeatedly. With the ledger on every step needs the host
+(settlement), so steps run one compiled tick at a time.
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ from tqdm.auto import tqdm
 from .agents import ClientAgent, PeerAgent
 from .allocation import move_candidates, reallocate
 from .config import ClientsConfig, Config, to_config
-from .dynamics import Environment, Geometry, initial_state, run_ticks
+from .dynamics import Environment, Geometry, initial_state, paid_tick_jit, run_ticks
 from .economics import MarketParams
 from .equilibrium import certify, stage_blocks
-from .metrics import PeerTableCollector, RequestClasses, metric_rows, model_reporters, stage_statistics
+from .ledger import MarketLedger
+from .metrics import (LEDGER_PEER_COLUMNS, PEER_COLUMNS, PeerTableCollector, RequestClasses, ledger_metric_rows,
+                      metric_rows, model_reporters, stage_statistics)
 from .network import PeerTable
 from .pareto import ParetoFrontier, pareto_paths
 from .routing import best_path
@@ -62,7 +68,7 @@ class P2PLLMModel(mesa.Model):
 
     def __init__(self, config: Config | DictConfig | None = None) -> None:
         cfg = to_config(config if config is not None else Config())
-        network_seed, dynamics_seed, client_seed, noise_seed = np.random.SeedSequence(cfg.seed).spawn(4)
+        network_seed, dynamics_seed, client_seed, noise_seed, ledger_seed = np.random.SeedSequence(cfg.seed).spawn(5)
         super().__init__(rng=np.random.default_rng(dynamics_seed))
         self.config = cfg
         self.peers = PeerTable.from_config(cfg.network, np.random.default_rng(network_seed))
@@ -80,8 +86,16 @@ class P2PLLMModel(mesa.Model):
         self._state = initial_state(jnp.asarray(self.peers.price), key, self.request_classes.count)
         self._environment = self._make_environment()
         self.moves = 0  #: peers moved by reallocation so far
+        self.ledger: MarketLedger | None = None  #: the cryptoeconomic layer (ledger.enabled)
+        self._paid = None  #: the last tick's paid hops and quoted prices, for the contracts phase
+        if cfg.ledger.enabled:
+            self.ledger = MarketLedger(cfg.ledger, self.peers, cfg.clients.count,
+                                       seed=int(ledger_seed.generate_state(1)[0]))
+            self.peers.update_ledger_columns(self.ledger.peer_columns())
 
-        self.datacollector = PeerTableCollector(model_reporters(self.peers.n_stages, self.request_classes.count))
+        columns = PEER_COLUMNS + (LEDGER_PEER_COLUMNS if self.ledger else ())
+        self.datacollector = PeerTableCollector(model_reporters(self.peers.n_stages, self.request_classes.count),
+                                                columns)
         self._metric_rows: list[pd.DataFrame] = []
         self._record()
 
@@ -104,7 +118,18 @@ class P2PLLMModel(mesa.Model):
             self.moves += len(moves)
 
     def contracts_phase(self) -> None:
-        """Phase 4 (paper 5.1, "create new contracts"): hook for the ledger; does nothing yet."""
+        """Phase 4 (paper 5.1, "create new contracts"): with the ledger on, settle this step's paid
+        hops, post prices and produce the slot's blocks; peers that lost their registration
+        leave the market."""
+        if self.ledger is None:
+            return
+        paid, quoted = self._paid
+        self.ledger.settle(self.steps, paid, quoted, self.peers, self.client_position)
+        exited = self.ledger.advance(self.peers.price, self.peers.alive)
+        if len(exited):
+            self.peers.alive[exited] = False
+            self._environment = self._make_environment()
+        self.peers.update_ledger_columns(self.ledger.peer_columns())
 
     # -- running --------------------------------------------------------------------------------
     def run(self, steps: int, progress: bool = False) -> None:
@@ -166,8 +191,14 @@ class P2PLLMModel(mesa.Model):
         )
 
     def _market_ticks(self, ticks: int) -> None:
-        self._state = run_ticks(self._state, self._environment, ticks, rule=self.config.market.update_rule,
-                                routing=self.config.clients.routing, n_stages=self.peers.n_stages)
+        options = dict(rule=self.config.market.update_rule, routing=self.config.clients.routing,
+                       n_stages=self.peers.n_stages)
+        if self.ledger is None:
+            self._state = run_ticks(self._state, self._environment, ticks, **options)
+        else:  # one tick: the contracts phase settles it before the next
+            quoted = self.ledger.quoted_price(self.peers.price)
+            self._state, paid = paid_tick_jit(self._state, self._environment, jnp.asarray(quoted), **options)
+            self._paid = (np.asarray(paid), quoted.copy())
         self.peers.price = np.asarray(self._state.price)
         self.peers.revenue = np.asarray(self._state.revenue)
         self.peers.requests = np.asarray(self._state.requests)
@@ -183,6 +214,8 @@ class P2PLLMModel(mesa.Model):
 
     def _steps_to_next_event(self, end: int) -> int:
         """Steps until (and including) the next one that reallocates or records, or ``end``."""
+        if self.ledger is not None:
+            return 1
         periods = [self.config.run.record_interval]
         if self.config.allocation.enabled:
             periods.append(self.config.allocation.period)
@@ -200,6 +233,7 @@ class P2PLLMModel(mesa.Model):
             np.asarray(state.class_requests), np.asarray(state.class_price), np.asarray(state.class_time))
         zeros = jnp.zeros_like(state.class_requests)
         self._state = state._replace(class_requests=zeros, class_price=zeros, class_time=zeros)
-        self._metric_rows.append(metric_rows(self.steps, self.stage_stats, self.class_stats))
+        extra = ledger_metric_rows(self.ledger) if self.ledger else ()
+        self._metric_rows.append(metric_rows(self.steps, self.stage_stats, self.class_stats, extra))
         self.datacollector.collect(self)
         self._recorded_step = self.steps

@@ -37,6 +37,10 @@ class PeerTable:
     revenue: np.ndarray | None = None
     requests: np.ndarray | None = None
     expected_requests: np.ndarray | None = None
+    #: int, base units, with the ledger on (else None): balance, bonded stake, earned but not yet paid
+    balance: np.ndarray | None = None
+    stake: np.ndarray | None = None
+    escrowed: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.cost)
@@ -58,6 +62,10 @@ class PeerTable:
 
     def __len__(self) -> int:
         return len(self.cost)
+
+    def update_ledger_columns(self, columns: dict[str, np.ndarray]) -> None:
+        """Set ``balance``, ``stake`` and ``escrowed`` from the ledger."""
+        self.balance, self.stake, self.escrowed = columns["balance"], columns["stake"], columns["escrowed"]
 
     @property
     def stage(self) -> np.ndarray:

@@ -1,0 +1,199 @@
+"""The contracts phase (paper 5.1, phase 4): the market's payments settled on the ledger.
+
+:class:`MarketLedger` builds the accounts, chain, registry and contracts of a run from
+``config.ledger`` and, each step, takes what the jitted market tick produced as arrays:
+
+- ``paid``: ``(clients, n_stages)`` peer ids of every paid hop (``-1``: no request or no hop),
+- the prices those requests were quoted,
+
+and settles all hops of the step at once (:meth:`MarketLedger.settle`): SLA terms are agreed or
+renewed (:meth:`~p2pllm_abm.ledger.contracts.SlaBook.quote`), then each hop is paid through an
+escrow or a channel. :meth:`MarketLedger.advance` posts moved prices, lets counterparties watch
+their channels and produces the slot's blocks. There is no Python loop over requests.
+
+Genesis: every client gets ``client_endowment`` and every peer ``peer_endowment`` from
+``sys:issuance``; every peer registers, bonding ``initial_stake``, in the genesis block (slot 0).
+Clients live in shard ``k mod shards``; a peer's registry entry, SLAs and channels in the shard of
+its first stage (``ledger.sharding=stage``), so a client paying a peer of another shard sends a
+cross-shard transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..config import LedgerConfig
+from ..network import PeerTable, latency
+from .accounts import Ledger
+from .chain import Chain
+from .channels import Channels
+from .contracts import SlaBook
+from .registry import Registry
+from .signatures import Keyring
+
+
+def make_ledger(config: LedgerConfig) -> Ledger:
+    """The account store of ``ledger.backend``."""
+    if config.backend == "evm":
+        from .evm import EvmLedger
+
+        return EvmLedger(config.challenge_window, config.stale_penalty)
+    return Ledger()
+
+
+class MarketLedger:
+    """Accounts, chain, registry, SLAs and channels of one run, driven by the model."""
+
+    def __init__(self, config: LedgerConfig, peers: PeerTable, n_clients: int, seed: int):
+        self.config = config
+        ledger = self.ledger = make_ledger(config)
+        n = len(peers)
+        peer_accounts = ledger.open_accounts([f"peer:{i}" for i in range(n)])
+        client_accounts = ledger.open_accounts([f"client:{k}" for k in range(n_clients)])
+        ledger.block = 0
+        ledger.transfer_batch(np.zeros(n + n_clients, np.int64), np.concatenate([peer_accounts, client_accounts]),
+                              np.repeat([config.peer_endowment, config.client_endowment], [n, n_clients]), "genesis")
+        self.n_shards = peers.n_stages if config.sharding == "stage" else 1
+        peer_home = peers.stage_start.copy() if config.sharding == "stage" else np.zeros(n, np.int64)
+        client_home = np.arange(n_clients) % self.n_shards
+        self.chain = Chain(ledger, self.n_shards, config.block_capacity, config.tx_fee,
+                           config.fee_destination == "proposer", config.slots_per_epoch, config.issuance_per_epoch,
+                           config.attestation_rate, config.cross_shard_delay, seed,
+                           validator_stake=lambda: self.registry.effective_stake(),
+                           validator_account=lambda: self.registry.accounts)
+        self.registry = Registry(ledger, self.chain, peer_accounts, peer_home, min_stake=config.min_stake,
+                                 max_effective_stake=config.max_effective_stake,
+                                 unbonding_delay=config.unbonding_delay,
+                                 whistleblower_share=config.whistleblower_share, price_tick=config.price_tick)
+        self.registry.register_genesis(np.arange(n), np.full(n, config.initial_stake, np.int64), peers.price,
+                                       peers.cost)
+        self.sla = SlaBook(ledger, self.chain, self.registry, client_accounts, client_home, n,
+                           term=config.sla_term, penalty=config.sla_penalty)
+        self.channels = None
+        if config.payments == "channels":
+            self.channels = Channels(ledger, self.chain, Keyring(config.signatures, seed), client_accounts,
+                                     client_home, peer_accounts, peer_home, deposit=config.channel_deposit,
+                                     challenge_window=config.challenge_window, stale_penalty=config.stale_penalty,
+                                     sign_updates=config.signatures != "stub")
+        self.requests = 0  #: paid requests (at least one hop) so far
+        self.hops = 0  #: paid hops so far
+        self.unpaid_hops = 0  #: hops not paid (a zero price, or a violated SLA)
+        self._window_requests = 0
+
+    # -- what the market reads ------------------------------------------------------------------
+    def quoted_price(self, live_price: np.ndarray) -> np.ndarray:
+        """The prices requests see: live, or the registry's as of the last confirmed block."""
+        return self.registry.posted_price if self.config.registry_view == "confirmed" else live_price
+
+    # -- the phase ------------------------------------------------------------------------------
+    def settle(self, step: int, paid: np.ndarray, quoted: np.ndarray, peers: PeerTable,
+               client_position: np.ndarray) -> None:
+        """Settle every paid hop of ``step``: SLA terms, then escrows or channel payments."""
+        client, hop = np.nonzero(paid >= 0)
+        peer = paid[client, hop]
+        self._window_requests += int(np.any(paid >= 0, axis=1).sum())
+        self.requests += int(np.any(paid >= 0, axis=1).sum())
+        self.hops += len(peer)
+        if not len(peer):
+            return
+        price = self.sla.quote(client, peer, np.floor(quoted[peer] * self.config.unit).astype(np.int64), step)
+        before = np.where(hop > 0, paid[client, np.maximum(hop - 1, 0)], -1)
+        origin = np.where((before >= 0)[:, None], peers.position[np.maximum(before, 0)], client_position[client])
+        hop_latency = latency(origin, peers.position[peer], peers.latency_range)
+        promised = self.registry.cost[peer] + hop_latency
+        delivered = np.where(peers.alive[peer], peers.cost[peer] + hop_latency, np.inf)
+        priced = price > 0
+        self.unpaid_hops += int((~priced).sum())
+        client, peer, price = client[priced], peer[priced], price[priced]
+        promised, delivered = promised[priced], delivered[priced]
+        if self.channels is None:
+            self.sla.open_escrows(client, peer, price, promised, delivered, step)
+            return
+        kept = delivered <= promised
+        self.unpaid_hops += int((~kept).sum())
+        self.channels.pay(client[kept], peer[kept], price[kept], step)
+        self.sla.penalise(client[~kept], peer[~kept], price[~kept], promised[~kept], delivered[~kept], step)
+
+    def advance(self, price: np.ndarray, alive: np.ndarray) -> np.ndarray:
+        """Post moved prices, watch channels, produce this slot's blocks and pay out matured
+        unbondings; return the peers that left the registry (their stake fell below the minimum)."""
+        self.registry.post_prices(price, alive)
+        if self.channels is not None:
+            self.channels.watch()
+        self.chain.advance()
+        self.registry.withdraw_matured()
+        if self.config.check_every_step:
+            self.assert_invariants()
+        exited, self.registry.exited = np.array(self.registry.exited, dtype=np.int64), []
+        return exited
+
+    # -- checks ---------------------------------------------------------------------------------
+    def assert_invariants(self) -> None:
+        """Conservation, and every contract account holding exactly what its records say."""
+        ledger = self.ledger
+        ledger.assert_conserved()
+        for account, expected in (("sys:stake", self.registry.stake_in_contract()),
+                                  ("sys:escrow", self.sla.escrow_in_contract()),
+                                  ("sys:channels", self.channels.locked_in_contract() if self.channels else 0)):
+            assert ledger.balance(account) == expected, f"{account} holds {ledger.balance(account)}, records say {expected}"
+
+    # -- outputs --------------------------------------------------------------------------------
+    def peer_columns(self) -> dict[str, np.ndarray]:
+        """``balance``, bonded ``stake`` and ``escrowed`` (earned, not yet on the balance: open
+        escrows, or the peer's side of open channels) per peer, in base units."""
+        n = len(self.registry.accounts)
+        escrowed = self.sla.escrowed_per_peer(n)
+        if self.channels is not None:
+            escrowed = escrowed + self.channels.owed_to_peers(n)
+        return {"balance": self.ledger.balances()[self.registry.accounts].copy(),
+                "stake": self.registry.bonded.copy(), "escrowed": escrowed}
+
+    def shard_rows(self) -> pd.DataFrame:
+        """Per-shard chain statistics since the previous record (``scope = "shard"``)."""
+        return self.chain.shard_statistics()
+
+    def chain_row(self) -> dict[str, Any]:
+        """Chain-wide figures now (``scope = "chain"``)."""
+        ledger = self.ledger
+        requests, self._window_requests = self._window_requests, 0
+        return {
+            **self.chain.chain_statistics(self.registry.effective_stake()),
+            "total_supply": ledger.total_supply(),
+            "conserved": ledger.is_conserved(),
+            "staked": ledger.balance("sys:stake"),
+            "escrow_locked": ledger.balance("sys:escrow"),
+            "channel_locked": ledger.balance("sys:channels"),
+            "burned": ledger.balance("sys:burn"),
+            "window_requests": requests,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """The ``ledger`` block of summary.json."""
+        chain, sla, ch = self.chain, self.sla, self.channels
+        settled = ch.settled if ch else sla.settled
+        settled_latency = ch.settled_latency if ch else sla.settled_latency
+        return {
+            "backend": self.config.backend, "payments": self.config.payments,
+            "signatures": self.config.signatures, "sharding": self.config.sharding,
+            "registry_view": self.config.registry_view,
+            "conserved": self.ledger.is_conserved(),
+            "total_supply": self.ledger.total_supply(),
+            "journal_rows": self.ledger.journal.rows,
+            "requests_paid": self.requests, "hops_paid": self.hops, "unpaid_hops": self.unpaid_hops,
+            "transactions_included": int(chain.total_included),
+            "transactions_failed": int(chain.total_failed),
+            "onchain_tx_per_request": chain.total_included / self.requests if self.requests else None,
+            "mean_confirmation_latency_slots": chain.total_latency / chain.total_included if chain.total_included else None,
+            "mean_settlement_latency_slots": settled_latency / settled if settled else None,
+            "contracts_created": sla.contracts_created,
+            "channels_opened": int(ch.c.size) if ch else 0,
+            "channel_updates": int(ch.updates) if ch else 0,
+            **self.chain.chain_statistics(self.registry.effective_stake()),
+            "staked": self.ledger.balance("sys:stake"),
+            "escrow_locked": self.ledger.balance("sys:escrow"),
+            "channel_locked": self.ledger.balance("sys:channels"),
+            "burned": self.ledger.balance("sys:burn"),
+        }
