@@ -3,12 +3,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench bench-equilibrium bench-routing bench-sweeps verify clean
+.PHONY: run test bench bench-equilibrium bench-routing bench-sweeps bench-ledger verify clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,cluster,optuna]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,cluster,optuna,evm]'
 	touch $(STAMP)
 
 # The main job: the paper's Table 1 experiment (200 peers, 4 stages, 5000 iterations).
@@ -29,6 +29,9 @@ bench-routing: $(STAMP)
 
 bench-sweeps: $(STAMP)
 	$(BIN)/python -m benchmarks.sweeps
+
+bench-ledger: $(STAMP)
+	$(BIN)/python -m benchmarks.ledger
 
 # The equilibrium verification experiment (table + figures in outputs/equilibrium_verification).
 verify: $(STAMP)

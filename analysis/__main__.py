@@ -6,6 +6,8 @@
     python -m analysis pareto-figure --run-dir outputs/paper_28      # Figure 2 of a finished run
     python -m analysis pareto-figure --experiment paper_28 --steps 200  # of a fresh network
     python -m analysis network-figure --experiment paper_28 --alpha 0.5 # Figure 1
+    python -m analysis ledger-figures outputs/paper_table1_ledger     # money, stake Gini, latency of a ledger run
+    python -m analysis ledger-figures multirun/sweep_ledger           # latency vs shards, escrow vs channels
 """
 
 from __future__ import annotations
@@ -61,8 +63,21 @@ def main(argv: list[str] | None = None) -> None:
     table.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                        help="keep runs whose runs.parquet column KEY equals VALUE (repeatable)")
     table.add_argument("--out", type=Path, help="also write the table to this file")
+    ledger = commands.add_parser("ledger-figures", help="the ledger's figures of a run or of sweep=ledger")
+    ledger.add_argument("source", type=Path, help="a ledger run directory, or a multirun directory (sweep=ledger)")
+    ledger.add_argument("--out", type=Path, help="output folder (default: the run directory, or <sweep>/figures)")
     args = parser.parse_args(argv)
 
+    if args.command == "ledger-figures":
+        from .ledger_figures import draw
+
+        try:
+            written = draw(args.source, args.out)
+        except (ValueError, FileNotFoundError) as error:
+            parser.error(str(error))
+        for path in written:
+            print(path)
+        return None
     if args.command == "collect":
         return _collect(args.multirun_dir, args.out)
     if args.command == "figures":

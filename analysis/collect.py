@@ -5,7 +5,8 @@
 ``runs.parquet``: one row per run directory: ``run`` (its name), ``status`` (complete, failed,
 partial), every swept parameter (from ``.hydra/overrides.yaml``, typed), the run's whole config
 flattened to dotted columns (``market.alpha``, ...), and summary figures (``steps_per_s``,
-``peak_memory_mb``, ``final_mean_price``, ``final_nash_gap``, ``converged_step``, ...).
+``peak_memory_mb``, ``final_mean_price``, ``final_nash_gap``, ``converged_step``, ..., and for a
+ledger run its summary block as ``ledger_*`` columns).
 ``steps.parquet``: one row per run x recorded step x stage, the stage rows of ``metrics.parquet``
 with ``run`` and the swept parameters. Failed and partial runs are listed, never fatal.
 """
@@ -109,6 +110,9 @@ def run_record(run_dir: Path, summary: dict[str, Any], stages: pd.DataFrame) -> 
         "final_relative_nash_gap": float(np.max(final["relative_nash_gap_per_stage"])),
         "converged_step": convergence_step(stages),
         "allocation_efficient": summary["allocation"].get("efficient"),
+        # a ledger run's summary block, scalar figures only (ledger_conserved, ledger_onchain_tx_per_request, ...)
+        **{f"ledger_{key}": value for key, value in summary.get("ledger", {}).items()
+           if isinstance(value, (bool, int, float, str)) or value is None},
     }
 
 

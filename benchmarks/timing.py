@@ -21,9 +21,11 @@ def timed(run: Callable[[], Any], repeats: int = 3, warmup: bool = True) -> tupl
 
 
 def fmt(seconds: float) -> str:
-    """Seconds in s, ms or us."""
+    """Seconds in s, ms, us or ns."""
     if seconds >= 1:
         return f"{seconds:.2f} s"
     if seconds >= 1e-3:
         return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds * 1e6:.0f} us"
+    if seconds >= 1e-6:
+        return f"{seconds * 1e6:.0f} us"
+    return f"{seconds * 1e9:.0f} ns"

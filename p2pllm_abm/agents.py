@@ -43,6 +43,18 @@ class PeerAgent(mesa.Agent):
     def alive(self) -> bool:
         return bool(self.model.peers.alive[self.index])
 
+    @property
+    def balance(self) -> int | None:
+        """Ledger balance now, in base units (None with the ledger off)."""
+        ledger = self.model.ledger
+        return None if ledger is None else ledger.ledger.balance(int(ledger.registry.accounts[self.index]))
+
+    @property
+    def stake(self) -> int | None:
+        """Bonded stake now, in base units (None with the ledger off)."""
+        ledger = self.model.ledger
+        return None if ledger is None else int(ledger.registry.bonded[self.index])
+
 
 class ClientAgent(mesa.Agent):
     """A client sending inference requests, scoring peers with its own ``alpha`` (eq. 1)."""

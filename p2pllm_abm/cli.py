@@ -47,10 +47,28 @@ def run_experiment(config: Config, outdir: Path) -> P2PLLMModel:
     header = "ours (paper)" if config.report.reference else "ours"
     print(f"\nNodes and average price per layer at checkpoints [{header}], seed {config.seed}:")
     print(table.to_string())
+    if model.ledger is not None:
+        print(ledger_report(model.ledger.summary(), config.ledger.unit))
     print(f"\nRun directory: {outdir}")
     for name, path in paths.items():
         print(f"  {name}: {path}")
     return model
+
+
+def ledger_report(ledger: dict, unit: int) -> str:
+    """A few lines on the ledger of a finished run (summary.json's ``ledger`` block)."""
+    def rate(value: float | None, digits: int = 3) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    return (f"\nLedger ({ledger['backend']}, payments={ledger['payments']}, sharding={ledger['sharding']}, "
+            f"registry={ledger['registry_view']}): conserved={ledger['conserved']}, "
+            f"supply {ledger['total_supply'] / unit:,.0f} price units\n"
+            f"  {ledger['requests_paid']:,} requests paid; {ledger['transactions_submitted']:,} transactions sent "
+            f"({rate(ledger['onchain_tx_per_request'])} per request), {ledger['transactions_failed']:,} failed\n"
+            f"  confirmation latency {rate(ledger['mean_confirmation_latency_slots'], 2)} slots, settlement "
+            f"{rate(ledger['mean_settlement_latency_slots'], 2)} slots; finalized up to slot {ledger['finalized_slot']} "
+            f"of {ledger['slot']}; stake Gini {rate(ledger['stake_gini'])}, Nakamoto coefficient "
+            f"{ledger['nakamoto_coefficient']}")
 
 
 def quiet_library_logs() -> None:

@@ -139,7 +139,7 @@ class LedgerConfig:
     payments: str = "channels"  #: "channels" (off-chain updates) or "escrow" (one escrow per hop)
     sla_term: int = 1  #: steps an SLA's price holds before renewal at the posted price
     sla_penalty: float = 0.5  #: penalty for a violated SLA, times its price, from the peer's stake
-    channel_deposit: int = 100 * 10**6  #: a client's deposit when it opens a channel
+    channel_deposit: int = 1000 * 10**6  #: a client's deposit when it opens a channel (at least what it owes)
     challenge_window: int = 16  #: slots to challenge a unilateral channel close
     stale_penalty: float = 1.0  #: share of a stale closer's balance forfeited to the challenger
     signatures: str = "stub"  #: "stub" or "ed25519" (PyNaCl) on channel states

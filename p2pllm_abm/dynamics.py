@@ -220,5 +220,28 @@ def run_ticks(state: MarketState, env: Environment, n_ticks: Array, rule: str, r
     return jax.lax.fori_loop(0, n_ticks, lambda _, s: tick(s, env, rule, routing, n_stages), state)
 
 
-#: one tick that also returns the paid hops (the model's step with the ledger on)
+#: one tick that also returns the paid hops (a step with the ledger on and the confirmed registry)
 paid_tick_jit = jax.jit(paid_tick, static_argnames=("rule", "routing", "n_stages"))
+
+
+@partial(jax.jit, static_argnames=("rule", "routing", "n_stages", "length"))
+def run_paid_ticks(state: MarketState, env: Environment, n_ticks: Array, rule: str, routing: str, n_stages: int,
+                   length: int) -> tuple[MarketState, Array, Array]:
+    """``n_ticks <= length`` live-priced ticks in one compiled scan, for the ledger to settle one by
+    one afterwards: the final state, each tick's paid hops ``(length, clients, n_stages)`` and the
+    prices each tick started from ``(length, n)`` (rows past ``n_ticks`` are padding). ``length``
+    is fixed per model, so the trip count does not recompile."""
+
+    def one(state: MarketState, i: Array):
+        def advance(state):
+            new_state, paid = paid_tick(state, env, state.price, rule, routing, n_stages)
+            return new_state, paid.astype(jnp.int32)
+
+        def idle(state):
+            return state, jnp.full((env.client_alpha.shape[0], n_stages), -1, dtype=jnp.int32)
+
+        new_state, paid = jax.lax.cond(i < n_ticks, advance, idle, state)
+        return new_state, (paid, state.price)
+
+    final, (paid, before) = jax.lax.scan(one, state, jnp.arange(length))
+    return final, paid, before

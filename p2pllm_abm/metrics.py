@@ -153,31 +153,32 @@ class RequestClasses:
         })
 
 
-def metric_rows(step: int, stage_stats: pd.DataFrame, class_stats: pd.DataFrame,
-                extra: tuple[pd.DataFrame, ...] = ()) -> pd.DataFrame:
-    """The metrics.parquet rows of one recorded step: stage rows, then request-class rows, then
-    ``extra`` rows that carry their own ``scope`` (the ledger's, :func:`ledger_metric_rows`)."""
+def metric_rows(step: int, stage_stats: pd.DataFrame, class_stats: pd.DataFrame) -> pd.DataFrame:
+    """The metrics.parquet rows of one recorded step: stage rows, then request-class rows."""
     stages = stage_stats.assign(step=step, scope="stage", request_class=pd.NA)
     classes = class_stats.assign(step=step, scope="request_class", stage=pd.NA)
     frame = pd.concat([stages, classes], ignore_index=True)
     frame[["stage", "request_class", "peers", "clients"]] = frame[["stage", "request_class", "peers", "clients"]].astype("Int64")
-    frame = frame[["step", "scope", "stage", "request_class", *STAGE_METRICS, *CLASS_METRICS]]
-    if not extra:
-        return frame
-    return pd.concat([frame, *(rows.assign(step=step) for rows in extra)], ignore_index=True)
+    return frame[["step", "scope", "stage", "request_class", *STAGE_METRICS, *CLASS_METRICS]]
 
 
-def ledger_metric_rows(ledger: MarketLedger) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The ledger's metrics.parquet rows: one per shard (:data:`SHARD_METRICS`) and one for the
-    chain (:data:`CHAIN_METRICS`); money in base units as nullable integers."""
-    shards = ledger.shard_rows().assign(scope="shard")
-    shards[["shard", "tx_submitted", "tx_included", "tx_failed"]] = shards[
-        ["shard", "tx_submitted", "tx_included", "tx_failed"]].astype("Int64")
-    chain = pd.DataFrame([ledger.chain_row()]).assign(scope="chain")
-    integer = [c for c in CHAIN_METRICS if c not in ("stake_gini", "conserved")]
-    chain[integer] = chain[integer].astype("Int64")
-    chain["conserved"] = chain["conserved"].astype("boolean")
-    return shards[["scope", *SHARD_METRICS]], chain[["scope", *CHAIN_METRICS]]
+def ledger_metric_rows(step: int, ledger: MarketLedger) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ledger's metrics.parquet rows of one recorded step: one per shard
+    (:data:`SHARD_METRICS`) and one for the chain (:data:`CHAIN_METRICS`); counts and money (base
+    units) as nullable integers, so that they stay exact next to the other scopes' nulls."""
+    shards = ledger.shard_rows()
+    integer = {"shard", "tx_submitted", "tx_included", "tx_failed"}
+    shard_frame = pd.DataFrame({
+        "step": np.full(len(shards), step), "scope": "shard",
+        **{name: pd.array(shards[name], dtype="Int64") if name in integer else shards[name] for name in SHARD_METRICS},
+    })
+    row = ledger.chain_row()
+    chain_frame = pd.DataFrame({
+        "step": [step], "scope": "chain",
+        **{name: pd.array([row[name]], dtype="Float64" if name == "stake_gini" else
+                          "boolean" if name == "conserved" else "Int64") for name in CHAIN_METRICS},
+    })
+    return shard_frame, chain_frame
 
 
 def shard_rows(metrics: pd.DataFrame) -> pd.DataFrame:

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from .agents import ClientAgent, PeerAgent
 from .allocation import move_candidates, reallocate
 from .config import ClientsConfig, Config, to_config
-from .dynamics import Environment, Geometry, initial_state, paid_tick_jit, run_ticks
+from .dynamics import Environment, Geometry, initial_state, paid_tick_jit, run_paid_ticks, run_ticks
 from .economics import MarketParams
 from .equilibrium import certify, stage_blocks
 from .ledger import MarketLedger
@@ -92,6 +92,8 @@ class P2PLLMModel(mesa.Model):
             self.ledger = MarketLedger(cfg.ledger, self.peers, cfg.clients.count,
                                        seed=int(ledger_seed.generate_state(1)[0]))
             self.peers.update_ledger_columns(self.ledger.peer_columns())
+            periods = [cfg.run.record_interval] + ([cfg.allocation.period] if cfg.allocation.enabled else [])
+            self._chunk_length = min(periods)  #: the compiled scan's length (the longest chunk)
 
         columns = PEER_COLUMNS + (LEDGER_PEER_COLUMNS if self.ledger else ())
         self.datacollector = PeerTableCollector(model_reporters(self.peers.n_stages, self.request_classes.count),
@@ -117,19 +119,19 @@ class P2PLLMModel(mesa.Model):
             self._environment = self._make_environment()
             self.moves += len(moves)
 
-    def contracts_phase(self) -> None:
+    def contracts_phase(self) -> bool:
         """Phase 4 (paper 5.1, "create new contracts"): with the ledger on, settle this step's paid
         hops, post prices and produce the slot's blocks; peers that lost their registration
-        leave the market."""
+        leave the market. Returns whether any left."""
         if self.ledger is None:
-            return
+            return False
         paid, quoted = self._paid
         self.ledger.settle(self.steps, paid, quoted, self.peers, self.client_position)
         exited = self.ledger.advance(self.peers.price, self.peers.alive)
         if len(exited):
             self.peers.alive[exited] = False
             self._environment = self._make_environment()
-        self.peers.update_ledger_columns(self.ledger.peer_columns())
+        return len(exited) > 0
 
     # -- running --------------------------------------------------------------------------------
     def run(self, steps: int, progress: bool = False) -> None:
@@ -141,11 +143,16 @@ class P2PLLMModel(mesa.Model):
         with tqdm(total=steps, disable=not progress, unit="step", desc="p2pllm-sim") as bar:
             while self.steps < end:
                 ticks = self._steps_to_next_event(end)
-                if ticks > 1:
+                if ticks > 1 and self.ledger is not None:
+                    done = self._settled_ticks(ticks - 1)
+                    bar.update(done)
+                    if done < ticks - 1:  # a peer left: the market changed mid-chunk
+                        continue
+                elif ticks > 1:
                     self._market_ticks(ticks - 1)
                     self.steps += ticks - 1
                 self.step()
-                bar.update(ticks)
+                bar.update(ticks if self.ledger is None else 1)
         if self._recorded_step != self.steps:
             self._record()
 
@@ -195,14 +202,43 @@ class P2PLLMModel(mesa.Model):
                        n_stages=self.peers.n_stages)
         if self.ledger is None:
             self._state = run_ticks(self._state, self._environment, ticks, **options)
-        else:  # one tick: the contracts phase settles it before the next
-            quoted = self.ledger.quoted_price(self.peers.price)
+        elif self.config.ledger.registry_view == "confirmed":  # requests see the registry's prices
+            quoted = self.ledger.registry.posted_price.copy()
             self._state, paid = paid_tick_jit(self._state, self._environment, jnp.asarray(quoted), **options)
-            self._paid = (np.asarray(paid), quoted.copy())
+            self._paid = (np.asarray(paid), quoted)
+        else:  # the chunk's compiled scan, one tick long
+            self._state, paid, before = run_paid_ticks(self._state, self._environment, 1,
+                                                       length=self._chunk_length, **options)
+            self._paid = (np.asarray(paid)[0], np.asarray(before)[0])
+        self._sync_peers()
+
+    def _sync_peers(self) -> None:
         self.peers.price = np.asarray(self._state.price)
         self.peers.revenue = np.asarray(self._state.revenue)
         self.peers.requests = np.asarray(self._state.requests)
         self.peers.expected_requests = np.asarray(self._state.expected_requests)
+
+    def _settled_ticks(self, ticks: int) -> int:
+        """With the ledger on and live prices: ``ticks`` market ticks in one compiled scan, then each
+        step's contracts phase in order. If the ledger takes a peer out of the market at step
+        ``k``, the market is recomputed from the chunk's start to step ``k`` (same results as
+        stepping) and the rest of the chunk is dropped; returns the steps done."""
+        start, env = self._state, self._environment
+        options = dict(rule=self.config.market.update_rule, routing=self.config.clients.routing,
+                       n_stages=self.peers.n_stages)
+        final, paid, before = run_paid_ticks(start, env, ticks, length=self._chunk_length, **options)
+        paid, before = np.asarray(paid), np.asarray(before)
+        for k in range(ticks):
+            self.steps += 1
+            self._paid = (paid[k], before[k])
+            self.peers.price = before[k + 1] if k + 1 < ticks else np.asarray(final.price)
+            if self.contracts_phase():
+                self._state = run_ticks(start, env, k + 1, **options)
+                self._sync_peers()
+                return k + 1
+        self._state = final
+        self._sync_peers()
+        return ticks
 
     def _after_market(self) -> None:
         alloc = self.config.allocation
@@ -214,8 +250,8 @@ class P2PLLMModel(mesa.Model):
 
     def _steps_to_next_event(self, end: int) -> int:
         """Steps until (and including) the next one that reallocates or records, or ``end``."""
-        if self.ledger is not None:
-            return 1
+        if self.ledger is not None and self.config.ledger.registry_view == "confirmed":
+            return 1  # every tick reads the registry the previous step's blocks left
         periods = [self.config.run.record_interval]
         if self.config.allocation.enabled:
             periods.append(self.config.allocation.period)
@@ -233,7 +269,9 @@ class P2PLLMModel(mesa.Model):
             np.asarray(state.class_requests), np.asarray(state.class_price), np.asarray(state.class_time))
         zeros = jnp.zeros_like(state.class_requests)
         self._state = state._replace(class_requests=zeros, class_price=zeros, class_time=zeros)
-        extra = ledger_metric_rows(self.ledger) if self.ledger else ()
-        self._metric_rows.append(metric_rows(self.steps, self.stage_stats, self.class_stats, extra))
+        self._metric_rows.append(metric_rows(self.steps, self.stage_stats, self.class_stats))
+        if self.ledger is not None:
+            self.peers.update_ledger_columns(self.ledger.peer_columns())
+            self._metric_rows.extend(ledger_metric_rows(self.steps, self.ledger))
         self.datacollector.collect(self)
         self._recorded_step = self.steps

@@ -37,7 +37,8 @@ class PeerTable:
     revenue: np.ndarray | None = None
     requests: np.ndarray | None = None
     expected_requests: np.ndarray | None = None
-    #: int, base units, with the ledger on (else None): balance, bonded stake, earned but not yet paid
+    #: int, base units, with the ledger on (else None), as of the model's last record: balance,
+    #: bonded stake, earned but not yet on the balance
     balance: np.ndarray | None = None
     stake: np.ndarray | None = None
     escrowed: np.ndarray | None = None

@@ -23,12 +23,13 @@ def world(peers: int = 3, clients: int = 2, shards: int = 1, capacity: int = 64,
     options = dict(slots_per_epoch=4, issuance_per_epoch=0, attestation_rate=1.0, cross_shard_delay=1, seed=3)
     options.update(chain_options)
     w = SimpleNamespace(ledger=ledger, peer_accounts=peer_accounts, client_accounts=client_accounts)
-    w.chain = Chain(ledger, shards, capacity, fee, True, validator_stake=lambda: w.registry.effective_stake(),
-                    validator_account=lambda: w.registry.accounts, **options)
+    w.chain = Chain(ledger, shards, capacity, fee, True, **options)
     peer_home, client_home = np.arange(peers) % shards, np.arange(clients) % shards
     w.registry = Registry(ledger, w.chain, peer_accounts, peer_home, min_stake=20 * TOKEN, max_effective_stake=None,
                           unbonding_delay=3, whistleblower_share=0.125, price_tick=0.01)
-    w.registry.register_genesis(np.arange(peers), np.full(peers, stake, np.int64), np.ones(peers), np.full(peers, 5.0))
+    w.registry.register_genesis(np.arange(peers), np.full(peers, stake, np.int64), np.ones(peers), np.full(peers, 5.0),
+                                np.stack([np.arange(peers) % 4, np.arange(peers) % 4 + 1], axis=1),
+                                np.full((peers, 2), 0.5))
     w.sla = SlaBook(ledger, w.chain, w.registry, client_accounts, client_home, peers, term=1, penalty=0.5)
     w.channels = Channels(ledger, w.chain, Keyring(signatures, 3), client_accounts, client_home, peer_accounts,
                           peer_home, deposit=10 * TOKEN, challenge_window=window, stale_penalty=1.0,

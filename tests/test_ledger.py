@@ -125,9 +125,11 @@ def test_cross_shard_transactions_wait_for_their_receipt():
 def test_issuance_is_split_exactly_and_finality_needs_two_thirds():
     w = world(peers=3, stake=30 * TOKEN, issuance_per_epoch=1_000_001)
     w.registry.submit_bond(np.array([2]), np.array([30 * TOKEN]))  # stakes 30, 30, 60
-    advance(w, 8)
-    assert w.ledger.total_supply() == 3 * 100 * TOKEN + 2 * 1000 * TOKEN + 2 * 1_000_001
-    assert w.ledger.balance("sys:treasury") == 2 * 1  # floor(1_000_001 * 30/120) * 2 + floor(.. * 60/120) = 1_000_000
+    advance(w, 3)  # the epoch's last slot (4 slots an epoch): stakes 30, 30, 60 share 1_000_001
+    assert w.ledger.total_supply() == 3 * 100 * TOKEN + 2 * 1000 * TOKEN + 1_000_001
+    assert w.registry.bonded.tolist() == [30 * TOKEN + 250_000, 30 * TOKEN + 250_000, 60 * TOKEN + 500_000]
+    assert w.ledger.balance("sys:treasury") == 1  # the floors' remainder
+    advance(w, 5)
     assert w.chain.finalized_slot >= 0
     silent = world(attestation_rate=0.0)
     advance(silent, 12)

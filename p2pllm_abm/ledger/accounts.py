@@ -61,29 +61,38 @@ class InsufficientFunds(ValueError):
 
 @dataclass
 class Journal:
-    """Every movement, as column chunks (one per batch); :meth:`frame` joins them."""
+    """Every movement, as chunks (one per batch: its step, block and reason, and its rows'
+    columns); :meth:`columns` joins them."""
 
-    chunks: list[tuple[np.ndarray, ...]] = field(default_factory=list)
+    chunks: list[tuple] = field(default_factory=list)
     rows: int = 0
 
     COLUMNS = ("step", "block", "shard", "src", "dst", "amount", "reason", "ref")
 
     def append(self, step: int, block: int, shard: np.ndarray, src: np.ndarray, dst: np.ndarray,
                amount: np.ndarray, reason: int, ref: np.ndarray) -> None:
-        n = len(src)
-        if n == 0:
-            return
-        full = np.full
-        self.chunks.append((full(n, step, np.int32), full(n, block, np.int32),
-                            np.broadcast_to(shard, (n,)).astype(np.int16), src.astype(np.int32),
-                            dst.astype(np.int32), amount.astype(np.int64), full(n, reason, np.int8),
-                            np.broadcast_to(ref, (n,)).astype(np.int64)))
-        self.rows += n
+        if len(src):  # copies: a caller may reuse its arrays
+            self.chunks.append((step, block, np.array(shard), np.array(src), np.array(dst), np.array(amount), reason,
+                                np.array(ref)))
+            self.rows += len(src)
 
     def columns(self) -> dict[str, np.ndarray]:
         if not self.chunks:
             return {name: np.zeros(0, np.int64) for name in self.COLUMNS}
-        return {name: np.concatenate([chunk[k] for chunk in self.chunks]) for k, name in enumerate(self.COLUMNS)}
+        sizes = np.array([len(chunk[3]) for chunk in self.chunks])
+
+        def joined(k: int, dtype: type) -> np.ndarray:
+            return np.concatenate([np.broadcast_to(np.asarray(chunk[k], dtype=dtype), (n,))
+                                   for chunk, n in zip(self.chunks, sizes.tolist())])
+
+        return {
+            "step": np.repeat(np.array([c[0] for c in self.chunks], np.int32), sizes),
+            "block": np.repeat(np.array([c[1] for c in self.chunks], np.int32), sizes),
+            "shard": joined(2, np.int16), "src": joined(3, np.int32), "dst": joined(4, np.int32),
+            "amount": joined(5, np.int64),
+            "reason": np.repeat(np.array([c[6] for c in self.chunks], np.int8), sizes),
+            "ref": joined(7, np.int64),
+        }
 
 
 class Ledger:
@@ -177,7 +186,7 @@ class Ledger:
         amount = np.asarray(amount, dtype=np.int64)
         if reason not in REASON:
             raise ValueError(f"reason = {reason!r} is invalid: allowed one of {REASONS}")
-        if len(src) and (amount.min() < 0 or amount.max() > MAX_SUPPLY):
+        if len(src) and not 0 <= amount.min() <= amount.max() <= MAX_SUPPLY:
             raise ValueError(f"amount = {amount.min() if amount.min() < 0 else amount.max()} is invalid: "
                              f"allowed integers in [0, {MAX_SUPPLY}]")
         accepted = self._apply(src, dst, amount)
@@ -186,9 +195,8 @@ class Ledger:
             src, dst, amount = src[keep], dst[keep], amount[keep]
             ref = ref if np.ndim(ref) == 0 else np.asarray(ref)[keep]
             shard = shard if np.ndim(shard) == 0 else np.asarray(shard)[keep]
-        self.journal.append(self.step, self.block, np.asarray(shard), src, dst, amount, REASON[reason],
-                            np.asarray(ref))
-        if self.balance(ISSUANCE) < -MAX_SUPPLY:
+        self.journal.append(self.step, self.block, shard, src, dst, amount, REASON[reason], ref)
+        if len(src) and src.min() == ISSUANCE and self.total_supply() > MAX_SUPPLY:
             raise OverflowError(f"total supply {self.total_supply()} exceeds the cap {MAX_SUPPLY}")
         return accepted
 

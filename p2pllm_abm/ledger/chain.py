@@ -3,7 +3,7 @@ capacity per shard, fees, issuance and Casper-FFG-like finality.
 
 One model step is one slot. In every slot each shard's proposer is drawn with probability
 proportional to effective stake (``min(bonded, max_effective_stake)``; :func:`draw_proposers`,
-counter-based on ``(seed, slot)`` so a slot's draw does not depend on anything else) and packs at
+counter-based on ``(seed, slot)`` so a slot's draw depends on nothing else) and packs at
 most ``block_capacity`` ready transactions of its shard, first come first served. A transaction
 sent from another shard (a client paying a peer of stage ``s``, a receipt) is ready
 ``cross_shard_delay`` slots after it was sent. Every included transaction pays ``tx_fee`` to its
@@ -15,7 +15,8 @@ order; each kind's effect is a handler registered by the contract that owns it
 succeeded.
 
 At the last slot of each epoch ``issuance_per_epoch`` base units are minted to validators in
-proportion to effective stake (floored; the remainder goes to ``sys:treasury``), and every
+proportion to effective stake and added to their stake, as Ethereum's rewards are (floored; the
+remainder goes to ``sys:treasury``), and every
 validator attests with probability ``attestation_rate``. An epoch is *justified* when the stake
 attesting is at least 2/3 of the total, and epoch ``e - 1`` is *finalized* when ``e - 1`` and
 ``e`` are both justified (Casper FFG with k = 1): every block up to the end of ``e - 1`` is final.
@@ -23,8 +24,9 @@ attesting is at least 2/3 of the total, and epoch ``e - 1`` is *finalized* when 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+import hashlib
+import struct
+from typing import Callable, Protocol
 
 import numpy as np
 import pandas as pd
@@ -41,20 +43,40 @@ KIND = {name: code for code, name in enumerate(KINDS)}
 #: a handler applies included transactions: (payload refs, shards) -> accepted mask
 Handler = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
+
+class Validators(Protocol):
+    """What the chain needs of its validator set (the registry)."""
+
+    accounts: np.ndarray
+
+    def effective_stake(self) -> np.ndarray: ...
+
+    def reward(self, peers: np.ndarray, amounts: np.ndarray) -> None: ...
+
 #: per-shard columns of metrics.parquet (scope "shard"), accumulated between two records
 SHARD_METRICS = ("tx_submitted", "tx_included", "tx_failed", "queue", "block_fill", "confirmation_latency",
                  "cross_shard_share")
 
 
+def _counter_words(seed: int, slot: int, stream: int, count: int) -> list[int]:
+    """``count`` pseudo-random 128-bit integers, a function of ``(seed, slot, stream)`` alone:
+    SHA-256 in counter mode (two words per digest)."""
+    words = []
+    for block in range((count + 1) // 2):
+        digest = hashlib.sha256(struct.pack(">QQQQ", seed, slot, stream, block)).digest()
+        words += [int.from_bytes(digest[:16], "big"), int.from_bytes(digest[16:], "big")]
+    return words[:count]
+
+
 def draw_proposers(seed: int, slot: int, stake: np.ndarray, n_shards: int) -> np.ndarray:
     """Each shard's proposer for ``slot``: validator ``i`` with probability ``stake[i] / stake.sum()``
-    exactly (integer draws), from a Philox stream keyed by ``seed`` with counter ``slot``; ``-1``
-    for every shard when no stake is bonded."""
+    (an integer draw below the total, biased by at most ``total / 2^128``), counter-based on
+    ``(seed, slot)``; ``-1`` for every shard when no stake is bonded."""
     total = int(stake.sum())
     if total <= 0:
         return np.full(n_shards, -1)
-    rng = np.random.Generator(np.random.Philox(key=seed, counter=[slot, 0, 0, 0]))
-    return np.searchsorted(np.cumsum(stake), rng.integers(0, total, size=n_shards), side="right")
+    draws = np.array([word % total for word in _counter_words(seed, slot, 0, n_shards)], dtype=np.int64)
+    return np.searchsorted(np.cumsum(stake), draws, side="right")
 
 
 def attesters(seed: int, slot: int, validators: int, rate: float) -> np.ndarray:
@@ -84,47 +106,52 @@ def nakamoto_coefficient(stake: np.ndarray, threshold: float = 1.0 / 3.0) -> int
     return int(np.searchsorted(np.cumsum(s), threshold * s.sum(), side="right") + 1)
 
 
-@dataclass
 class Mempool:
-    """Pending transactions of every shard, as columns in arrival order."""
-
-    kind: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
-    sender: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    ref: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    shard: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    sent: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    ready: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    cross: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    """Pending transactions of every shard, as columns in arrival order. New transactions wait in
+    a list until the next block is built (one concatenation per slot)."""
 
     COLUMNS = ("kind", "sender", "ref", "shard", "sent", "ready", "cross")
+    DTYPES = (np.int8, np.int64, np.int64, np.int64, np.int64, np.int64, bool)
+
+    def __init__(self) -> None:
+        self.columns = {name: np.zeros(0, dtype) for name, dtype in zip(self.COLUMNS, self.DTYPES)}
+        self.arrivals: list[tuple[np.ndarray, ...]] = []
 
     def __len__(self) -> int:
-        return len(self.kind)
+        return len(self.columns["kind"]) + sum(len(batch[0]) for batch in self.arrivals)
 
-    def extend(self, **columns: np.ndarray) -> None:
-        for name in self.COLUMNS:
-            setattr(self, name, np.concatenate([getattr(self, name), columns[name]]))
+    def extend(self, *columns: np.ndarray) -> None:
+        self.arrivals.append(columns)
+
+    def merged(self) -> dict[str, np.ndarray]:
+        """Every pending transaction (the arrivals appended in order)."""
+        if self.arrivals:
+            self.columns = {name: np.concatenate([self.columns[name], *(batch[k] for batch in self.arrivals)])
+                            for k, name in enumerate(self.COLUMNS)}
+            self.arrivals = []
+        return self.columns
 
     def take(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Remove ``rows`` (sorted) and return their columns."""
-        taken = {name: getattr(self, name)[rows] for name in self.COLUMNS}
-        keep = np.ones(len(self), dtype=bool)
+        """Remove ``rows`` (sorted indices into :meth:`merged`) and return their columns."""
+        columns = self.merged()
+        keep = np.ones(len(columns["kind"]), dtype=bool)
         keep[rows] = False
-        for name in self.COLUMNS:
-            setattr(self, name, getattr(self, name)[keep])
+        taken = {name: values[rows] for name, values in columns.items()}
+        self.columns = {name: values[keep] for name, values in columns.items()}
         return taken
 
 
 class Chain:
     """Slots, blocks and finality over a :class:`~p2pllm_abm.ledger.accounts.Ledger`.
 
-    ``validator_stake`` and ``validator_account`` are callables returning each peer's effective
-    stake (0 for a non-validator) and its account index; the registry provides them.
+    The validator set is ``validators`` (the :class:`~p2pllm_abm.ledger.registry.Registry`
+    attaches itself): its ``effective_stake()`` (0 for a non-validator), ``accounts`` (ledger
+    account of each peer) and ``reward(peers, amounts)`` (issuance added to their stake).
     """
 
     def __init__(self, ledger: Ledger, n_shards: int, block_capacity: int, tx_fee: int, fee_to_proposer: bool,
                  slots_per_epoch: int, issuance_per_epoch: int, attestation_rate: float, cross_shard_delay: int,
-                 seed: int, validator_stake: Callable[[], np.ndarray], validator_account: Callable[[], np.ndarray]):
+                 seed: int):
         self.ledger = ledger
         self.n_shards = n_shards
         self.block_capacity = block_capacity
@@ -135,13 +162,12 @@ class Chain:
         self.attestation_rate = attestation_rate
         self.cross_shard_delay = cross_shard_delay
         self.seed = seed
-        self.validator_stake = validator_stake
-        self.validator_account = validator_account
+        self.validators: Validators | None = None
         self.handlers: dict[int, Handler] = {}
         self.mempool = Mempool()
         self.slot = 0  #: the genesis slot; advance() produces slot 1, 2, ... (one per model step)
         self.blocks = 1  #: the genesis block holds the registrations
-        self.total_included = self.total_failed = self.total_latency = 0
+        self.total_submitted = self.total_included = self.total_failed = self.total_latency = 0
         self.justified: list[bool] = []
         self.finalized_slot = -1  #: every block at or before this slot is final
         self.proposals = np.zeros(0, dtype=np.int64)  #: blocks proposed per validator (peer)
@@ -161,17 +187,18 @@ class Chain:
         shard = np.broadcast_to(np.asarray(shard, dtype=np.int64), (n,))
         cross = np.zeros(n, bool) if home is None else np.broadcast_to(np.asarray(home) != shard, (n,))
         sent = np.full(n, self.slot + 1, dtype=np.int64)  # the next slot is the first that may include it
-        self.mempool.extend(kind=np.full(n, KIND[kind], np.int8), sender=np.asarray(sender, np.int64),
-                            ref=np.broadcast_to(np.asarray(ref, np.int64), (n,)), shard=shard, sent=sent,
-                            ready=sent + self.cross_shard_delay * cross, cross=cross)
-        np.add.at(self._submitted, shard, 1)
+        self.mempool.extend(np.full(n, KIND[kind], np.int8), np.asarray(sender, np.int64),
+                            np.broadcast_to(np.asarray(ref, np.int64), (n,)), shard, sent,
+                            sent + self.cross_shard_delay * cross, cross)
+        self._submitted += np.bincount(shard, minlength=self.n_shards)
+        self.total_submitted += n
 
     # -- slots ----------------------------------------------------------------------------------
     def advance(self) -> None:
         """Produce the next slot's blocks, then, at an epoch's last slot, issuance and finality."""
         self.slot += 1
         slot = self.ledger.step = self.slot
-        stake = self.validator_stake()
+        stake = self.validators.effective_stake()
         if len(self.proposals) < len(stake):
             self.proposals = np.concatenate([self.proposals, np.zeros(len(stake) - len(self.proposals), np.int64)])
         proposer = draw_proposers(self.seed, slot, stake, self.n_shards)
@@ -179,13 +206,13 @@ class Chain:
             self._produce_blocks(slot, proposer)
         if (slot + 1) % self.slots_per_epoch == 0:
             self._end_epoch(slot, stake)
-        self._queue_sum += np.bincount(self.mempool.shard, minlength=self.n_shards)
+        self._queue_sum += np.bincount(self.mempool.merged()["shard"], minlength=self.n_shards)
         self._slots += 1
 
     def _produce_blocks(self, slot: int, proposer: np.ndarray) -> None:
-        pool = self.mempool
-        ready = np.flatnonzero(pool.ready <= slot)
-        shard = pool.shard[ready]
+        pool = self.mempool.merged()
+        ready = np.flatnonzero(pool["ready"] <= slot)
+        shard = pool["shard"][ready]
         order = np.argsort(shard, kind="stable")
         first = np.searchsorted(shard[order], np.arange(self.n_shards))
         rank = np.arange(len(ready)) - first[shard[order]]
@@ -195,8 +222,8 @@ class Chain:
         self.blocks += 1
         if len(chosen) == 0:
             return
-        txs = pool.take(chosen)
-        account = self.validator_account()
+        txs = self.mempool.take(chosen)
+        account = self.validators.accounts
         collector = account[proposer][txs["shard"]] if self.fee_to_proposer else np.full(len(chosen), self.ledger.index["sys:burn"])
         paid = self.ledger.transfer_batch(txs["sender"], collector, np.full(len(chosen), self.tx_fee), "fee",
                                           ref=np.arange(len(chosen)), shard=txs["shard"])
@@ -208,20 +235,21 @@ class Chain:
         self.total_included += len(chosen)
         self.total_failed += int((~ok).sum())
         self.total_latency += int((slot - txs["sent"]).sum())
-        np.add.at(self._included, txs["shard"], 1)
-        np.add.at(self._failed, txs["shard"], ~ok)
-        np.add.at(self._latency, txs["shard"], slot - txs["sent"])
-        np.add.at(self._cross, txs["shard"], txs["cross"])
+        def per_shard(weights: np.ndarray | None = None) -> np.ndarray:
+            return np.bincount(txs["shard"], weights, minlength=self.n_shards).astype(np.int64)
+
+        self._included += per_shard()
+        self._failed += per_shard(~ok)
+        self._latency += per_shard(slot - txs["sent"])
+        self._cross += per_shard(txs["cross"])
 
     def _end_epoch(self, slot: int, stake: np.ndarray) -> None:
         validators = np.flatnonzero(stake > 0)
         total = int(stake.sum())
         if self.issuance_per_epoch > 0 and total > 0:
-            share = [int(s) * self.issuance_per_epoch // total for s in stake[validators].tolist()]
-            rest = self.issuance_per_epoch - sum(share)
-            dst = np.append(self.validator_account()[validators], self.ledger.index["sys:treasury"])
-            self.ledger.transfer_batch(np.zeros(len(dst), np.int64), dst, np.array(share + [rest], np.int64),
-                                       "issuance")
+            reward = [int(s) * self.issuance_per_epoch // total for s in stake[validators].tolist()]
+            self.validators.reward(validators, np.array(reward, dtype=np.int64))
+            self.ledger.transfer(0, "sys:treasury", self.issuance_per_epoch - sum(reward), "issuance")
         voted = attesters(self.seed, slot, len(validators), self.attestation_rate)
         attesting = int(stake[validators][voted].sum())
         self.justified.append(total > 0 and 3 * attesting >= 2 * total)
@@ -230,9 +258,8 @@ class Chain:
 
     # -- metrics --------------------------------------------------------------------------------
     def _reset_window(self) -> None:
-        zeros = lambda: np.zeros(self.n_shards, dtype=np.int64)  # noqa: E731
-        self._submitted, self._included, self._failed = zeros(), zeros(), zeros()
-        self._latency, self._cross, self._queue_sum = zeros(), zeros(), zeros()
+        self._submitted, self._included, self._failed, self._latency, self._cross, self._queue_sum = (
+            np.zeros(self.n_shards, dtype=np.int64) for _ in range(6))
         self._slots = 0
 
     def shard_statistics(self) -> pd.DataFrame:

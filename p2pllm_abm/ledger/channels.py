@@ -23,11 +23,13 @@ Invariants (tested): ``bal_client + bal_peer == deposit`` per channel, nonces st
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from .accounts import Ledger, share
 from .chain import Chain
-from .registry import GrowingColumns
+from .columns import GrowingColumns
 from .signatures import ChannelState, Keyring, SignedState
 
 OPENING, OPEN, CLOSING, SETTLED, FAILED = range(5)
@@ -88,9 +90,10 @@ class Channels:
         for channel in ch[drained].tolist():
             self.close_cooperative(channel)
         reopen = drained | (status == SETTLED) | (status == FAILED)
-        deposit = np.maximum(remaining, self.deposit)
-        can_fund = self.ledger.balances()[self.client_accounts[c]] >= deposit
-        self.open(c[reopen & can_fund], p[reopen & can_fund], deposit[reopen & can_fund])
+        if reopen.any():
+            deposit = np.maximum(remaining, self.deposit)
+            reopen &= self.ledger.balances()[self.client_accounts[c]] >= deposit
+            self.open(c[reopen], p[reopen], deposit[reopen])
 
     def _update(self, ch: np.ndarray, amount: np.ndarray) -> None:
         cols = self.c
@@ -200,53 +203,58 @@ class Channels:
                 and self.keyring.cosigned(int(self.client_accounts[cols.client[channel]]),
                                           int(self.peer_accounts[cols.peer[channel]]), signed))
 
+    def _each(self, refs: np.ndarray, apply: Callable[[int], bool]) -> np.ndarray:
+        """Apply a handler to each transaction's payload in order; which succeeded."""
+        return np.array([apply(ref) for ref in refs.tolist()], dtype=bool)
+
     def _apply_close(self, refs: np.ndarray, shards: np.ndarray) -> np.ndarray:
-        ok = np.zeros(len(refs), dtype=bool)
-        for k, ref in enumerate(refs.tolist()):
-            signed = self.payloads[ref]
-            if signed.state.final and self._valid(signed, (OPEN,)):
-                self._settle(signed.state)
-                ok[k] = True
-        return ok
+        return self._each(refs, self._close)
 
     def _apply_close_unilateral(self, refs: np.ndarray, shards: np.ndarray) -> np.ndarray:
-        ok = np.zeros(len(refs), dtype=bool)
-        cols = self.c
-        for k, ref in enumerate(refs.tolist()):
-            signed = self.payloads[ref]
-            if self._valid(signed, (OPEN,)):
-                channel, state = signed.state.channel, signed.state
-                cols.status[channel] = CLOSING
-                cols.deadline[channel] = self.chain.slot + self.challenge_window
-                cols.pub_nonce[channel], cols.pub_client[channel], cols.pub_peer[channel] = (
-                    state.nonce, state.bal_client, state.bal_peer)
-                self.ledger.channel_close_unilateral(channel, state.nonce, state.bal_client, state.bal_peer,
-                                                     bool(cols.closer[channel] == 0))
-                ok[k] = True
-        return ok
+        return self._each(refs, self._close_unilateral)
 
     def _apply_challenge(self, refs: np.ndarray, shards: np.ndarray) -> np.ndarray:
-        ok = np.zeros(len(refs), dtype=bool)
-        cols = self.c
-        for k, ref in enumerate(refs.tolist()):
-            signed = self.payloads[ref]
-            channel = signed.state.channel
-            if (self._valid(signed, (CLOSING,)) and self.chain.slot <= cols.deadline[channel]
-                    and signed.state.nonce > cols.pub_nonce[channel]):
-                self._settle(signed.state, stale_closer="client" if cols.closer[channel] == 0 else "peer")
-                ok[k] = True
-        return ok
+        return self._each(refs, self._challenge)
 
     def _apply_finalize(self, refs: np.ndarray, shards: np.ndarray) -> np.ndarray:
-        ok = np.zeros(len(refs), dtype=bool)
+        return self._each(refs, self._finalize)
+
+    def _close(self, ref: int) -> bool:
+        signed = self.payloads[ref]
+        if not (signed.state.final and self._valid(signed, (OPEN,))):
+            return False
+        self._settle(signed.state)
+        return True
+
+    def _close_unilateral(self, ref: int) -> bool:
+        signed, cols = self.payloads[ref], self.c
+        if not self._valid(signed, (OPEN,)):
+            return False
+        channel, state = signed.state.channel, signed.state
+        cols.status[channel] = CLOSING
+        cols.deadline[channel] = self.chain.slot + self.challenge_window
+        cols.pub_nonce[channel], cols.pub_client[channel], cols.pub_peer[channel] = (
+            state.nonce, state.bal_client, state.bal_peer)
+        self.ledger.channel_close_unilateral(channel, state.nonce, state.bal_client, state.bal_peer,
+                                             bool(cols.closer[channel] == 0))
+        return True
+
+    def _challenge(self, ref: int) -> bool:
+        signed, cols = self.payloads[ref], self.c
+        channel = signed.state.channel
+        if not (self._valid(signed, (CLOSING,)) and self.chain.slot <= cols.deadline[channel]
+                and signed.state.nonce > cols.pub_nonce[channel]):
+            return False
+        self._settle(signed.state, stale_closer="client" if cols.closer[channel] == 0 else "peer")
+        return True
+
+    def _finalize(self, channel: int) -> bool:
         cols = self.c
-        for k, channel in enumerate(refs.tolist()):
-            if cols.status[channel] == CLOSING and self.chain.slot > cols.deadline[channel]:
-                state = ChannelState(channel, int(cols.pub_nonce[channel]), int(cols.pub_client[channel]),
-                                     int(cols.pub_peer[channel]))
-                self._settle(state)
-                ok[k] = True
-        return ok
+        if not (cols.status[channel] == CLOSING and self.chain.slot > cols.deadline[channel]):
+            return False
+        self._settle(ChannelState(channel, int(cols.pub_nonce[channel]), int(cols.pub_client[channel]),
+                                  int(cols.pub_peer[channel])))
+        return True
 
     def _settle(self, state: ChannelState, stale_closer: str | None = None) -> None:
         """Pay ``state`` out; after a stale close, ``stale_penalty`` of the stale closer's

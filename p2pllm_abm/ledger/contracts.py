@@ -25,7 +25,8 @@ import numpy as np
 
 from .accounts import Ledger, share
 from .chain import Chain
-from .registry import GrowingColumns, Registry
+from .columns import GrowingColumns
+from .registry import Registry
 
 SUBMITTED, OPEN, RELEASED, REFUNDED, REJECTED = range(5)
 STATUSES = ("submitted", "open", "released", "refunded", "rejected")
@@ -66,12 +67,8 @@ class SlaBook:
     def open_escrows(self, client: np.ndarray, peer: np.ndarray, amount: np.ndarray, promised: np.ndarray,
                      delivered: np.ndarray, step: int) -> None:
         """One escrow contract per hop; each sends its ``escrow_open`` transaction."""
-        rows = self.escrows.append(client=client, peer=peer, amount=amount,
-                                   penalty=share(amount, self.penalty), promised=promised,
-                                   delivered=delivered, status=np.full(len(client), SUBMITTED, np.int8),
-                                   step=np.full(len(client), step))
-        self.chain.submit("escrow_open", self.client_accounts[client], rows, self.registry.home_shard[peer],
-                          self.client_home[client])
+        self._send("escrow_open", client, peer, amount, share(amount, self.penalty), promised, delivered, SUBMITTED,
+                   step)
 
     def _apply_open(self, refs: np.ndarray, shards: np.ndarray) -> np.ndarray:
         e = self.escrows
@@ -102,11 +99,16 @@ class SlaBook:
     def penalise(self, client: np.ndarray, peer: np.ndarray, amount: np.ndarray, promised: np.ndarray,
                  delivered: np.ndarray, step: int) -> None:
         """Violated hops paid through channels: record them and send ``sla_penalty`` transactions."""
-        rows = self.escrows.append(client=client, peer=peer, amount=np.zeros(len(client), np.int64),
-                                   penalty=share(amount, self.penalty), promised=promised,
-                                   delivered=delivered, status=np.full(len(client), REFUNDED, np.int8),
+        self._send("sla_penalty", client, peer, np.zeros(len(client), np.int64), share(amount, self.penalty),
+                   promised, delivered, REFUNDED, step)
+
+    def _send(self, kind: str, client: np.ndarray, peer: np.ndarray, amount: np.ndarray, penalty: np.ndarray,
+              promised: np.ndarray, delivered: np.ndarray, status: int, step: int) -> None:
+        """Record one row per hop and send its transaction from the client."""
+        rows = self.escrows.append(client=client, peer=peer, amount=amount, penalty=penalty, promised=promised,
+                                   delivered=delivered, status=np.full(len(client), status, np.int8),
                                    step=np.full(len(client), step))
-        self.chain.submit("sla_penalty", self.client_accounts[client], rows, self.registry.home_shard[peer],
+        self.chain.submit(kind, self.client_accounts[client], rows, self.registry.home_shard[peer],
                           self.client_home[client])
 
     def _apply_penalty(self, refs: np.ndarray, shards: np.ndarray) -> np.ndarray:

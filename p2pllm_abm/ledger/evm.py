@@ -123,16 +123,20 @@ class EvmLedger(Ledger):
         return accepted
 
     # -- contract operations ----------------------------------------------------------------------
-    def escrow_lock(self, client, provider, amount, job, shard):
+    def _fund(self, contract: Contract, client, counterparty, amount, ids, shard, account: str, reason: str):
+        """Each client calls ``contract.open(id, counterparty)`` paying ``amount`` if it can."""
         self._block()
         accepted = np.zeros(len(client), dtype=bool)
-        for k, (c, p, a, j) in enumerate(zip(client.tolist(), provider.tolist(), amount.tolist(), job.tolist())):
+        for k, (c, p, a, i) in enumerate(zip(client.tolist(), counterparty.tolist(), amount.tolist(), ids.tolist())):
             if self.evm.get_balance(self.address[c]) >= a:
-                self.escrow.call(self.address[c], "open", j, self.address[p], value=a)
+                contract.call(self.address[c], "open", i, self.address[p], value=a)
                 accepted[k] = True
-        self._record(client[accepted], np.full(int(accepted.sum()), self.index["sys:escrow"]), amount[accepted],
-                     "escrow_lock", np.asarray(job)[accepted], np.asarray(shard)[accepted])
+        self._record(client[accepted], np.full(int(accepted.sum()), self.index[account]), amount[accepted], reason,
+                     np.asarray(ids)[accepted], np.asarray(shard)[accepted])
         return accepted
+
+    def escrow_lock(self, client, provider, amount, job, shard):
+        return self._fund(self.escrow, client, provider, amount, job, shard, "sys:escrow", "escrow_lock")
 
     def escrow_settle(self, job, payee, amount, release, shard):
         self._block()
@@ -142,15 +146,7 @@ class EvmLedger(Ledger):
                      "escrow_release" if release else "escrow_refund", job, shard)
 
     def channel_deposit(self, client, peer, amount, channel, shard):
-        self._block()
-        accepted = np.zeros(len(client), dtype=bool)
-        for k, (c, p, a, ch) in enumerate(zip(client.tolist(), peer.tolist(), amount.tolist(), channel.tolist())):
-            if self.evm.get_balance(self.address[c]) >= a:
-                self.channels.call(self.address[c], "open", ch, self.address[p], value=a)
-                accepted[k] = True
-        self._record(client[accepted], np.full(int(accepted.sum()), self.index["sys:channels"]), amount[accepted],
-                     "channel_deposit", np.asarray(channel)[accepted], np.asarray(shard)[accepted])
-        return accepted
+        return self._fund(self.channels, client, peer, amount, channel, shard, "sys:channels", "channel_deposit")
 
     def channel_close(self, channel, client, peer, bal_client, bal_peer, shard):
         self._block()

@@ -61,15 +61,14 @@ class MarketLedger:
         client_home = np.arange(n_clients) % self.n_shards
         self.chain = Chain(ledger, self.n_shards, config.block_capacity, config.tx_fee,
                            config.fee_destination == "proposer", config.slots_per_epoch, config.issuance_per_epoch,
-                           config.attestation_rate, config.cross_shard_delay, seed,
-                           validator_stake=lambda: self.registry.effective_stake(),
-                           validator_account=lambda: self.registry.accounts)
+                           config.attestation_rate, config.cross_shard_delay, seed)
         self.registry = Registry(ledger, self.chain, peer_accounts, peer_home, min_stake=config.min_stake,
                                  max_effective_stake=config.max_effective_stake,
                                  unbonding_delay=config.unbonding_delay,
                                  whistleblower_share=config.whistleblower_share, price_tick=config.price_tick)
         self.registry.register_genesis(np.arange(n), np.full(n, config.initial_stake, np.int64), peers.price,
-                                       peers.cost)
+                                       peers.cost, np.stack([peers.stage_start, peers.stage_end], axis=1),
+                                       peers.position)
         self.sla = SlaBook(ledger, self.chain, self.registry, client_accounts, client_home, n,
                            term=config.sla_term, penalty=config.sla_penalty)
         self.channels = None
@@ -83,19 +82,16 @@ class MarketLedger:
         self.unpaid_hops = 0  #: hops not paid (a zero price, or a violated SLA)
         self._window_requests = 0
 
-    # -- what the market reads ------------------------------------------------------------------
-    def quoted_price(self, live_price: np.ndarray) -> np.ndarray:
-        """The prices requests see: live, or the registry's as of the last confirmed block."""
-        return self.registry.posted_price if self.config.registry_view == "confirmed" else live_price
-
     # -- the phase ------------------------------------------------------------------------------
     def settle(self, step: int, paid: np.ndarray, quoted: np.ndarray, peers: PeerTable,
                client_position: np.ndarray) -> None:
         """Settle every paid hop of ``step``: SLA terms, then escrows or channel payments."""
-        client, hop = np.nonzero(paid >= 0)
+        hops = paid >= 0
+        client, hop = np.nonzero(hops)
         peer = paid[client, hop]
-        self._window_requests += int(np.any(paid >= 0, axis=1).sum())
-        self.requests += int(np.any(paid >= 0, axis=1).sum())
+        requests = int(hops.any(axis=1).sum())
+        self._window_requests += requests
+        self.requests += requests
         self.hops += len(peer)
         if not len(peer):
             return
@@ -113,6 +109,9 @@ class MarketLedger:
             self.sla.open_escrows(client, peer, price, promised, delivered, step)
             return
         kept = delivered <= promised
+        if kept.all():
+            self.channels.pay(client, peer, price, step)
+            return
         self.unpaid_hops += int((~kept).sum())
         self.channels.pay(client[kept], peer[kept], price[kept], step)
         self.sla.penalise(client[~kept], peer[~kept], price[~kept], promised[~kept], delivered[~kept], step)
@@ -183,13 +182,16 @@ class MarketLedger:
             "total_supply": self.ledger.total_supply(),
             "journal_rows": self.ledger.journal.rows,
             "requests_paid": self.requests, "hops_paid": self.hops, "unpaid_hops": self.unpaid_hops,
+            "transactions_submitted": int(chain.total_submitted),
             "transactions_included": int(chain.total_included),
             "transactions_failed": int(chain.total_failed),
-            "onchain_tx_per_request": chain.total_included / self.requests if self.requests else None,
+            "onchain_tx_per_request": chain.total_submitted / self.requests if self.requests else None,
             "mean_confirmation_latency_slots": chain.total_latency / chain.total_included if chain.total_included else None,
             "mean_settlement_latency_slots": settled_latency / settled if settled else None,
             "contracts_created": sla.contracts_created,
             "channels_opened": int(ch.c.size) if ch else 0,
+            # agreed but not yet in a channel: waiting for an open, or the client cannot fund one
+            "owed": int(ch.owed.sum()) if ch else 0,
             "channel_updates": int(ch.updates) if ch else 0,
             **self.chain.chain_statistics(self.registry.effective_stake()),
             "staked": self.ledger.balance("sys:stake"),

@@ -22,30 +22,7 @@ import numpy as np
 
 from .accounts import Ledger, share
 from .chain import Chain
-
-
-class GrowingColumns:
-    """Append-only columns addressed by row number (the ``ref`` of a transaction)."""
-
-    def __init__(self, **dtypes: type) -> None:
-        self._data = {name: np.zeros(16, dtype) for name, dtype in dtypes.items()}
-        self.size = 0
-
-    def append(self, **columns: np.ndarray) -> np.ndarray:
-        n = len(next(iter(columns.values())))
-        while self.size + n > len(next(iter(self._data.values()))):
-            self._data = {k: np.concatenate([v, np.zeros_like(v)]) for k, v in self._data.items()}
-        rows = np.arange(self.size, self.size + n)
-        for name, values in columns.items():
-            self._data[name][rows] = values
-        self.size += n
-        return rows
-
-    def __getattr__(self, name: str) -> np.ndarray:
-        try:
-            return self.__dict__["_data"][name]
-        except KeyError:
-            raise AttributeError(name) from None
+from .columns import GrowingColumns
 
 
 class Registry:
@@ -67,16 +44,21 @@ class Registry:
         self.posted_price = np.zeros(n)  #: the confirmed registry price (what routing reads when confirmed)
         self.sent_price = np.zeros(n)  #: the last price sent on chain (confirmed or not)
         self.cost = np.zeros(n)  #: registered c_i
+        self.span = np.zeros((n, 2), dtype=np.int64)  #: registered [first stage, end)
+        self.position = np.zeros((n, 2))  #: registered position (latencies follow from it)
         self.exited: list[int] = []  #: peers that left since the model last looked
         self.unbonding = GrowingColumns(peer=np.int64, amount=np.int64, release=np.int64)
         self.requests = GrowingColumns(peer=np.int64, amount=np.int64, price=float)
         self.stake_account = ledger.index["sys:stake"]
         for kind, handler in (("bond", self._apply_bond), ("unbond", self._apply_unbond), ("price", self._apply_price)):
             chain.register(kind, handler)
+        chain.validators = self
 
     # -- registration ---------------------------------------------------------------------------
-    def register_genesis(self, peers: np.ndarray, stake: np.ndarray, price: np.ndarray, cost: np.ndarray) -> None:
-        """Register ``peers`` in the genesis block: bond ``stake`` each and record price and cost."""
+    def register_genesis(self, peers: np.ndarray, stake: np.ndarray, price: np.ndarray, cost: np.ndarray,
+                         span: np.ndarray, position: np.ndarray) -> None:
+        """Register ``peers`` in the genesis block: bond ``stake`` each and record their price,
+        cost, span ``(n, 2)`` and position ``(n, 2)``."""
         if np.any(stake < self.min_stake):
             raise ValueError(f"stake = {int(stake.min())} is invalid: allowed >= ledger.min_stake = {self.min_stake}")
         accepted = self.ledger.transfer_batch(self.accounts[peers], np.full(len(peers), self.stake_account), stake,
@@ -89,11 +71,19 @@ class Registry:
         self.registered[peers] = True
         self.posted_price[peers] = self.sent_price[peers] = price
         self.cost[peers] = cost
+        self.span[peers] = span
+        self.position[peers] = position
 
     def effective_stake(self) -> np.ndarray:
         """Each peer's weight as a validator: bonded stake (capped), 0 unless registered."""
         stake = np.where(self.registered, self.bonded, 0)
         return stake if self.max_effective_stake is None else np.minimum(stake, self.max_effective_stake)
+
+    def reward(self, peers: np.ndarray, amounts: np.ndarray) -> None:
+        """Mint ``amounts`` into the stake of ``peers`` (the chain's issuance)."""
+        self.ledger.transfer_batch(np.zeros(len(peers), np.int64), np.full(len(peers), self.stake_account), amounts,
+                                   "issuance", ref=peers, shard=self.home_shard[peers])
+        self.bonded[peers] += amounts
 
     def unbonding_stake(self) -> np.ndarray:
         """Each peer's stake still unbonding (slashable, not yet withdrawn)."""
