@@ -7,6 +7,11 @@ Files written by :func:`write_run_outputs` (analysis reads only these):
   "request_class"``, :data:`CLASS_METRICS`); the other scope's columns are null;
 - ``peers.parquet``: one row per peer per recorded step (:data:`PEER_COLUMNS`);
 - ``summary.json``: the config, final per-stage counts and mean prices, allocation status, timing.
+
+With the ledger on, ``metrics.parquet`` also has ``scope = "shard"`` and ``scope = "chain"`` rows
+(:data:`SHARD_METRICS`, :data:`CHAIN_METRICS`), ``peers.parquet`` the
+:data:`LEDGER_PEER_COLUMNS`, ``summary.json`` a ``ledger`` block, and the journal is written to
+``ledger.parquet`` (:meth:`~p2pllm_abm.ledger.accounts.Ledger.journal_frame`).
 """
 
 from __future__ import annotations

@@ -17,8 +17,11 @@ Each step runs the paper's phases in order:
 
 Phases 1-2 are jitted JAX over all peers. :meth:`P2PLLMModel.run` fuses the consecutive steps
 between two steps that need phases 3-5 into one compiled call; it gives the same results, bit for
-bit, as calling :meth:`~P2PLLMModel.step` repeatedly. With the ledger on every step needs the host
-(settlement), so steps run one compiled tick at a time.
+bit, as calling :meth:`~P2PLLMModel.step` repeatedly. With the ledger on, the fused call also
+returns every tick's paid hops and the contracts phase settles them step by step afterwards
+(:meth:`~P2PLLMModel._settled_ticks`; a peer leaving the market mid-chunk makes it recompute the
+market up to that step, so results still equal stepping); with ``ledger.registry_view=confirmed``
+every tick reads the registry the previous step's blocks left, so ticks run one at a time.
 """
 
 from __future__ import annotations

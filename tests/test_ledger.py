@@ -324,3 +324,17 @@ def test_a_broke_client_opens_no_channel():
     advance(w)
     assert w.channels.c.status[0] == FAILED
     assert_books(w)
+
+
+def test_without_validators_the_chain_halts_and_says_so():
+    w = world()
+    for peer in range(3):
+        w.registry.slash(peer, 1.0)
+    blocks = w.chain.blocks
+    w.sla.open_escrows(np.array([0]), np.array([0]), np.array([TOKEN]), np.array([10.0]), np.array([5.0]), 1)
+    advance(w, 3)
+    assert w.chain.blocks == blocks and len(w.chain.mempool) == 1  # nobody to propose: the escrow waits
+    stats_ = w.chain.chain_statistics(w.registry.effective_stake())
+    assert stats_["validators"] == 0 and stats_["stake_gini"] is None and stats_["nakamoto_coefficient"] == 0
+    assert w.registry.exited == [0, 1, 2]
+    assert_books(w)

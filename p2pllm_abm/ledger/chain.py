@@ -286,7 +286,8 @@ class Chain:
         bonded = stake[stake > 0]
         return {
             "slot": self.slot, "blocks": self.blocks, "validators": int(len(bonded)),
-            "stake_gini": gini(bonded), "nakamoto_coefficient": nakamoto_coefficient(bonded),
+            "stake_gini": gini(bonded) if len(bonded) else None,  # None: no validator left
+            "nakamoto_coefficient": nakamoto_coefficient(bonded),
             "finalized_slot": self.finalized_slot,
             "finality_lag": self.slot - self.finalized_slot,
             "mempool": len(self.mempool),
