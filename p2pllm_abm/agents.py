@@ -44,6 +44,11 @@ class PeerAgent(mesa.Agent):
         return bool(self.model.peers.alive[self.index])
 
     @property
+    def behaviour(self) -> str:
+        """honest, lazy, malicious, ... (:mod:`p2pllm_abm.behaviours`)."""
+        return "honest" if self.model.behaviours is None else str(self.model.peers.behaviour[self.index])
+
+    @property
     def balance(self) -> int | None:
         """Ledger balance now, in base units (None with the ledger off)."""
         ledger = self.model.ledger

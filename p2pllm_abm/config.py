@@ -27,6 +27,10 @@ ROUTINGS = ("stage", "path")
 COST_SOURCES = ("uniform", "profile")
 REFERENCES = ("paper_table1",)
 LEDGER_BACKENDS = ("python", "evm")
+BEHAVIOURS = ("honest", "lazy", "malicious", "overclaim", "stale_channel", "colluding", "sybil", "offline")
+MECHANISMS = ("none", "spot_check", "redundancy", "optimistic", "dispute_game")
+FINGERPRINTS = ("exact", "topk")
+VERIFICATION_PAYERS = ("client", "peer")
 LEDGER_CHOICES = {"fee_destination": ("proposer", "burn"), "sharding": ("stage", "none"),
                   "registry_view": ("live", "confirmed"), "payments": ("channels", "escrow"),
                   "signatures": ("stub", "ed25519")}
@@ -147,6 +151,49 @@ class LedgerConfig:
 
 
 @dataclass
+class AdversaryConfig:
+    """Dishonest peers (and clients) and what they do (:mod:`p2pllm_abm.behaviours`)."""
+
+    #: share of peers given a dishonest behaviour (of clients, for stale_channel)
+    fraction: float = 0.0
+    behaviour: str = "lazy"  #: one of BEHAVIOURS but honest, or "mix" (weights in ``mix``)
+    mix: dict[str, float] = field(default_factory=dict)  #: behaviour -> weight, with behaviour = mix
+    #: q: lazy, colluding and sybil peers skip their layers on a request with this probability
+    #: (malicious peers always return wrong outputs)
+    cheat_probability: float = 0.5
+    overclaim_factor: float = 0.5  #: an overclaiming peer registers this factor x its true cost
+    offline_probability: float = 0.5  #: an offline peer drops a request with this probability
+    sybil_identities: int = 4  #: identities per sybil owner, each bonding only ledger.min_stake
+
+
+@dataclass
+class VerificationConfig:
+    """How outputs are checked and cheaters slashed (:mod:`p2pllm_abm.verification`)."""
+
+    mechanism: str = "none"  #: none, spot_check, redundancy, optimistic or dispute_game
+    #: spot_check: chance a validator re-executes a request; optimistic and dispute_game: each
+    #: watcher's chance to re-execute a request
+    probability: float = 0.1
+    #: spot_check: every hop of a peer's first ``warmup`` served hops is re-executed too (a new
+    #: peer has no reputation yet); 0: uniform sampling only
+    warmup: int = 16
+    replicas: int = 3  #: redundancy: k peers of the stage run every hop
+    watchers: int = 3  #: optimistic and dispute_game
+    challenge_window: int = 8  #: optimistic and dispute_game: steps until an unchallenged result is final
+    #: dispute_game: chance the referee re-executes a colluding group's whole span from its entry
+    #: (else consistent boundaries inside the group hide the fraud)
+    inside_sampling: float = 0.0
+    fingerprint: str = "topk"  #: what outputs are compared by: "exact" SHA-256 or the "topk" fingerprint
+    fingerprint_profile: str = "llama-134m_4stages_cpu.json"  #: measured rates (conf/fingerprints/)
+    referee: bool = True  #: slash only after a referee confirms (false: every mismatch is slashed)
+    slash_fraction: float = 1.0  #: share of the stake slashed per confirmed fraud
+    slash_amount: int | None = None  #: base units slashed per confirmed fraud instead (null: the fraction)
+    exit_on_slash: bool = True  #: a slashed peer is forced out (Ethereum); false: it stays while bonded
+    compute_price: float = 0.01  #: price units per ms of compute: what a skipped hop saves, what checks cost
+    payer: str = "client"  #: who pays verification compute: "client" or "peer" (the checked one)
+
+
+@dataclass
 class ReportConfig:
     """The checkpoint table printed at the end of a CLI run."""
 
@@ -164,6 +211,8 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    adversary: AdversaryConfig = field(default_factory=AdversaryConfig)
+    verification: VerificationConfig = field(default_factory=VerificationConfig)
     seed: int = 0  #: one seed decides the whole run
 
 
@@ -304,7 +353,54 @@ def validate(cfg: Config) -> Config:
              "a reference only for network.stages = 4 (the paper's setup)")
     _require(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
     _validate_ledger(cfg)
+    _validate_security(cfg)
     return cfg
+
+
+def _validate_security(cfg: Config) -> None:
+    adv, ver = cfg.adversary, cfg.verification
+    _require(_finite(adv.fraction) and 0.0 <= adv.fraction <= 1.0, "adversary.fraction", adv.fraction, "0 <= fraction <= 1")
+    _require(ver.mechanism in MECHANISMS, "verification.mechanism", ver.mechanism, f"one of {MECHANISMS}")
+    if adv.fraction == 0 and ver.mechanism == "none":
+        return
+    _require(cfg.ledger.enabled, "ledger.enabled", cfg.ledger.enabled,
+             "true with adversaries or verification (stake, SLAs and slashing live on the ledger)")
+    allowed = (*BEHAVIOURS[1:], "mix")
+    _require(adv.behaviour in allowed, "adversary.behaviour", adv.behaviour, f"one of {allowed}")
+    if adv.behaviour == "mix":
+        mix = dict(adv.mix)
+        _require(len(mix) > 0 and all(name in BEHAVIOURS for name in mix) and all(_finite(w) and w >= 0 for w in mix.values())
+                 and sum(mix.values()) > 0, "adversary.mix", mix, f"weights >= 0 over {BEHAVIOURS}, not all 0")
+    for name in ("cheat_probability", "offline_probability"):
+        _require(_finite(getattr(adv, name)) and 0 <= getattr(adv, name) <= 1, f"adversary.{name}",
+                 getattr(adv, name), "a probability in [0, 1]")
+    _require(_finite(adv.overclaim_factor) and 0 < adv.overclaim_factor <= 1, "adversary.overclaim_factor",
+             adv.overclaim_factor, "0 < factor <= 1 (a peer claims at most its true cost)")
+    _require(isinstance(adv.sybil_identities, int) and adv.sybil_identities >= 1, "adversary.sybil_identities",
+             adv.sybil_identities, "an integer >= 1")
+    for name in ("probability", "inside_sampling", "slash_fraction"):
+        _require(_finite(getattr(ver, name)) and 0 <= getattr(ver, name) <= 1, f"verification.{name}",
+                 getattr(ver, name), "a number in [0, 1]")
+    _require(isinstance(ver.warmup, int) and ver.warmup >= 0, "verification.warmup", ver.warmup, "an integer >= 0")
+    _require(isinstance(ver.replicas, int) and ver.replicas >= 2, "verification.replicas", ver.replicas, "an integer >= 2")
+    _require(isinstance(ver.watchers, int) and ver.watchers >= 1, "verification.watchers", ver.watchers, "an integer >= 1")
+    _require(isinstance(ver.challenge_window, int) and ver.challenge_window >= 0, "verification.challenge_window",
+             ver.challenge_window, "an integer >= 0")
+    _require(ver.fingerprint in FINGERPRINTS, "verification.fingerprint", ver.fingerprint, f"one of {FINGERPRINTS}")
+    _require(resolve_fingerprints(ver.fingerprint_profile).is_file(), "verification.fingerprint_profile",
+             ver.fingerprint_profile, "a file written by python -m torch_backend.fingerprints (absolute, or in "
+             "conf/fingerprints/)")
+    _require(ver.slash_amount is None or (isinstance(ver.slash_amount, int) and 0 <= ver.slash_amount <= _MAX_AMOUNT),
+             "verification.slash_amount", ver.slash_amount, "null or an integer in [0, 2^62]")
+    _require(_finite(ver.compute_price) and ver.compute_price >= 0, "verification.compute_price", ver.compute_price,
+             "a finite number >= 0")
+    _require(ver.payer in VERIFICATION_PAYERS, "verification.payer", ver.payer, f"one of {VERIFICATION_PAYERS}")
+
+
+def resolve_fingerprints(name: str) -> Path:
+    """A fingerprint-rate file: an absolute path, or a name in ``conf/fingerprints/``."""
+    path = Path(name)
+    return path if path.is_absolute() else CONF_DIR / "fingerprints" / path
 
 
 def _validate_ledger(cfg: Config) -> None:

@@ -85,6 +85,8 @@ def peer_columns(peers: PeerTable) -> dict[str, np.ndarray]:
     """The table's columns under their :data:`PEER_COLUMNS` names (and
     :data:`LEDGER_PEER_COLUMNS` when the ledger has set them)."""
     ledger = {} if peers.balance is None else {name: getattr(peers, name) for name in LEDGER_PEER_COLUMNS}
+    if peers.behaviour is not None:
+        ledger["behaviour"] = peers.behaviour
     return {**ledger,
         "peer_id": np.arange(len(peers)),
         "stage": peers.stage,
@@ -300,6 +302,8 @@ def peak_memory_mb() -> float:
 def summary(model: P2PLLMModel, wall_time_s: float) -> dict[str, Any]:
     final = model.stage_stats
     ledger = {"ledger": model.ledger.summary()} if model.ledger is not None else {}
+    if model.security is not None:
+        ledger["security"] = model.security.summary()
     return {
         "config": OmegaConf.to_container(OmegaConf.structured(model.config)),
         "steps": model.steps,

@@ -35,6 +35,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from .agents import ClientAgent, PeerAgent
+from .behaviours import Behaviours, assign
 from .allocation import move_candidates, reallocate
 from .config import ClientsConfig, Config, to_config
 from .dynamics import Environment, Geometry, initial_state, paid_tick_jit, run_paid_ticks, run_ticks
@@ -46,6 +47,7 @@ from .metrics import (LEDGER_PEER_COLUMNS, PEER_COLUMNS, PeerTableCollector, Req
 from .network import PeerTable
 from .pareto import ParetoFrontier, pareto_paths
 from .routing import best_path
+from .security import SecurityPhase
 
 
 def draw_client_alpha(clients: ClientsConfig, market_alpha: float, rng: np.random.Generator) -> np.ndarray:
@@ -71,7 +73,8 @@ class P2PLLMModel(mesa.Model):
 
     def __init__(self, config: Config | DictConfig | None = None) -> None:
         cfg = to_config(config if config is not None else Config())
-        network_seed, dynamics_seed, client_seed, noise_seed, ledger_seed = np.random.SeedSequence(cfg.seed).spawn(5)
+        seeds = np.random.SeedSequence(cfg.seed).spawn(6)
+        network_seed, dynamics_seed, client_seed, noise_seed, ledger_seed, adversary_seed = seeds
         super().__init__(rng=np.random.default_rng(dynamics_seed))
         self.config = cfg
         self.peers = PeerTable.from_config(cfg.network, np.random.default_rng(network_seed))
@@ -83,6 +86,16 @@ class P2PLLMModel(mesa.Model):
         ClientAgent.create_agents(self, cfg.clients.count, index=list(range(cfg.clients.count)))
         self.peer_unique_ids = np.array([agent.unique_id for agent in peer_agents])
 
+        #: who is dishonest and how (None in an honest run without verification)
+        self.behaviours: Behaviours | None = None
+        self.security: SecurityPhase | None = None
+        adversary_rng = np.random.default_rng(adversary_seed)
+        if cfg.adversary.fraction > 0 or cfg.verification.mechanism != "none":
+            self.behaviours = assign(cfg.adversary, len(self.peers), cfg.clients.count, adversary_rng)
+        #: the c_i clients weigh (eq. 1) and peers register: overclaimers' claims
+        self.claimed_cost = (self.peers.cost if self.behaviours is None
+                             else self.behaviours.claimed_cost(self.peers.cost, cfg.adversary.overclaim_factor))
+
         mkt = cfg.market
         self.market_params = MarketParams(mkt.alpha, mkt.temperature, mkt.demand, mkt.eta, mkt.price_floor)
         key = jax.random.key(int(noise_seed.generate_state(1)[0]))
@@ -92,13 +105,23 @@ class P2PLLMModel(mesa.Model):
         self.ledger: MarketLedger | None = None  #: the cryptoeconomic layer (ledger.enabled)
         self._paid = None  #: the last tick's paid hops and quoted prices, for the contracts phase
         if cfg.ledger.enabled:
-            self.ledger = MarketLedger(cfg.ledger, self.peers, cfg.clients.count,
-                                       seed=int(ledger_seed.generate_state(1)[0]))
+            led = cfg.ledger
+            self.ledger = MarketLedger(
+                led, self.peers, cfg.clients.count, seed=int(ledger_seed.generate_state(1)[0]),
+                stake=None if self.behaviours is None else self.behaviours.registration_stake(led.initial_stake,
+                                                                                              led.min_stake),
+                claimed_cost=self.claimed_cost,
+                stale_clients=None if self.behaviours is None else self.behaviours.stale_client)
+            if self.behaviours is not None:
+                self.security = SecurityPhase(cfg, self.behaviours, self.ledger, adversary_rng)
             self.peers.update_ledger_columns(self.ledger.peer_columns())
             periods = [cfg.run.record_interval] + ([cfg.allocation.period] if cfg.allocation.enabled else [])
             self._chunk_length = min(periods)  #: the compiled scan's length (the longest chunk)
 
-        columns = PEER_COLUMNS + (LEDGER_PEER_COLUMNS if self.ledger else ())
+        if self.behaviours is not None:
+            self.peers.behaviour = self.behaviours.names()
+        columns = (PEER_COLUMNS + (LEDGER_PEER_COLUMNS if self.ledger else ())
+                   + (("behaviour",) if self.behaviours is not None else ()))
         self.datacollector = PeerTableCollector(model_reporters(self.peers.n_stages, self.request_classes.count),
                                                 columns)
         self._metric_rows: list[pd.DataFrame] = []
@@ -129,7 +152,12 @@ class P2PLLMModel(mesa.Model):
         if self.ledger is None:
             return False
         paid, quoted = self._paid
-        self.ledger.settle(self.steps, paid, quoted, self.peers, self.client_position)
+        failed = None
+        if self.security is not None:
+            client, column, peer = self.ledger.paid_hops(paid)
+            position = column - (paid < 0).sum(axis=1)[client]  # paths are right-aligned
+            failed = self.security.step(self.steps, client, position, peer, self.peers)
+        self.ledger.settle(self.steps, paid, quoted, self.peers, self.client_position, failed)
         exited = self.ledger.advance(self.peers.price, self.peers.alive)
         if len(exited):
             self.peers.alive[exited] = False
@@ -183,7 +211,7 @@ class P2PLLMModel(mesa.Model):
     # -- internals ------------------------------------------------------------------------------
     def _make_environment(self) -> Environment:
         return Environment(
-            cost=jnp.asarray(self.peers.cost),
+            cost=jnp.asarray(self.claimed_cost),
             stage=jnp.asarray(self.peers.stage),
             alive=jnp.asarray(self.peers.alive),
             client_alpha=jnp.asarray(self.client_alpha),
@@ -276,5 +304,7 @@ class P2PLLMModel(mesa.Model):
         if self.ledger is not None:
             self.peers.update_ledger_columns(self.ledger.peer_columns())
             self._metric_rows.extend(ledger_metric_rows(self.steps, self.ledger))
+        if self.security is not None:
+            self._metric_rows.append(self.security.behaviour_rows(self.steps))
         self.datacollector.collect(self)
         self._recorded_step = self.steps

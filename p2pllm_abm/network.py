@@ -42,6 +42,8 @@ class PeerTable:
     balance: np.ndarray | None = None
     stake: np.ndarray | None = None
     escrowed: np.ndarray | None = None
+    #: str, each peer's behaviour name, with adversaries or verification on (else None)
+    behaviour: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.cost)

@@ -33,7 +33,7 @@ def world(peers: int = 3, clients: int = 2, shards: int = 1, capacity: int = 64,
     w.sla = SlaBook(ledger, w.chain, w.registry, client_accounts, client_home, peers, term=1, penalty=0.5)
     w.channels = Channels(ledger, w.chain, Keyring(signatures, 3), client_accounts, client_home, peer_accounts,
                           peer_home, deposit=10 * TOKEN, challenge_window=window, stale_penalty=1.0,
-                          sign_updates=signatures != "stub")
+                          sign_updates=signatures != "stub", stale_clients=np.zeros(clients, bool))
     return w
 
 

@@ -41,12 +41,14 @@ class Channels:
 
     def __init__(self, ledger: Ledger, chain: Chain, keyring: Keyring, client_accounts: np.ndarray,
                  client_home: np.ndarray, peer_accounts: np.ndarray, peer_home: np.ndarray, *, deposit: int,
-                 challenge_window: int, stale_penalty: float, sign_updates: bool):
+                 challenge_window: int, stale_penalty: float, sign_updates: bool, stale_clients: np.ndarray):
         self.ledger, self.chain, self.keyring = ledger, chain, keyring
         self.client_accounts, self.client_home = np.asarray(client_accounts), np.asarray(client_home)
         self.peer_accounts, self.peer_home = np.asarray(peer_accounts), np.asarray(peer_home)
         self.deposit, self.challenge_window, self.stale_penalty = deposit, challenge_window, stale_penalty
         self.sign_updates = sign_updates
+        self.stale_clients = np.asarray(stale_clients, dtype=bool)  #: clients that close drained channels stale
+        self.stale_closes = 0  #: drained channels a stale client closed with its opening state
         shape = (len(client_accounts), len(peer_accounts))
         self.channel_of = np.full(shape, -1, dtype=np.int64)  #: newest channel of each pair
         self.owed = np.zeros(shape, dtype=np.int64)  #: agreed payments not yet in a channel update
@@ -88,7 +90,11 @@ class Channels:
         self.settled_latency += int((step - self.owed_since[c[done], p[done]]).sum())
         drained = live & (remaining > 0)
         for channel in ch[drained].tolist():
-            self.close_cooperative(channel)
+            if self.stale_clients[self.c.client[channel]]:  # publishes the opening state: all its deposit back
+                self.close_unilateral(channel, self.opening_state(channel), "client")
+                self.stale_closes += 1
+            else:
+                self.close_cooperative(channel)
         reopen = drained | (status == SETTLED) | (status == FAILED)
         if reopen.any():
             deposit = np.maximum(remaining, self.deposit)
@@ -119,6 +125,13 @@ class Channels:
         if not final and channel in self.signed:
             return self.signed[channel]
         return self._cosign(channel, final)
+
+    def opening_state(self, channel: int) -> SignedState:
+        """The co-signed state both parties signed when ``channel`` opened (nonce 0)."""
+        cols = self.c
+        return self.keyring.cosign(int(self.client_accounts[cols.client[channel]]),
+                                   int(self.peer_accounts[cols.peer[channel]]),
+                                   ChannelState(channel, 0, int(cols.deposit[channel]), 0))
 
     def _cosign(self, channel: int, final: bool) -> SignedState:
         cols = self.c

@@ -47,7 +47,12 @@ def make_ledger(config: LedgerConfig) -> Ledger:
 class MarketLedger:
     """Accounts, chain, registry, SLAs and channels of one run, driven by the model."""
 
-    def __init__(self, config: LedgerConfig, peers: PeerTable, n_clients: int, seed: int):
+    def __init__(self, config: LedgerConfig, peers: PeerTable, n_clients: int, seed: int,
+                 stake: np.ndarray | None = None, claimed_cost: np.ndarray | None = None,
+                 stale_clients: np.ndarray | None = None):
+        """``stake`` (each peer's registration bond; default ``initial_stake``), ``claimed_cost``
+        (the c_i peers register; default their true cost) and ``stale_clients`` (clients that
+        publish stale channel states) come from :mod:`p2pllm_abm.behaviours`."""
         self.config = config
         ledger = self.ledger = make_ledger(config)
         n = len(peers)
@@ -66,9 +71,9 @@ class MarketLedger:
                                  max_effective_stake=config.max_effective_stake,
                                  unbonding_delay=config.unbonding_delay,
                                  whistleblower_share=config.whistleblower_share, price_tick=config.price_tick)
-        self.registry.register_genesis(np.arange(n), np.full(n, config.initial_stake, np.int64), peers.price,
-                                       peers.cost, np.stack([peers.stage_start, peers.stage_end], axis=1),
-                                       peers.position)
+        self.registry.register_genesis(np.arange(n), np.full(n, config.initial_stake, np.int64) if stake is None
+                                       else stake, peers.price, peers.cost if claimed_cost is None else claimed_cost,
+                                       np.stack([peers.stage_start, peers.stage_end], axis=1), peers.position)
         self.sla = SlaBook(ledger, self.chain, self.registry, client_accounts, client_home, n,
                            term=config.sla_term, penalty=config.sla_penalty)
         self.channels = None
@@ -76,19 +81,27 @@ class MarketLedger:
             self.channels = Channels(ledger, self.chain, Keyring(config.signatures, seed), client_accounts,
                                      client_home, peer_accounts, peer_home, deposit=config.channel_deposit,
                                      challenge_window=config.challenge_window, stale_penalty=config.stale_penalty,
-                                     sign_updates=config.signatures != "stub")
+                                     sign_updates=config.signatures != "stub",
+                                     stale_clients=np.zeros(n_clients, bool) if stale_clients is None else stale_clients)
         self.requests = 0  #: paid requests (at least one hop) so far
         self.hops = 0  #: paid hops so far
         self.unpaid_hops = 0  #: hops not paid (a zero price, or a violated SLA)
         self._window_requests = 0
 
     # -- the phase ------------------------------------------------------------------------------
+    @staticmethod
+    def paid_hops(paid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The paid hops of ``paid`` as (client, column, peer), in the order :meth:`settle` uses."""
+        client, hop = np.nonzero(paid >= 0)
+        return client, hop, paid[client, hop]
+
     def settle(self, step: int, paid: np.ndarray, quoted: np.ndarray, peers: PeerTable,
-               client_position: np.ndarray) -> None:
-        """Settle every paid hop of ``step``: SLA terms, then escrows or channel payments."""
+               client_position: np.ndarray, failed: np.ndarray | None = None) -> None:
+        """Settle every paid hop of ``step``: SLA terms, then escrows or channel payments. A
+        ``failed`` hop (in :meth:`paid_hops` order: dropped, or caught delivering a wrong output)
+        settles as a violated SLA."""
         hops = paid >= 0
-        client, hop = np.nonzero(hops)
-        peer = paid[client, hop]
+        client, hop, peer = self.paid_hops(paid)
         requests = int(hops.any(axis=1).sum())
         self._window_requests += requests
         self.requests += requests
@@ -101,6 +114,8 @@ class MarketLedger:
         hop_latency = latency(origin, peers.position[peer], peers.latency_range)
         promised = self.registry.cost[peer] + hop_latency
         delivered = np.where(peers.alive[peer], peers.cost[peer] + hop_latency, np.inf)
+        if failed is not None:
+            delivered = np.where(failed, np.inf, delivered)
         priced = price > 0
         self.unpaid_hops += int((~priced).sum())
         client, peer, price = client[priced], peer[priced], price[priced]

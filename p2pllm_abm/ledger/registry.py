@@ -178,15 +178,23 @@ class Registry:
         self.take_stake(peer, amount - reward, burn, "slash_burn", ref=peer)
         return amount
 
+    def force_exit(self, peer: int) -> None:
+        """Deregister ``peer`` (a slashed validator is forced out): its bond starts unbonding."""
+        if self.registered[peer]:
+            self._leave(peer)
+
     def _exit_if_below_minimum(self, peers: np.ndarray) -> None:
         leaving = peers[self.registered[peers] & (self.bonded[peers] < self.min_stake)]
         for peer in leaving.tolist():
-            self.registered[peer] = False
-            if self.bonded[peer] > 0:
-                self.unbonding.append(peer=np.array([peer]), amount=np.array([self.bonded[peer]]),
-                                      release=np.array([self.chain.slot + self.unbonding_delay]))
-                self.bonded[peer] = 0
-            self.exited.append(peer)
+            self._leave(peer)
+
+    def _leave(self, peer: int) -> None:
+        self.registered[peer] = False
+        if self.bonded[peer] > 0:
+            self.unbonding.append(peer=np.array([peer]), amount=np.array([self.bonded[peer]]),
+                                  release=np.array([self.chain.slot + self.unbonding_delay]))
+            self.bonded[peer] = 0
+        self.exited.append(peer)
 
     def stake_in_contract(self) -> int:
         """What ``sys:stake`` must hold: all bonded plus all unbonding stake."""

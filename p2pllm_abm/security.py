@@ -1,0 +1,183 @@
+"""The security phase: adversaries act on the step's paid hops, the verification mechanism checks
+them, the referee's verdicts slash through the registration stake, and everything is counted.
+
+Runs inside the contracts phase, before settlement (:meth:`SecurityPhase.step`): a hop that was
+dropped (offline peer) or caught cheating is *failed*: its SLA settles as violated (refund to the
+client and the SLA penalty from the peer's stake). Confirmed frauds are slashed
+``verification.delay`` steps later (:meth:`Registry.slash <p2pllm_abm.ledger.registry.Registry.slash>`,
+``slash_fraction`` of the stake or ``slash_amount``, the whistleblower share to a validator), and
+with ``exit_on_slash`` the peer is forced out of the market. Verification compute is paid in base
+units (``compute_price`` per ms, times ``ledger.unit``) by the client of each request or the checked
+peer, into ``sys:treasury``, which stands for the verifiers.
+
+Counters are per peer, so that honest peers wrongly slashed are counted, never hidden:
+``summary.json``'s ``security`` block and the ``scope = "behaviour"`` rows of metrics.parquet read
+them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .behaviours import CODE, Behaviours
+from .config import BEHAVIOURS, Config
+from .ledger.phase import MarketLedger
+from .network import PeerTable
+from .verification import Hops, Verifier
+
+#: columns of metrics.parquet's ``scope = "behaviour"`` rows (one per behaviour present)
+BEHAVIOUR_METRICS = ("behaviour", "behaviour_peers", "registered", "cheats", "caught", "slashed", "bad_outputs",
+                     "compute_cost", "wealth_change", "profit")
+
+
+class SecurityPhase:
+    """Adversaries, verification and slashing of one run, with per-peer counters."""
+
+    def __init__(self, config: Config, behaviours: Behaviours, ledger: MarketLedger, rng: np.random.Generator):
+        self.config, self.behaviours, self.ledger, self.rng = config, behaviours, ledger, rng
+        adv = config.adversary
+        self.verifier = Verifier(config.verification, adv.cheat_probability, adv.offline_probability, rng)
+        n = len(behaviours.peer)
+        self.cheats = np.zeros(n, dtype=np.int64)  #: hops each peer cheated on
+        self.caught = np.zeros(n, dtype=np.int64)  #: of those, found out
+        self.compute_ms = np.zeros(n)  #: compute each peer really spent
+        self.first_cheat = np.full(n, -1, dtype=np.int64)
+        self.slashed_at = np.full(n, -1, dtype=np.int64)
+        self.wrongly_slashed = np.zeros(n, dtype=bool)  #: slashed for a hop it did not cheat on
+        self.bad_outputs = np.zeros(n, dtype=np.int64)  #: wrong outputs of this peer that reached a client
+        self.pending: list[tuple[int, np.ndarray, np.ndarray]] = []  #: (due step, peers, truly cheated)
+        self.requests = self.bad_requests = self.dropped_hops = self.sla_timeouts = 0
+        self.flagged_honest = self.referee_calls = 0
+        self.verification_ms = self.served_ms = 0.0
+        self.fees_refused = 0
+
+    def step(self, step: int, client: np.ndarray, position: np.ndarray, peer: np.ndarray,
+             peers: PeerTable) -> np.ndarray:
+        """Act, check and slash for the step's paid hops; returns which hops failed."""
+        registry = self.ledger.registry
+        hops = Hops(request=client, position=position, peer=peer, stage=peers.stage[peer], cost=peers.cost[peer])
+        n_requests = len(self.behaviours.stale_client)
+        verdict = self.verifier.check(hops, self.behaviours.peer, self.behaviours.owner, registry.effective_stake(),
+                                      peers.stage, n_requests, peers.n_stages)
+        cheaters = peer[verdict.cheated]
+        self.cheats += np.bincount(cheaters, minlength=len(self.cheats))
+        new = cheaters[self.first_cheat[cheaters] < 0]
+        self.first_cheat[new] = step
+        self.caught += np.bincount(peer[verdict.caught], minlength=len(self.caught))
+        self.caught += np.bincount(verdict.extra_cheaters, minlength=len(self.caught))
+        self.cheats += np.bincount(verdict.extra_cheaters, minlength=len(self.cheats))
+        fresh = verdict.extra_cheaters[self.first_cheat[verdict.extra_cheaters] < 0]
+        self.first_cheat[fresh] = step
+        spent = np.where(verdict.cheated | verdict.dropped, 0.0, hops.cost)
+        self.compute_ms += np.bincount(peer, spent, minlength=len(self.compute_ms))
+        delivered_bad = verdict.bad_request[client] & verdict.cheated & ~verdict.caught
+        self.bad_outputs += np.bincount(peer[delivered_bad], minlength=len(self.bad_outputs))
+        self.requests += int(len(np.unique(client)))
+        self.bad_requests += int(verdict.bad_request.sum())
+        self.dropped_hops += int(verdict.dropped.sum())
+        self.flagged_honest += int(verdict.flagged_honest.sum())
+        self.referee_calls += verdict.referee_calls
+        self.verification_ms += float(verdict.verification_ms.sum())
+        self.served_ms += float(spent.sum())
+        self._charge(client, peer, verdict.verification_ms)
+        accused = np.concatenate([peer[verdict.confirmed], verdict.extra_cheaters])
+        truth = np.concatenate([verdict.cheated[verdict.confirmed], np.ones(len(verdict.extra_cheaters), bool)])
+        self.pending.append((step + verdict.delay, accused, truth))
+        self._slash_due(step)
+        failed = verdict.dropped | verdict.caught
+        self.sla_timeouts += int(verdict.dropped.sum())
+        return failed
+
+    def _charge(self, client: np.ndarray, peer: np.ndarray, ms: np.ndarray) -> None:
+        """Verification compute, paid into ``sys:treasury`` by ``verification.payer``."""
+        ledger = self.ledger
+        amount = np.floor(ms * self.config.verification.compute_price * self.config.ledger.unit).astype(np.int64)
+        keep = amount > 0
+        if not keep.any():
+            return
+        payer = (ledger.sla.client_accounts[client] if self.config.verification.payer == "client"
+                 else ledger.registry.accounts[peer])[keep]
+        treasury = np.full(int(keep.sum()), ledger.ledger.index["sys:treasury"])
+        paid = ledger.ledger.transfer_batch(payer, treasury, amount[keep], "transfer", ref=-1)
+        self.fees_refused += int((~paid).sum())
+
+    def _slash_due(self, step: int) -> None:
+        registry, ver = self.ledger.registry, self.config.verification
+        due = [entry for entry in self.pending if entry[0] <= step]
+        self.pending = [entry for entry in self.pending if entry[0] > step]
+        for _, accused, truth in due:
+            for peer, cheated in zip(accused.tolist(), truth.tolist()):
+                if self.slashed_at[peer] >= 0 and not registry.registered[peer]:
+                    continue  # already slashed and gone
+                stake = int(registry.bonded[peer]) + int(registry.unbonding_stake()[peer])
+                fraction = ver.slash_fraction if ver.slash_amount is None else min(1.0, ver.slash_amount / max(stake, 1))
+                registry.slash(peer, fraction, reporter=self._reporter())
+                if self.slashed_at[peer] < 0:
+                    self.slashed_at[peer] = step
+                self.wrongly_slashed[peer] |= not cheated
+                if ver.exit_on_slash:
+                    registry.force_exit(peer)
+
+    def _reporter(self) -> int | None:
+        """The whistleblower: a registered honest peer (the validator or watcher), drawn at random."""
+        registry = self.ledger.registry
+        honest = np.flatnonzero(registry.registered & (self.behaviours.peer == CODE["honest"]))
+        return int(registry.accounts[self.rng.choice(honest)]) if len(honest) else None
+
+    # -- outputs --------------------------------------------------------------------------------
+    def behaviour_rows(self, step: int) -> pd.DataFrame:
+        """One ``scope = "behaviour"`` row per behaviour present (cumulative figures; money in price units)."""
+        cfg = self.config.ledger
+        columns = self.ledger.peer_columns()
+        held = columns["balance"] + columns["stake"] + self.ledger.registry.unbonding_stake() + columns["escrowed"]
+        wealth = (held - cfg.peer_endowment) / cfg.unit  # what each peer gained since genesis, in price units
+        compute = self.compute_ms * self.config.verification.compute_price
+        names = self.behaviours.names()
+        rows = []
+        for name in BEHAVIOURS:
+            members = names == name
+            if not members.any():
+                continue
+            rows.append({"behaviour": name, "behaviour_peers": int(members.sum()),
+                         "registered": int(self.ledger.registry.registered[members].sum()),
+                         "cheats": int(self.cheats[members].sum()), "caught": int(self.caught[members].sum()),
+                         "slashed": int((self.slashed_at[members] >= 0).sum()),
+                         "bad_outputs": int(self.bad_outputs[members].sum()),
+                         "compute_cost": float(compute[members].sum()), "wealth_change": float(wealth[members].sum()),
+                         "profit": float((wealth - compute)[members].sum())})
+        frame = pd.DataFrame(rows)
+        return frame.assign(step=step, scope="behaviour")[["step", "scope", *BEHAVIOUR_METRICS]]
+
+    def summary(self) -> dict[str, Any]:
+        """``summary.json``'s ``security`` block."""
+        cheating = self.cheats > 0
+        slashed = self.slashed_at >= 0
+        honest = self.behaviours.peer == CODE["honest"]
+        caught_cheaters = cheating & slashed
+        delays = (self.slashed_at - self.first_cheat)[caught_cheaters]
+        total_ms = self.served_ms + self.verification_ms
+        channels = self.ledger.channels
+        return {
+            "mechanism": self.config.verification.mechanism,
+            "fingerprint": self.config.verification.fingerprint,
+            "referee": self.config.verification.referee,
+            "cheating_peers": int(cheating.sum()),
+            "slashed_cheaters": int(caught_cheaters.sum()),
+            "adversarial_peers": int(self.behaviours.adversarial.sum()),
+            "slashed_honest": int((slashed & honest).sum()),
+            "wrongly_slashed": int(self.wrongly_slashed.sum()),
+            "requests": self.requests,
+            "bad_outputs_delivered": self.bad_requests,
+            "bad_output_share": self.bad_requests / self.requests if self.requests else None,
+            "verification_compute_share": self.verification_ms / total_ms if total_ms else None,
+            "mean_steps_to_detection": float(delays.mean()) if len(delays) else None,
+            "cheats": int(self.cheats.sum()), "caught": int(self.caught.sum()),
+            "honest_flags": self.flagged_honest, "referee_calls": self.referee_calls,
+            "dropped_hops": self.dropped_hops, "sla_timeouts": self.sla_timeouts,
+            "verification_fees_refused": self.fees_refused,
+            "stale_channel_clients": int(self.behaviours.stale_client.sum()),
+            "stale_closes": int(channels.stale_closes) if channels else 0,
+        }

@@ -1,0 +1,249 @@
+"""Commitments, verification mechanisms and the deterrence condition (paper 4.2: "the input, output,
+and intermediate states are cryptographically hashed ... a verifiable proof of computation").
+
+**Commitments.** Every hop commits to a fingerprint of its output; a request's hop commitments
+form a Merkle root (:func:`merkle_roots`) recorded with its SLA. Float outputs are not
+bit-reproducible across setups, so comparing a re-execution with a commitment can accuse an honest
+hop: the rates come from measurements (``conf/fingerprints/``, written by
+``python -m torch_backend.fingerprints``): ``honest_mismatch`` (a peer's setup drawn from the
+measured batch sizes, thread counts and KV-cache decoding vs the verifier's prefill) and
+``lazy_missed`` (a hop that skipped its layers but matched), per fingerprint (``exact`` SHA-256 or
+the ``topk`` index fingerprint).
+
+**Mechanisms** (``verification.mechanism``), per request of a step, vectorised over its hops:
+
+- ``spot_check`` (Proof of Sampling): with probability p a validator re-executes the whole request
+  before release; a cheated hop is caught with probability ``1 - FN``, an honest one is flagged with
+  probability ``eps``; a caught request gets the validator's correct output. A peer's first
+  ``warmup`` hops are all re-executed (from the hop's committed input): a new peer has no
+  reputation. (A strategic cheater would wait the warm-up out; then only p deters it.)
+- ``redundancy``: every hop runs on k peers of its stage (the market's choice and k - 1 drawn by
+  stake); any disagreement sends the hop to the referee. Colluders' wrong outputs agree, so a hop
+  passes wrong when all k replicas are cheating colluders: for a committee drawn by stake with
+  colluding stake share beta, beta^k.
+- ``optimistic``: delivered at once; each of n watchers re-executes the request with probability
+  w, so a cheated hop is caught with probability ``(1 - (1 - w)^n)(1 - FN)``, later (one step).
+- ``dispute_game``: like optimistic, but a challenge bisects the committed boundaries (ceil(log2 m)
+  rounds, a step each) and the referee re-executes only the first disagreeing hop. Colluders on
+  adjacent stages commit consistent boundaries between them: the referee re-executing the last hop
+  of such a run from its (fabricated) input finds it consistent, unless it samples the run's whole
+  span (``inside_sampling``).
+
+The **referee** re-executes with a tolerance and is never wrong; with ``verification.referee=false``
+every mismatch is slashed, honest false mismatches included (counted as ``slashed_honest``).
+
+**Deterrence** (:func:`minimal_sampling_rate`): a hop's cheat saves its compute cost c and, when
+detected (probability P_det), loses the price and the slash S; honesty is a best response iff
+``c < P_det (price + S)``, so for spot checks ``p* = c / ((1 - FN)(price + S))``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from math import ceil, log2
+
+import numpy as np
+
+from .behaviours import CHEATERS, CODE, COLLUDERS
+from .config import VerificationConfig, resolve_fingerprints
+
+
+def fingerprint_rates(profile: str, fingerprint: str) -> tuple[float, float]:
+    """``(eps, fn)``: an honest hop's false mismatch and a cheated hop's miss probability."""
+    data = json.loads(resolve_fingerprints(profile).read_text())
+    return float(data["honest_mismatch"][fingerprint]), float(data["lazy_missed"][fingerprint])
+
+
+def detection_probability(mechanism: str, config: VerificationConfig, fn: float) -> float:
+    """Probability that one cheated hop (not colluding) is caught."""
+    if mechanism == "spot_check":
+        return config.probability * (1 - fn)
+    if mechanism in ("optimistic", "dispute_game"):
+        return (1 - (1 - config.probability) ** config.watchers) * (1 - fn)
+    if mechanism == "redundancy":
+        return 1 - fn
+    return 0.0
+
+
+def minimal_sampling_rate(cost: float, price: float, stake: float, fn: float = 0.0) -> float:
+    """The deterrence threshold of spot checks: ``p* = c / ((1 - FN)(price + S))``, with the
+    compute cost ``c`` and slash ``S`` in price units."""
+    if cost < 0 or price < 0 or stake < 0 or not 0 <= fn < 1:
+        raise ValueError(f"cost = {cost}, price = {price}, stake = {stake}, fn = {fn}: allowed c, price, S >= 0, "
+                         "0 <= fn < 1")
+    return cost / ((1 - fn) * (price + stake)) if price + stake > 0 else float("inf")
+
+
+def merkle_roots(leaves: np.ndarray) -> np.ndarray:
+    """Merkle root of each row of ``leaves`` ``(requests, hops)`` (uint64 hop fingerprints; a
+    missing hop is 0), with a 64-bit mixing function (splitmix64) as the simulation's hash."""
+    level = np.asarray(leaves, dtype=np.uint64)
+    while level.shape[1] > 1:
+        if level.shape[1] % 2:
+            level = np.concatenate([level, level[:, -1:]], axis=1)
+        level = mix64(level[:, 0::2] * np.uint64(0x9E3779B97F4A7C15) ^ level[:, 1::2])
+    return level[:, 0]
+
+
+def mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, elementwise on uint64."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+@dataclass
+class Hops:
+    """The paid hops of one step, as arrays over hops (path order within each request)."""
+
+    request: np.ndarray  #: request (client) of each hop
+    position: np.ndarray  #: index of the hop on its path
+    peer: np.ndarray
+    stage: np.ndarray
+    cost: np.ndarray  #: true compute cost, ms
+
+
+@dataclass
+class Verdict:
+    """What the step's checks found, per hop, and what they cost."""
+
+    cheated: np.ndarray  #: the hop's output was wrong on purpose
+    dropped: np.ndarray  #: an offline peer dropped the hop
+    caught: np.ndarray  #: a cheated hop found out (its payment is refunded)
+    confirmed: np.ndarray  #: peers to slash (caught cheats, and with no referee flagged honest hops)
+    flagged_honest: np.ndarray  #: honest hops whose fingerprint mismatched
+    bad_request: np.ndarray  #: per request: a wrong output was delivered
+    delay: int  #: steps until the slashes land
+    verification_ms: np.ndarray  #: per hop: compute re-executed to check it (validators, replicas, watchers, referee)
+    referee_calls: int
+    extra_cheaters: np.ndarray  #: redundancy: replica peers that cheated and were caught
+    commitments: np.ndarray  #: per request: the Merkle root of its hops' fingerprints
+
+
+class Verifier:
+    """Draws who cheats on the step's hops and runs ``verification.mechanism`` over them."""
+
+    def __init__(self, config: VerificationConfig, cheat_probability: float, offline_probability: float,
+                 rng: np.random.Generator):
+        self.config = config
+        self.q, self.offline = cheat_probability, offline_probability
+        self.eps, self.fn = fingerprint_rates(config.fingerprint_profile, config.fingerprint)
+        self.rng = rng
+        self.served = np.zeros(0, dtype=np.int64)  #: hops each peer has served (its reputation)
+
+    def check(self, hops: Hops, behaviour: np.ndarray, owner: np.ndarray, stake: np.ndarray, peer_stage: np.ndarray,
+              n_requests: int, n_stages: int) -> Verdict:
+        """Draw cheats and drops for ``hops`` and check them. ``behaviour``, ``owner``, ``stake``
+        (effective, 0 for non-validators) and ``peer_stage`` are per peer; ``n_requests`` bounds
+        ``hops.request``."""
+        rng, cfg = self.rng, self.config
+        code = behaviour[hops.peer]
+        u = rng.random(len(hops.peer))
+        cheated = (np.isin(code, CHEATERS) & (u < self.q)) | (code == CODE["malicious"])
+        dropped = (code == CODE["offline"]) & (u < self.offline)
+        honest = ~cheated & ~dropped
+        colluding = cheated & (owner[hops.peer] == COLLUDERS)
+        mismatch_cheat = cheated & (rng.random(len(u)) >= self.fn)
+        mismatch_honest = honest & (rng.random(len(u)) < self.eps)
+        has_cheat = np.bincount(hops.request, cheated, minlength=n_requests) > 0
+        extra = np.zeros(0, dtype=np.int64)
+        mechanism, delay = cfg.mechanism, 0
+        cost = hops.cost
+        if mechanism == "spot_check":
+            if len(self.served) < len(behaviour):
+                self.served = np.zeros(len(behaviour), dtype=np.int64)
+            novice = self.served[hops.peer] < cfg.warmup
+            self.served += np.bincount(hops.peer, minlength=len(self.served))
+            checked = (rng.random(n_requests) < cfg.probability)[hops.request] | novice
+            caught, flagged = checked & mismatch_cheat, checked & mismatch_honest
+            saved = np.bincount(hops.request, caught, minlength=n_requests) > 0
+            bad = has_cheat & ~saved
+            checking = np.where(checked, cost, 0.0)
+            refereed = caught | flagged
+        elif mechanism == "redundancy":
+            caught, flagged, passed, extra = self._redundancy(hops, cheated, behaviour, owner, stake, peer_stage,
+                                                              colluding)
+            bad = np.bincount(hops.request, passed, minlength=n_requests) > 0
+            checking = (cfg.replicas - 1) * cost
+            refereed = caught | flagged
+        elif mechanism in ("optimistic", "dispute_game"):
+            watched = (rng.random((n_requests, cfg.watchers)) < cfg.probability)[hops.request]
+            caught = watched.any(axis=1) & mismatch_cheat
+            flagged = watched.any(axis=1) & mismatch_honest
+            bad = has_cheat
+            checking = watched.sum(axis=1) * cost
+            delay = 1
+            if mechanism == "dispute_game":
+                caught = caught & ~self._hidden_by_colluders(hops, colluding)
+                delay += ceil(log2(max(n_stages, 1) + 1))
+                refereed = caught | flagged  # only the first disagreeing hop is re-executed
+            else:  # the referee re-executes the challenged request's whole path
+                refereed = np.isin(hops.request, hops.request[caught | flagged])
+            if delay > cfg.challenge_window:  # the game cannot finish inside the window: nothing is proven
+                caught, flagged = np.zeros_like(caught), np.zeros_like(flagged)
+        else:
+            caught = flagged = refereed = np.zeros(len(u), dtype=bool)
+            bad, checking = has_cheat, np.zeros(len(u))
+        referee = cfg.referee and mechanism != "none"
+        confirmed = caught | (flagged if not referee else np.zeros_like(flagged))
+        leaves = np.zeros((n_requests, n_stages), dtype=np.uint64)
+        truth = np.where(cheated, np.uint64(1), np.uint64(2))  # a wrong output commits to another value
+        leaves[hops.request, hops.position] = mix64(hops.peer.astype(np.uint64) * np.uint64(n_stages + 1)
+                                                    + hops.position.astype(np.uint64) + truth)
+        return Verdict(cheated=cheated, dropped=dropped, caught=caught, confirmed=confirmed, flagged_honest=flagged,
+                       bad_request=bad, delay=delay,
+                       verification_ms=checking + (np.where(refereed, cost, 0.0) if referee else 0.0),
+                       referee_calls=int((caught | flagged).sum()) if referee else 0, extra_cheaters=extra,
+                       commitments=merkle_roots(leaves))
+
+    def _redundancy(self, hops: Hops, cheated: np.ndarray, behaviour: np.ndarray, owner: np.ndarray,
+                    stake: np.ndarray, peer_stage: np.ndarray, colluding: np.ndarray):
+        """k - 1 replicas per hop drawn by stake within its stage; returns caught and flagged hops,
+        hops whose wrong output passed, and replica peers caught cheating."""
+        k, rng = self.config.replicas, self.rng
+        caught = np.zeros(len(hops.peer), dtype=bool)
+        flagged = np.zeros(len(hops.peer), dtype=bool)
+        passed = np.zeros(len(hops.peer), dtype=bool)
+        extra: list[np.ndarray] = []
+        for stage in np.unique(hops.stage):
+            rows = np.flatnonzero(hops.stage == stage)
+            members = np.flatnonzero((stake > 0) & (peer_stage == stage))
+            if len(members) == 0:
+                continue
+            weight = stake[members] / stake[members].sum()
+            replicas = members[rng.choice(len(members), size=(len(rows), k - 1), p=weight)]
+            code = behaviour[replicas]
+            replica_cheats = (np.isin(code, CHEATERS) & (rng.random(replicas.shape) < self.q)) | (code == CODE["malicious"])
+            replica_colludes = replica_cheats & (owner[replicas] == COLLUDERS)
+            # the primary's output: correct (0), the colluders' agreed wrong output (1), or its own garbage (2)
+            primary = np.where(~cheated[rows], 0, np.where(colluding[rows], 1, 2))
+            others = np.where(~replica_cheats, 0, np.where(replica_colludes, 1, 2))
+            # honest outputs of two setups still mismatch with probability eps (fingerprint noise)
+            noise = ((others == 0) & (rng.random(replicas.shape) < self.eps)).any(axis=1) & (primary == 0)
+            agree = (primary[:, None] == others).all(axis=1) & (primary != 2) & ~noise
+            disagreement = ~agree
+            caught[rows] = disagreement & cheated[rows]
+            flagged[rows] = disagreement & ~cheated[rows]
+            passed[rows] = agree & (primary == 1)
+            extra.append(replicas[disagreement[:, None] & replica_cheats])
+        return caught, flagged, passed, np.concatenate(extra) if extra else np.zeros(0, np.int64)
+
+    def _hidden_by_colluders(self, hops: Hops, colluding: np.ndarray) -> np.ndarray:
+        """Cheated hops a bisection cannot pin: a colluder followed on its path by another colluding
+        hop commits a boundary the next colluder agrees with; the run's last hop is re-executed from
+        a consistent (fabricated) input. The referee samples the run's span with probability
+        ``inside_sampling``."""
+        order = np.lexsort((hops.position, hops.request))
+        run = colluding[order]
+        same_request = np.r_[hops.request[order][1:] == hops.request[order][:-1], False]
+        next_colludes = np.r_[run[1:], False] & same_request & (np.r_[hops.position[order][1:], 0]
+                                                                 == hops.position[order] + 1)
+        previous_colludes = np.r_[False, next_colludes[:-1]]
+        in_run = run & (next_colludes | previous_colludes)
+        hidden = np.zeros(len(colluding), dtype=bool)
+        requests = np.unique(hops.request[order][in_run])
+        sampled = self.rng.random(len(requests)) < self.config.inside_sampling
+        hidden[order[in_run]] = ~np.isin(hops.request[order][in_run], requests[sampled])
+        return hidden
