@@ -157,7 +157,8 @@ class AdversaryConfig:
     #: share of peers given a dishonest behaviour (of clients, for stale_channel)
     fraction: float = 0.0
     behaviour: str = "lazy"  #: one of BEHAVIOURS but honest, or "mix" (weights in ``mix``)
-    mix: dict[str, float] = field(default_factory=dict)  #: behaviour -> weight, with behaviour = mix
+    #: behaviour -> weight, with behaviour = mix (override single weights: adversary.mix.lazy=2)
+    mix: dict[str, float] = field(default_factory=lambda: dict.fromkeys(BEHAVIOURS, 0.0))
     #: q: lazy, colluding and sybil peers skip their layers on a request with this probability
     #: (malicious peers always return wrong outputs)
     cheat_probability: float = 0.5

@@ -128,7 +128,8 @@ def stage_statistics(peers: PeerTable, tick_revenue: np.ndarray, tick_expected_r
     ).reindex(range(peers.n_stages))
     capacity = stage_capacity(peers.cost, peers.stage, live, peers.n_stages)
     stats["capacity"] = capacity
-    stats["compute_share"] = capacity / capacity.sum()
+    with np.errstate(invalid="ignore"):  # 0 / 0 when every peer has left (NaN: no compute to share)
+        stats["compute_share"] = capacity / capacity.sum()
     stats["nash_gap"] = np.asarray(certificate.stage_gap)
     stats["relative_nash_gap"] = np.asarray(certificate.stage_relative_gap)
     stats["peers"] = stats["peers"].fillna(0).astype(np.int64)

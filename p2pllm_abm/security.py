@@ -180,4 +180,5 @@ class SecurityPhase:
             "verification_fees_refused": self.fees_refused,
             "stale_channel_clients": int(self.behaviours.stale_client.sum()),
             "stale_closes": int(channels.stale_closes) if channels else 0,
+            "stale_closes_challenged": int(channels.challenges_won) if channels else 0,
         }

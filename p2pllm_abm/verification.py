@@ -236,14 +236,12 @@ class Verifier:
         a consistent (fabricated) input. The referee samples the run's span with probability
         ``inside_sampling``."""
         order = np.lexsort((hops.position, hops.request))
-        run = colluding[order]
-        same_request = np.r_[hops.request[order][1:] == hops.request[order][:-1], False]
-        next_colludes = np.r_[run[1:], False] & same_request & (np.r_[hops.position[order][1:], 0]
-                                                                 == hops.position[order] + 1)
-        previous_colludes = np.r_[False, next_colludes[:-1]]
-        in_run = run & (next_colludes | previous_colludes)
+        run, request, position = colluding[order], hops.request[order], hops.position[order]
+        # link[i]: sorted hops i and i + 1 are consecutive hops of one request, both colluding
+        link = run[:-1] & run[1:] & (request[:-1] == request[1:]) & (position[1:] == position[:-1] + 1)
+        in_run = np.r_[link, False] | np.r_[False, link]
         hidden = np.zeros(len(colluding), dtype=bool)
-        requests = np.unique(hops.request[order][in_run])
+        requests = np.unique(request[in_run])
         sampled = self.rng.random(len(requests)) < self.config.inside_sampling
-        hidden[order[in_run]] = ~np.isin(hops.request[order][in_run], requests[sampled])
+        hidden[order[in_run]] = ~np.isin(request[in_run], requests[sampled])
         return hidden

@@ -49,6 +49,7 @@ class Channels:
         self.sign_updates = sign_updates
         self.stale_clients = np.asarray(stale_clients, dtype=bool)  #: clients that close drained channels stale
         self.stale_closes = 0  #: drained channels a stale client closed with its opening state
+        self.challenges_won = 0  #: stale closes answered with a newer state
         shape = (len(client_accounts), len(peer_accounts))
         self.channel_of = np.full(shape, -1, dtype=np.int64)  #: newest channel of each pair
         self.owed = np.zeros(shape, dtype=np.int64)  #: agreed payments not yet in a channel update
@@ -259,6 +260,7 @@ class Channels:
                 and signed.state.nonce > cols.pub_nonce[channel]):
             return False
         self._settle(signed.state, stale_closer="client" if cols.closer[channel] == 0 else "peer")
+        self.challenges_won += 1
         return True
 
     def _finalize(self, channel: int) -> bool:
