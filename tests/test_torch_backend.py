@@ -94,3 +94,18 @@ def test_commitment_ignores_rounding_noise(model):
     hidden = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(3))
     assert commitment(hidden + 1e-7 * torch.randn_like(hidden)) == commitment(hidden)
     assert commitment(hidden.flip(-1)) != commitment(hidden)
+
+
+def test_referee_catches_a_lazy_hop_and_clears_honest_batches(model):
+    from torch_backend.route import first_disagreement
+
+    sim = P2PLLMModel(load_config("paper_28", overrides=["seed=2"]))
+    _, path = sim.route(alpha=0.5)
+    request = torch.randint(0, 512, (1, 12), generator=torch.Generator().manual_seed(3))
+    for batch in (1, 8, 32):  # the request served inside batches of others: honest, never accused
+        others = torch.randint(0, 512, (batch - 1, 12), generator=torch.Generator().manual_seed(batch))
+        _, hops = forward_along_path(model, sim.peers, path, torch.cat([request, others]), row=0)
+        assert first_disagreement(model, sim.peers, path, request, hops) is None
+    for lazy_hop in range(len(path)):
+        _, hops = forward_along_path(model, sim.peers, path, request, lazy=frozenset({lazy_hop}))
+        assert first_disagreement(model, sim.peers, path, request, hops) == lazy_hop

@@ -68,18 +68,35 @@ def peer_layers(peers: PeerTable, peer: int, num_layers: int) -> tuple[int, int]
 
 
 def forward_along_path(model: LlamaForCausalLM, peers: PeerTable, path: list[int], input_ids: torch.Tensor,
-                       tamper=None) -> tuple[torch.Tensor, list[Hop]]:
+                       tamper=None, lazy: frozenset[int] = frozenset(), row: int | None = None
+                       ) -> tuple[torch.Tensor, list[Hop]]:
     """Logits of ``input_ids`` computed hop by hop by the peers of ``path`` and each hop's
     commitment. ``tamper(hop_index, hidden) -> hidden``, if given, alters what a hop hands on
-    (for tests of the commitments)."""
+    (for tests of the commitments); the hops in ``lazy`` skip their layers and hand their input
+    on (the first hop its token embeddings). ``row``: commit to that sequence of the batch only
+    (a request served inside a batch of others); default the whole batch."""
     num_layers = model.config.num_hidden_layers
     hidden, hops = input_ids, []
     for index, peer in enumerate(path):
         start, end = peer_layers(peers, peer, num_layers)
-        hidden = Shard(model, start, end)(hidden, 0)
+        shard = Shard(model, start, end)
+        if index in lazy:
+            hidden = shard.embed(hidden) if shard.is_first else hidden
+        else:
+            hidden = shard(hidden, 0)
         if tamper is not None:
             hidden = tamper(index, hidden)
-        hops.append(Hop(int(peer), (start, end), commitment(hidden)))
+        hops.append(Hop(int(peer), (start, end), commitment(hidden if row is None else hidden[row:row + 1])))
     if not hops or hops[-1].layers[1] != num_layers or hops[0].layers[0] != 0:
         raise ValueError(f"path = {path} does not cover the model's {num_layers} layers")
     return hidden, hops
+
+
+def first_disagreement(model: LlamaForCausalLM, peers: PeerTable, path: list[int], input_ids: torch.Tensor,
+                       hops: list[Hop]) -> int | None:
+    """The referee: re-execute the request (one sequence, batch 1) along ``path`` and return the
+    index of the first hop whose committed fingerprint differs from the re-execution's, or None
+    when every hop agrees. The fingerprint tolerates the float noise of other batch sizes and
+    kernels, so honest hops agree; a hop that skipped its layers does not."""
+    _, honest = forward_along_path(model, peers, path, input_ids)
+    return next((k for k, (mine, theirs) in enumerate(zip(honest, hops)) if mine.commitment != theirs.commitment), None)
