@@ -152,12 +152,12 @@ class P2PLLMModel(mesa.Model):
         if self.ledger is None:
             return False
         paid, quoted = self._paid
-        failed = None
+        failed = commitments = None
         if self.security is not None:
             client, column, peer = self.ledger.paid_hops(paid)
             position = column - (paid < 0).sum(axis=1)[client]  # paths are right-aligned
-            failed = self.security.step(self.steps, client, position, peer, self.peers)
-        self.ledger.settle(self.steps, paid, quoted, self.peers, self.client_position, failed)
+            failed, commitments = self.security.step(self.steps, client, position, peer, self.peers)
+        self.ledger.settle(self.steps, paid, quoted, self.peers, self.client_position, failed, commitments)
         exited = self.ledger.advance(self.peers.price, self.peers.alive)
         if len(exited):
             self.peers.alive[exited] = False

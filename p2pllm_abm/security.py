@@ -55,8 +55,9 @@ class SecurityPhase:
         self.fees_refused = 0
 
     def step(self, step: int, client: np.ndarray, position: np.ndarray, peer: np.ndarray,
-             peers: PeerTable) -> np.ndarray:
-        """Act, check and slash for the step's paid hops; returns which hops failed."""
+             peers: PeerTable) -> tuple[np.ndarray, np.ndarray]:
+        """Act, check and slash for the step's paid hops; returns which hops failed and each
+        request's commitment (the Merkle root of its hops' fingerprints, per client)."""
         registry = self.ledger.registry
         hops = Hops(request=client, position=position, peer=peer, stage=peers.stage[peer], cost=peers.cost[peer])
         n_requests = len(self.behaviours.stale_client)
@@ -89,7 +90,7 @@ class SecurityPhase:
         self._slash_due(step)
         failed = verdict.dropped | verdict.caught
         self.sla_timeouts += int(verdict.dropped.sum())
-        return failed
+        return failed, verdict.commitments
 
     def _charge(self, client: np.ndarray, peer: np.ndarray, ms: np.ndarray) -> None:
         """Verification compute, paid into ``sys:treasury`` by ``verification.payer``."""

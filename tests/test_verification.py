@@ -175,6 +175,8 @@ def test_overclaimers_and_offline_peers_pay_sla_penalties_but_are_not_slashed():
     assert s["slashed_cheaters"] == 0 and s["sla_timeouts"] > 0
     penalised = set(model.ledger.sla.escrows.peer[journal.loc[journal["reason"] == "sla_penalty", "ref"].to_numpy()].tolist())
     assert len(penalised) > 0
+    escrows = model.ledger.sla.escrows
+    assert np.all(escrows.commitment[: escrows.size] != 0)  # every hop's SLA records its request's Merkle root
     kinds = {a.behaviour for a in model.agents_by_type[PeerAgent] if a.index in penalised}
     assert kinds <= {"overclaim", "offline"}
 

@@ -46,7 +46,8 @@ class SlaBook:
         self.term_expiry = np.full(shape, -1, dtype=np.int64)  #: last step the terms hold
         self.contracts_created = 0  #: terms agreed or renewed so far
         self.escrows = GrowingColumns(client=np.int64, peer=np.int64, amount=np.int64, penalty=np.int64,
-                                      promised=float, delivered=float, status=np.int8, step=np.int64)
+                                      promised=float, delivered=float, status=np.int8, step=np.int64,
+                                      commitment=np.uint64)
         self.settled_latency = 0  #: slots from request to settlement, summed over settled hops
         self.settled = 0
         chain.register("escrow_open", self._apply_open)
@@ -65,10 +66,11 @@ class SlaBook:
 
     # -- escrow ---------------------------------------------------------------------------------
     def open_escrows(self, client: np.ndarray, peer: np.ndarray, amount: np.ndarray, promised: np.ndarray,
-                     delivered: np.ndarray, step: int) -> None:
-        """One escrow contract per hop; each sends its ``escrow_open`` transaction."""
+                     delivered: np.ndarray, step: int, commitment: np.ndarray | None = None) -> None:
+        """One escrow contract per hop, recording its request's ``commitment`` (the Merkle root of
+        the path's hop fingerprints; 0 without verification); each sends its ``escrow_open``."""
         self._send("escrow_open", client, peer, amount, share(amount, self.penalty), promised, delivered, SUBMITTED,
-                   step)
+                   step, commitment)
 
     def _apply_open(self, refs: np.ndarray, shards: np.ndarray) -> np.ndarray:
         e = self.escrows
@@ -97,17 +99,19 @@ class SlaBook:
 
     # -- penalties (channels mode) -----------------------------------------------------------------
     def penalise(self, client: np.ndarray, peer: np.ndarray, amount: np.ndarray, promised: np.ndarray,
-                 delivered: np.ndarray, step: int) -> None:
+                 delivered: np.ndarray, step: int, commitment: np.ndarray | None = None) -> None:
         """Violated hops paid through channels: record them and send ``sla_penalty`` transactions."""
         self._send("sla_penalty", client, peer, np.zeros(len(client), np.int64), share(amount, self.penalty),
-                   promised, delivered, REFUNDED, step)
+                   promised, delivered, REFUNDED, step, commitment)
 
     def _send(self, kind: str, client: np.ndarray, peer: np.ndarray, amount: np.ndarray, penalty: np.ndarray,
-              promised: np.ndarray, delivered: np.ndarray, status: int, step: int) -> None:
+              promised: np.ndarray, delivered: np.ndarray, status: int, step: int,
+              commitment: np.ndarray | None) -> None:
         """Record one row per hop and send its transaction from the client."""
         rows = self.escrows.append(client=client, peer=peer, amount=amount, penalty=penalty, promised=promised,
                                    delivered=delivered, status=np.full(len(client), status, np.int8),
-                                   step=np.full(len(client), step))
+                                   step=np.full(len(client), step),
+                                   commitment=np.zeros(len(client), np.uint64) if commitment is None else commitment)
         self.chain.submit(kind, self.client_accounts[client], rows, self.registry.home_shard[peer],
                           self.client_home[client])
 

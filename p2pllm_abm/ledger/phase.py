@@ -96,10 +96,12 @@ class MarketLedger:
         return client, hop, paid[client, hop]
 
     def settle(self, step: int, paid: np.ndarray, quoted: np.ndarray, peers: PeerTable,
-               client_position: np.ndarray, failed: np.ndarray | None = None) -> None:
+               client_position: np.ndarray, failed: np.ndarray | None = None,
+               commitments: np.ndarray | None = None) -> None:
         """Settle every paid hop of ``step``: SLA terms, then escrows or channel payments. A
         ``failed`` hop (in :meth:`paid_hops` order: dropped, or caught delivering a wrong output)
-        settles as a violated SLA."""
+        settles as a violated SLA; ``commitments`` (per client: its request's Merkle root) are
+        recorded with the hops' SLAs."""
         hops = paid >= 0
         client, hop, peer = self.paid_hops(paid)
         requests = int(hops.any(axis=1).sum())
@@ -120,8 +122,9 @@ class MarketLedger:
         self.unpaid_hops += int((~priced).sum())
         client, peer, price = client[priced], peer[priced], price[priced]
         promised, delivered = promised[priced], delivered[priced]
+        root = None if commitments is None else commitments[client]
         if self.channels is None:
-            self.sla.open_escrows(client, peer, price, promised, delivered, step)
+            self.sla.open_escrows(client, peer, price, promised, delivered, step, root)
             return
         kept = delivered <= promised
         if kept.all():
@@ -129,7 +132,8 @@ class MarketLedger:
             return
         self.unpaid_hops += int((~kept).sum())
         self.channels.pay(client[kept], peer[kept], price[kept], step)
-        self.sla.penalise(client[~kept], peer[~kept], price[~kept], promised[~kept], delivered[~kept], step)
+        self.sla.penalise(client[~kept], peer[~kept], price[~kept], promised[~kept], delivered[~kept], step,
+                          None if root is None else root[~kept])
 
     def advance(self, price: np.ndarray, alive: np.ndarray) -> np.ndarray:
         """Post moved prices, watch channels, produce this slot's blocks and pay out matured
