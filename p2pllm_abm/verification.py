@@ -77,13 +77,27 @@ def minimal_sampling_rate(cost: float, price: float, stake: float, fn: float = 0
 
 def merkle_roots(leaves: np.ndarray) -> np.ndarray:
     """Merkle root of each row of ``leaves`` ``(requests, hops)`` (uint64 hop fingerprints; a
-    missing hop is 0), with a 64-bit mixing function (splitmix64) as the simulation's hash."""
+    missing hop is 0), with a 64-bit hash as the simulation's stand-in for SHA-256. A level of odd
+    width is padded with a constant leaf, and the node hash is injective in each child given the
+    other (:func:`combine`), so changing any one leaf changes the root."""
     level = np.asarray(leaves, dtype=np.uint64)
     while level.shape[1] > 1:
         if level.shape[1] % 2:
-            level = np.concatenate([level, level[:, -1:]], axis=1)
-        level = mix64(level[:, 0::2] * np.uint64(0x9E3779B97F4A7C15) ^ level[:, 1::2])
+            level = np.concatenate([level, np.full((level.shape[0], 1), _PAD, dtype=np.uint64)], axis=1)
+        level = combine(level[:, 0::2], level[:, 1::2])
     return level[:, 0]
+
+
+_PAD, _LEFT, _RIGHT, _NODE = (np.uint64(k) for k in (0x5AD0C0DE, 0x243F6A8885A308D3, 0x13198A2E03707344,
+                                                       0xA4093822299F31D0))
+_ODD = np.uint64(0x9E3779B97F4A7C15)
+
+
+def combine(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """A Merkle node from its children: ``mix64((mix64(l ^ K1) + mix64(r ^ K2) * odd) ^ K3)``; each
+    step is a bijection of the changed child, so the node is injective in each child."""
+    with np.errstate(over="ignore"):
+        return mix64((mix64(left ^ _LEFT) + mix64(right ^ _RIGHT) * _ODD) ^ _NODE)
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
