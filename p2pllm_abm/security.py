@@ -49,7 +49,7 @@ class SecurityPhase:
         self.wrongly_slashed = np.zeros(n, dtype=bool)  #: slashed for a hop it did not cheat on
         self.bad_outputs = np.zeros(n, dtype=np.int64)  #: wrong outputs of this peer that reached a client
         self.pending: list[tuple[int, np.ndarray, np.ndarray]] = []  #: (due step, peers, truly cheated)
-        self.requests = self.bad_requests = self.dropped_hops = self.sla_timeouts = 0
+        self.requests = self.bad_requests = self.sla_timeouts = 0
         self.flagged_honest = self.referee_calls = 0
         self.verification_ms = self.served_ms = 0.0
         self.fees_refused = 0
@@ -63,22 +63,18 @@ class SecurityPhase:
         n_requests = len(self.behaviours.stale_client)
         verdict = self.verifier.check(hops, self.behaviours.peer, self.behaviours.owner, registry.effective_stake(),
                                       peers.stage, n_requests, peers.n_stages)
-        cheaters = peer[verdict.cheated]
+        # redundancy's replicas that cheated were caught with the hop they replicated
+        cheaters = np.concatenate([peer[verdict.cheated], verdict.extra_cheaters])
+        caught = np.concatenate([peer[verdict.caught], verdict.extra_cheaters])
         self.cheats += np.bincount(cheaters, minlength=len(self.cheats))
-        new = cheaters[self.first_cheat[cheaters] < 0]
-        self.first_cheat[new] = step
-        self.caught += np.bincount(peer[verdict.caught], minlength=len(self.caught))
-        self.caught += np.bincount(verdict.extra_cheaters, minlength=len(self.caught))
-        self.cheats += np.bincount(verdict.extra_cheaters, minlength=len(self.cheats))
-        fresh = verdict.extra_cheaters[self.first_cheat[verdict.extra_cheaters] < 0]
-        self.first_cheat[fresh] = step
+        self.caught += np.bincount(caught, minlength=len(self.caught))
+        self.first_cheat[cheaters[self.first_cheat[cheaters] < 0]] = step
         spent = np.where(verdict.cheated | verdict.dropped, 0.0, hops.cost)
         self.compute_ms += np.bincount(peer, spent, minlength=len(self.compute_ms))
         delivered_bad = verdict.bad_request[client] & verdict.cheated & ~verdict.caught
         self.bad_outputs += np.bincount(peer[delivered_bad], minlength=len(self.bad_outputs))
         self.requests += int(len(np.unique(client)))
         self.bad_requests += int(verdict.bad_request.sum())
-        self.dropped_hops += int(verdict.dropped.sum())
         self.flagged_honest += int(verdict.flagged_honest.sum())
         self.referee_calls += verdict.referee_calls
         self.verification_ms += float(verdict.verification_ms.sum())
@@ -102,7 +98,7 @@ class SecurityPhase:
         payer = (ledger.sla.client_accounts[client] if self.config.verification.payer == "client"
                  else ledger.registry.accounts[peer])[keep]
         treasury = np.full(int(keep.sum()), ledger.ledger.index["sys:treasury"])
-        paid = ledger.ledger.transfer_batch(payer, treasury, amount[keep], "transfer", ref=-1)
+        paid = ledger.ledger.transfer_batch(payer, treasury, amount[keep], "verification_fee", ref=-1)
         self.fees_refused += int((~paid).sum())
 
     def _slash_due(self, step: int) -> None:
@@ -177,7 +173,7 @@ class SecurityPhase:
             "mean_steps_to_detection": float(delays.mean()) if len(delays) else None,
             "cheats": int(self.cheats.sum()), "caught": int(self.caught.sum()),
             "honest_flags": self.flagged_honest, "referee_calls": self.referee_calls,
-            "dropped_hops": self.dropped_hops, "sla_timeouts": self.sla_timeouts,
+            "sla_timeouts": self.sla_timeouts,  # hops an offline peer dropped
             "verification_fees_refused": self.fees_refused,
             "stale_channel_clients": int(self.behaviours.stale_client.sum()),
             "stale_closes": int(channels.stale_closes) if channels else 0,

@@ -34,7 +34,7 @@ MAX_SUPPLY = 2**62
 REASONS = (
     "genesis", "fee", "issuance", "bond", "unbond", "withdraw", "slash_burn", "slash_reward",
     "escrow_lock", "escrow_release", "escrow_refund", "sla_penalty",
-    "channel_deposit", "channel_payout", "channel_penalty", "transfer",
+    "channel_deposit", "channel_payout", "channel_penalty", "transfer", "verification_fee",
 )
 REASON = {name: code for code, name in enumerate(REASONS)}
 
