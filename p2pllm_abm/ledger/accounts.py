@@ -99,7 +99,8 @@ class Ledger:
     """Accounts with integer balances and the journal of every movement.
 
     >>> ledger = Ledger()
-    >>> alice = ledger.open_account("client:0")
+    >>> ledger.open_account("client:0")
+    6
     >>> ledger.mint("client:0", 1_000, reason="genesis")
     >>> ledger.transfer("client:0", "sys:escrow", 400, reason="escrow_lock", ref=7)
     >>> ledger.balance("client:0"), ledger.balance("sys:escrow")

@@ -48,7 +48,7 @@ class Registry:
         self.position = np.zeros((n, 2))  #: registered position (latencies follow from it)
         self.exited: list[int] = []  #: peers that left since the model last looked
         self.unbonding = GrowingColumns(peer=np.int64, amount=np.int64, release=np.int64)
-        self.requests = GrowingColumns(peer=np.int64, amount=np.int64, price=float)
+        self.orders = GrowingColumns(peer=np.int64, amount=np.int64, price=float)  #: bond, unbond and price transactions
         self.stake_account = ledger.index["sys:stake"]
         for kind, handler in (("bond", self._apply_bond), ("unbond", self._apply_unbond), ("price", self._apply_price)):
             chain.register(kind, handler)
@@ -107,12 +107,12 @@ class Registry:
 
     def _submit(self, kind: str, peers: np.ndarray, amount: np.ndarray, price: np.ndarray | None = None) -> None:
         peers = np.asarray(peers, dtype=np.int64)
-        rows = self.requests.append(peer=peers, amount=np.asarray(amount, np.int64),
+        rows = self.orders.append(peer=peers, amount=np.asarray(amount, np.int64),
                                     price=np.zeros(len(peers)) if price is None else price)
         self.chain.submit(kind, self.accounts[peers], rows, self.home_shard[peers])
 
     def _apply_bond(self, refs: np.ndarray, shards: np.ndarray) -> np.ndarray:
-        peer, amount = self.requests.peer[refs], self.requests.amount[refs]
+        peer, amount = self.orders.peer[refs], self.orders.amount[refs]
         ok = self.ledger.transfer_batch(self.accounts[peer], np.full(len(peer), self.stake_account), amount,
                                         "bond", ref=peer, shard=shards)
         np.add.at(self.bonded, peer[ok], amount[ok])
@@ -120,7 +120,7 @@ class Registry:
 
     def _apply_unbond(self, refs: np.ndarray, shards: np.ndarray) -> np.ndarray:
         ok = np.zeros(len(refs), dtype=bool)
-        for k, (peer, amount) in enumerate(zip(self.requests.peer[refs].tolist(), self.requests.amount[refs].tolist())):
+        for k, (peer, amount) in enumerate(zip(self.orders.peer[refs].tolist(), self.orders.amount[refs].tolist())):
             if 0 < amount <= self.bonded[peer]:
                 self.bonded[peer] -= amount
                 self.unbonding.append(peer=np.array([peer]), amount=np.array([amount]),
@@ -130,7 +130,7 @@ class Registry:
         return ok
 
     def _apply_price(self, refs: np.ndarray, shards: np.ndarray) -> np.ndarray:
-        self.posted_price[self.requests.peer[refs]] = self.requests.price[refs]
+        self.posted_price[self.orders.peer[refs]] = self.orders.price[refs]
         return np.ones(len(refs), dtype=bool)
 
     def withdraw_matured(self) -> None:
