@@ -305,6 +305,6 @@ class P2PLLMModel(mesa.Model):
             self.peers.update_ledger_columns(self.ledger.peer_columns())
             self._metric_rows.extend(ledger_metric_rows(self.steps, self.ledger))
         if self.security is not None:
-            self._metric_rows.append(self.security.behaviour_rows(self.steps))
+            self._metric_rows.append(self.security.behaviour_rows(self.steps, self.peers))
         self.datacollector.collect(self)
         self._recorded_step = self.steps

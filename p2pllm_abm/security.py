@@ -125,11 +125,11 @@ class SecurityPhase:
         return int(registry.accounts[self.rng.choice(honest)]) if len(honest) else None
 
     # -- outputs --------------------------------------------------------------------------------
-    def behaviour_rows(self, step: int) -> pd.DataFrame:
-        """One ``scope = "behaviour"`` row per behaviour present (cumulative figures; money in price units)."""
+    def behaviour_rows(self, step: int, peers: PeerTable) -> pd.DataFrame:
+        """One ``scope = "behaviour"`` row per behaviour present (cumulative figures; money in price
+        units), from the ledger columns the model last put on ``peers``."""
         cfg = self.config.ledger
-        columns = self.ledger.peer_columns()
-        held = columns["balance"] + columns["stake"] + self.ledger.registry.unbonding_stake() + columns["escrowed"]
+        held = peers.balance + peers.stake + self.ledger.registry.unbonding_stake() + peers.escrowed
         wealth = (held - cfg.peer_endowment) / cfg.unit  # what each peer gained since genesis, in price units
         compute = self.compute_ms * self.config.verification.compute_price
         names = self.behaviours.names()

@@ -51,6 +51,22 @@ def share(amount: int | np.ndarray, fraction: float) -> int | np.ndarray:
     return amount // PPM * q + amount % PPM * q // PPM
 
 
+def challenge_payouts(channels: int, client: int, peer: int, bal_client: int, bal_peer: int, penalty: int,
+                      client_cheated: bool) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, str]]:
+    """The movements that settle a channel on a newer state after a stale close: each side's
+    balance, less ``penalty`` from the stale closer's, and the penalty to the challenger; as
+    ``(src, dst, amount, reason)`` batches out of account ``channels``."""
+    cheater_side = bal_client if client_cheated else bal_peer
+    if not 0 <= penalty <= cheater_side:
+        raise ValueError(f"penalty = {penalty} is invalid: allowed 0 <= penalty <= the closer's balance {cheater_side}")
+    kept = np.array([bal_client - penalty, bal_peer] if client_cheated else [bal_client, bal_peer - penalty])
+    moves = [(np.full(2, channels), np.array([client, peer]), kept, "channel_payout")]
+    if penalty:
+        moves.append((np.array([channels]), np.array([peer if client_cheated else client]), np.array([penalty]),
+                      "channel_penalty"))
+    return moves
+
+
 class InsufficientFunds(ValueError):
     """A transfer would take an account below zero; nothing was changed."""
 
@@ -258,17 +274,9 @@ class Ledger:
                           penalty: int, client_cheated: bool, shard: int) -> None:
         """Settle a channel on a newer state than the one published; ``penalty`` moves from the
         stale closer's side to the challenger."""
-        cheater_side = bal_client if client_cheated else bal_peer
-        if not 0 <= penalty <= cheater_side:
-            raise ValueError(f"penalty = {penalty} is invalid: allowed 0 <= penalty <= the closer's balance {cheater_side}")
-        sys_channels = self.index["sys:channels"]
-        kept_client = bal_client - penalty if client_cheated else bal_client
-        kept_peer = bal_peer if client_cheated else bal_peer - penalty
-        self.transfer_batch(np.full(2, sys_channels), np.array([client, peer]), np.array([kept_client, kept_peer]),
-                            "channel_payout", ref=channel, shard=shard)
-        if penalty:
-            self.transfer(sys_channels, peer if client_cheated else client, penalty, "channel_penalty", ref=channel,
-                          shard=shard)
+        for src, dst, amount, reason in challenge_payouts(self.index["sys:channels"], client, peer, bal_client,
+                                                          bal_peer, penalty, client_cheated):
+            self.transfer_batch(src, dst, amount, reason, ref=channel, shard=shard)
 
     # -- checks and outputs ---------------------------------------------------------------------
     def assert_conserved(self) -> None:

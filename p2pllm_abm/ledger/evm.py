@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .accounts import ISSUANCE, PPM, REASON, Ledger
+from .accounts import ISSUANCE, PPM, REASON, Ledger, challenge_payouts
 
 CONTRACTS = Path(__file__).resolve().parent / "contracts_vy"
 
@@ -55,17 +55,21 @@ class Contract:
         code, self.abi = compiled(name)
         constructor = next((f for f in self.abi if f["type"] == "constructor"), {"inputs": []})
         init = encode([i["type"] for i in constructor["inputs"]], list(args)) if args else b""
+        from eth_utils import function_signature_to_4byte_selector
+
         self.evm, self.name = evm, name
         self.address = evm.deploy(deployer, code + init)
-        self._functions = {f["name"]: f for f in self.abi if f["type"] == "function"}
+        self._functions = {}  #: name -> (argument types, selector)
+        for f in self.abi:
+            if f["type"] == "function":
+                types = [i["type"] for i in f["inputs"]]
+                self._functions[f["name"]] = (types, function_signature_to_4byte_selector(f"{f['name']}({','.join(types)})"))
 
     def call(self, caller: str, function: str, *args, value: int = 0) -> bytes:
         from eth_abi import encode
-        from eth_utils import function_signature_to_4byte_selector
 
-        f = self._functions[function]
-        types = [i["type"] for i in f["inputs"]]
-        calldata = function_signature_to_4byte_selector(f"{function}({','.join(types)})") + encode(types, list(args))
+        types, selector = self._functions[function]
+        calldata = selector + encode(types, list(args))
         try:
             return self.evm.message_call(caller, self.address, calldata=calldata, value=value, gas_price=0)
         except RuntimeError as error:
@@ -164,14 +168,9 @@ class EvmLedger(Ledger):
     def channel_challenge(self, channel, client, peer, nonce, bal_client, bal_peer, penalty, client_cheated, shard):
         self._block()
         self.channels.call(self.operator, "challenge", channel, nonce, bal_client, bal_peer)
-        kept_client = bal_client - penalty if client_cheated else bal_client
-        kept_peer = bal_peer if client_cheated else bal_peer - penalty
-        sys_channels = self.index["sys:channels"]
-        self._record(np.full(2, sys_channels), np.array([client, peer]), np.array([kept_client, kept_peer]),
-                     "channel_payout", channel, shard)
-        if penalty:
-            self._record(np.array([sys_channels]), np.array([peer if client_cheated else client]), np.array([penalty]),
-                         "channel_penalty", channel, shard)
+        for src, dst, amount, reason in challenge_payouts(self.index["sys:channels"], client, peer, bal_client,
+                                                          bal_peer, penalty, client_cheated):
+            self._record(src, dst, amount, reason, channel, shard)
 
     def _closing(self, channel: int) -> bool:
         """Whether the Channels contract holds ``channel`` in its challenge window (status 2)."""

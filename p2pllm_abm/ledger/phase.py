@@ -174,19 +174,18 @@ class MarketLedger:
         return self.chain.shard_statistics()
 
     def chain_row(self) -> dict[str, Any]:
-        """Chain-wide figures now (``scope = "chain"``)."""
-        ledger = self.ledger
+        """Chain-wide figures now (``scope = "chain"``), with the requests paid since the previous
+        row (``window_requests``; the window then restarts, like the shards')."""
         requests, self._window_requests = self._window_requests, 0
-        return {
-            **self.chain.chain_statistics(self.registry.effective_stake()),
-            "total_supply": ledger.total_supply(),
-            "conserved": ledger.is_conserved(),
-            "staked": ledger.balance("sys:stake"),
-            "escrow_locked": ledger.balance("sys:escrow"),
-            "channel_locked": ledger.balance("sys:channels"),
-            "burned": ledger.balance("sys:burn"),
-            "window_requests": requests,
-        }
+        return {**self.chain.chain_statistics(self.registry.effective_stake()), **self._holdings(),
+                "window_requests": requests}
+
+    def _holdings(self) -> dict[str, Any]:
+        """Supply, conservation and what the system accounts hold."""
+        ledger = self.ledger
+        return {"total_supply": ledger.total_supply(), "conserved": ledger.is_conserved(),
+                "staked": ledger.balance("sys:stake"), "escrow_locked": ledger.balance("sys:escrow"),
+                "channel_locked": ledger.balance("sys:channels"), "burned": ledger.balance("sys:burn")}
 
     def summary(self) -> dict[str, Any]:
         """The ``ledger`` block of summary.json."""
@@ -197,8 +196,6 @@ class MarketLedger:
             "backend": self.config.backend, "payments": self.config.payments,
             "signatures": self.config.signatures, "sharding": self.config.sharding,
             "registry_view": self.config.registry_view,
-            "conserved": self.ledger.is_conserved(),
-            "total_supply": self.ledger.total_supply(),
             "journal_rows": self.ledger.journal.rows,
             "requests_paid": self.requests, "hops_paid": self.hops, "unpaid_hops": self.unpaid_hops,
             "transactions_submitted": int(chain.total_submitted),
@@ -213,8 +210,5 @@ class MarketLedger:
             "owed": int(ch.owed.sum()) if ch else 0,
             "channel_updates": int(ch.updates) if ch else 0,
             **self.chain.chain_statistics(self.registry.effective_stake()),
-            "staked": self.ledger.balance("sys:stake"),
-            "escrow_locked": self.ledger.balance("sys:escrow"),
-            "channel_locked": self.ledger.balance("sys:channels"),
-            "burned": self.ledger.balance("sys:burn"),
+            **self._holdings(),
         }
