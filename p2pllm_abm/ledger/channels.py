@@ -76,7 +76,7 @@ class Channels:
         channel open one (if the client can fund it); their payments wait as ``owed``."""
         fresh = self.owed[client, peer] == 0
         self.owed_since[client[fresh], peer[fresh]] = step
-        np.add.at(self.owed, (client, peer), amount)
+        np.add.at(self.owed, (client, peer), amount)  # a (client, peer) pair may repeat (API callers)
         c, p = np.nonzero(self.owed)
         due = self.owed[c, p]
         ch = self.channel_of[c, p]

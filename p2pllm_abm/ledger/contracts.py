@@ -57,6 +57,9 @@ class SlaBook:
     def quote(self, client: np.ndarray, peer: np.ndarray, posted: np.ndarray, step: int) -> np.ndarray:
         """The agreed price of each (client, peer) hop: the standing terms, or new terms at the
         peer's posted price ``posted`` (base units) where none hold at ``step``."""
+        if self.term == 1:  # every request renews: the posted price, no standing terms to keep
+            self.contracts_created += len(client)
+            return posted
         expired = self.term_expiry[client, peer] < step
         renew_client, renew_peer = client[expired], peer[expired]
         self.term_price[renew_client, renew_peer] = posted[expired]

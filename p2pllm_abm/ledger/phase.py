@@ -111,6 +111,14 @@ class MarketLedger:
         if not len(peer):
             return
         price = self.sla.quote(client, peer, np.floor(quoted[peer] * self.config.unit).astype(np.int64), step)
+        priced = price > 0
+        self.unpaid_hops += int((~priced).sum())
+        # an SLA can only be missed by a peer that left, failed, or registered less than its cost
+        # (latency is in both the promise and the delivery); without one, channels just pay
+        may_miss = ~peers.alive[peer] | (self.registry.cost[peer] < peers.cost[peer])
+        if self.channels is not None and not (may_miss.any() or (failed is not None and failed.any())):
+            self.channels.pay(client[priced], peer[priced], price[priced], step)
+            return
         before = np.where(hop > 0, paid[client, np.maximum(hop - 1, 0)], -1)
         origin = np.where((before >= 0)[:, None], peers.position[np.maximum(before, 0)], client_position[client])
         hop_latency = latency(origin, peers.position[peer], peers.latency_range)
@@ -118,8 +126,6 @@ class MarketLedger:
         delivered = np.where(peers.alive[peer], peers.cost[peer] + hop_latency, np.inf)
         if failed is not None:
             delivered = np.where(failed, np.inf, delivered)
-        priced = price > 0
-        self.unpaid_hops += int((~priced).sum())
         client, peer, price = client[priced], peer[priced], price[priced]
         promised, delivered = promised[priced], delivered[priced]
         root = None if commitments is None else commitments[client]
@@ -127,9 +133,6 @@ class MarketLedger:
             self.sla.open_escrows(client, peer, price, promised, delivered, step, root)
             return
         kept = delivered <= promised
-        if kept.all():
-            self.channels.pay(client, peer, price, step)
-            return
         self.unpaid_hops += int((~kept).sum())
         self.channels.pay(client[kept], peer[kept], price[kept], step)
         self.sla.penalise(client[~kept], peer[~kept], price[~kept], promised[~kept], delivered[~kept], step,
