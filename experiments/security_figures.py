@@ -67,18 +67,26 @@ def plot_all(runs: pd.DataFrame, over_time: pd.DataFrame, deter: pd.DataFrame, t
                 ax.set(xscale="log", xlabel="spot-check rate p (log)", ylabel=label)
                 ax.set_xticks(sorted(rows["p"].unique()), labels=[f"{p:g}" for p in sorted(rows["p"].unique())])
                 ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-                ax.legend(title="lazy peers (%)", fontsize=8)
+                handles, labels = ax.get_legend_handles_labels()
+                ax.get_legend().remove()
+            fig.legend(handles, labels, title="lazy peers (%)", loc="upper right", ncol=len(labels))
             fig.suptitle(f"Spot checks with uniform sampling, slash fraction {slash:g}, no forced exit "
-                         "(band: seed range)")
+                         "(band: seed range)", x=0.35)
+            fig.tight_layout(rect=(0, 0, 1, 0.93))
             paths += _save(fig, out, f"security_vs_sampling_slash{slash:g}")
 
         b = runs[runs["part"] == "b"]
-        fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
+        fig, axes = plt.subplots(2, 3, figsize=(14, 8))
         for ax, (column, label) in zip(axes.flat, PANELS.items()):
             sns.barplot(b, x="mechanism", y=column, hue="adversary", ax=ax, errorbar=("pi", 100))
             ax.set(xlabel="", ylabel=label)
             ax.tick_params(axis="x", rotation=30)
-        fig.suptitle("Mechanisms at their defaults against 20% adversarial peers")
+            plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
+            handles, labels = ax.get_legend_handles_labels()
+            ax.get_legend().remove()
+        fig.legend(handles, labels, title="adversary (20% of peers)", loc="upper right", ncol=2)
+        fig.suptitle("Mechanisms at their defaults against 20% adversarial peers", x=0.35)
+        fig.tight_layout(rect=(0, 0, 1, 0.94))
         paths += _save(fig, out, "security_mechanisms")
 
         shown = over_time[(over_time["part"] == "a") & (over_time["adversary_share"] == "0.2")
