@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from p2pllm_abm.ledger import Chain, Channels, Keyring, Ledger, Registry, SlaBook
+from p2pllm_abm.ledger.phase import assert_books as books
 
 TOKEN = 10**6
 
@@ -45,10 +46,5 @@ def advance(w: SimpleNamespace, slots: int = 1) -> None:
 
 
 def assert_books(w: SimpleNamespace) -> None:
-    """Conservation and every contract account equal to its records."""
-    w.ledger.assert_conserved()
-    assert w.ledger.balance("sys:stake") == w.registry.stake_in_contract()
-    assert w.ledger.balance("sys:escrow") == w.sla.escrow_in_contract()
-    assert w.ledger.balance("sys:channels") == w.channels.locked_in_contract()
-    cols = w.channels.c
-    assert np.all(cols.bal_client[: cols.size] + cols.bal_peer[: cols.size] == cols.deposit[: cols.size])
+    """The world's books: :func:`p2pllm_abm.ledger.phase.assert_books`."""
+    books(w.ledger, w.registry, w.sla, w.channels)

@@ -296,9 +296,6 @@ class Ledger:
             return False
         return True
 
-    def balances_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"account": self.names, "balance": self.balances().copy()})
-
     def journal_frame(self) -> pd.DataFrame:
         """The journal as a table (``ledger.parquet``): ``src``/``dst`` as account names and
         ``reason`` as its name, both categorical."""

@@ -44,6 +44,20 @@ def make_ledger(config: LedgerConfig) -> Ledger:
     return Ledger()
 
 
+def assert_books(ledger: Ledger, registry: Registry, sla: SlaBook, channels: Channels | None) -> None:
+    """Conservation; every contract account holding exactly what its records say; and every
+    channel's two sides summing to its deposit. Raises AssertionError naming what is off."""
+    ledger.assert_conserved()
+    for account, expected in (("sys:stake", registry.stake_in_contract()), ("sys:escrow", sla.escrow_in_contract()),
+                              ("sys:channels", channels.locked_in_contract() if channels else 0)):
+        assert ledger.balance(account) == expected, f"{account} holds {ledger.balance(account)}, records say {expected}"
+    if channels is not None:
+        cols = channels.c
+        sides = cols.bal_client[: cols.size] + cols.bal_peer[: cols.size]
+        unequal = np.flatnonzero(sides != cols.deposit[: cols.size])
+        assert not len(unequal), f"channel {unequal[:1].tolist()} sides sum to {sides[unequal[:1]].tolist()}, not its deposit"
+
+
 class MarketLedger:
     """Accounts, chain, registry, SLAs and channels of one run, driven by the model."""
 
@@ -153,13 +167,8 @@ class MarketLedger:
 
     # -- checks ---------------------------------------------------------------------------------
     def assert_invariants(self) -> None:
-        """Conservation, and every contract account holding exactly what its records say."""
-        ledger = self.ledger
-        ledger.assert_conserved()
-        for account, expected in (("sys:stake", self.registry.stake_in_contract()),
-                                  ("sys:escrow", self.sla.escrow_in_contract()),
-                                  ("sys:channels", self.channels.locked_in_contract() if self.channels else 0)):
-            assert ledger.balance(account) == expected, f"{account} holds {ledger.balance(account)}, records say {expected}"
+        """:func:`assert_books` of this run's ledger and contracts."""
+        assert_books(self.ledger, self.registry, self.sla, self.channels)
 
     # -- outputs --------------------------------------------------------------------------------
     def peer_columns(self) -> dict[str, np.ndarray]:
