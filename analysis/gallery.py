@@ -32,8 +32,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 import yaml  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
-from p2pllm_abm.economics import MarketParams, expected_revenue  # noqa: E402
+from p2pllm_abm.config import MarketConfig  # noqa: E402
+from p2pllm_abm.economics import expected_revenue, market_params  # noqa: E402
 from p2pllm_abm.equilibrium import best_response  # noqa: E402
 from p2pllm_abm.metrics import CONVERGENCE_GAP  # noqa: E402
 
@@ -99,8 +101,7 @@ def revenue_curve(collection: Collection) -> tuple[plt.Figure, str]:
     peers = pd.read_parquet(run_dir / "peers.parquet")
     peers = peers[(peers["step"] == peers["step"].max()) & peers["alive"] & (peers["stage"] == 0)]
     market = config["market"]
-    params = MarketParams(market["alpha"], market["temperature"], market["demand"], market["eta"],
-                          market["price_floor"])
+    params = market_params(OmegaConf.merge(OmegaConf.structured(MarketConfig), market))  # older runs: defaults
     rivals_price, rivals_cost = peers["price"].to_numpy(), peers["cost"].to_numpy()
     costs = np.quantile(rivals_cost, [0.1, 0.5, 0.9])
     curves, optima = [], []

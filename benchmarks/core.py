@@ -31,7 +31,7 @@ import mesa
 import numpy as np
 
 from p2pllm_abm import P2PLLMModel, load_config
-from p2pllm_abm.economics import MarketParams, price_step
+from p2pllm_abm.economics import market_params, price_step
 from p2pllm_abm.network import PeerTable
 
 from .timing import fmt
@@ -117,7 +117,7 @@ def fused_scan(overrides: list[str]):
     cfg = load_config("paper_table1", overrides=overrides)
     peers = PeerTable.from_config(cfg.network, np.random.default_rng(0))
     mkt = cfg.market
-    params = MarketParams(mkt.alpha, mkt.temperature, mkt.demand, mkt.eta, mkt.price_floor)
+    params = market_params(mkt)
     cost, stage, alive = jnp.asarray(peers.cost), jnp.asarray(peers.stage), jnp.asarray(peers.alive)
 
     @jax.jit

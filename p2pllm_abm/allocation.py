@@ -5,6 +5,11 @@ A peer's share of its stage is its inverse compute cost over the stage's total i
 counts itself in the denominator: the share it *would* have after moving. Its optimal stage is
 ``argmax_l s_l(c_i)`` (eq. 8). The network is efficient when no peer can raise its share by
 moving.
+
+``allocation.reading = "head_count"`` is a labelled alternative reading: every peer counts 1, so
+``s_l = 1 / |l|`` and peers balance the *number* of peers per stage (the reading under which the
+paper's Table 1 ends at exactly 50 peers per stage). Both readings share this code: a peer's
+*share weight* is ``1/c_i`` or 1.
 """
 
 from __future__ import annotations
@@ -16,9 +21,21 @@ import numpy as np
 TIE_TOLERANCE = 1e-12
 
 
-def stage_capacity(cost: np.ndarray, stage: np.ndarray, alive: np.ndarray, n_stages: int) -> np.ndarray:
-    """Inverse-cost capacity ``sum_{j in l} 1/c_j`` of every stage ``l`` (live peers only)."""
-    return np.bincount(stage[alive], weights=1.0 / cost[alive], minlength=n_stages)
+def share_weight(cost: np.ndarray, reading: str = "compute_share") -> np.ndarray:
+    """What a peer counts in eq. 7: ``1/c_i`` (``"compute_share"``) or 1 (``"head_count"``)."""
+    cost = np.asarray(cost, dtype=float)
+    if reading == "compute_share":
+        return 1.0 / cost
+    if reading == "head_count":
+        return np.ones_like(cost)
+    raise ValueError(f"reading = {reading!r} is invalid: allowed 'compute_share' or 'head_count'")
+
+
+def stage_capacity(cost: np.ndarray, stage: np.ndarray, alive: np.ndarray, n_stages: int,
+                   reading: str = "compute_share") -> np.ndarray:
+    """Capacity ``sum_{j in l}`` of the share weights (``1/c_j``, or 1 per peer) of every stage ``l``
+    (live peers only)."""
+    return np.bincount(stage[alive], weights=share_weight(cost, reading)[alive], minlength=n_stages)
 
 
 def candidate_shares(inverse_cost: np.ndarray, current: np.ndarray, capacity: np.ndarray) -> np.ndarray:
@@ -31,11 +48,12 @@ def candidate_shares(inverse_cost: np.ndarray, current: np.ndarray, capacity: np
     return inverse_cost[..., None] / joined
 
 
-def share_gains(cost: np.ndarray, stage: np.ndarray, alive: np.ndarray, n_stages: int) -> tuple[np.ndarray, np.ndarray]:
+def share_gains(cost: np.ndarray, stage: np.ndarray, alive: np.ndarray, n_stages: int,
+                reading: str = "compute_share") -> tuple[np.ndarray, np.ndarray]:
     """For every peer, its best stage by eq. 8 and the share it would gain by moving there
     (gain 0 and best = own stage when it is already in a best stage up to
     :data:`TIE_TOLERANCE`, and for dead peers)."""
-    shares = candidate_shares(1.0 / cost, stage, stage_capacity(cost, stage, alive, n_stages))
+    shares = candidate_shares(share_weight(cost, reading), stage, stage_capacity(cost, stage, alive, n_stages, reading))
     best = np.argmax(shares, axis=1)
     rows = np.arange(len(cost))
     current = shares[rows, stage]
@@ -50,6 +68,7 @@ def reallocate(
     candidates: np.ndarray,
     hysteresis: float,
     n_stages: int,
+    reading: str = "compute_share",
 ) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
     """Let ``candidates`` (live peer indices, in the order given) move one after another.
 
@@ -58,10 +77,11 @@ def reallocate(
     candidate sees. Returns the new stage array and the moves as ``(peer, from, to)``.
     """
     stage = stage.copy()
-    capacity = stage_capacity(cost, stage, alive, n_stages)
+    capacity = stage_capacity(cost, stage, alive, n_stages, reading)
+    weight = share_weight(cost, reading)
     moves = []
     for peer in candidates.tolist():
-        inverse = 1.0 / float(cost[peer])
+        inverse = float(weight[peer])
         current = int(stage[peer])
         shares = candidate_shares(inverse, current, capacity)
         target = int(np.argmax(shares))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -24,6 +24,8 @@ from .paths import CONF_DIR
 UPDATE_RULES = ("gradient", "best_response", "sequential_best_response", "fixed_point", "newton")
 ALPHA_DISTRIBUTIONS = ("fixed", "uniform", "beta")
 ROUTINGS = ("stage", "path")
+#: what eq. 7's share of a stage counts: inverse compute cost (as written) or peers
+ALLOCATION_READINGS = ("compute_share", "head_count")
 COST_SOURCES = ("uniform", "profile")
 REFERENCES = ("paper_table1",)
 LEDGER_BACKENDS = ("python", "evm")
@@ -75,6 +77,10 @@ class MarketConfig:
     update_rule: str = "gradient"
     damping: float = 0.5  #: step share of the "fixed_point" rule
     price_floor: float = 0.0  #: prices are kept at or above this value after every update
+    #: kappa: peers maximise profit D (p - kappa c) P instead of the paper's revenue D p P (0: the paper)
+    marginal_cost: float = 0.0
+    #: w_0, the weight of a no-purchase alternative in every stage's logit (null: none, the paper)
+    outside_option: Optional[float] = None
 
 
 @dataclass
@@ -85,6 +91,9 @@ class AllocationConfig:
     period: int = 10  #: K, reallocation happens after every K-th step
     move_fraction: float = 0.1  #: share of live peers that may consider a move per period
     hysteresis: float = 0.0  #: move only if the new share exceeds the old by this factor
+    #: what a peer's share of a stage counts (eq. 7): "compute_share" (inverse compute cost, the
+    #: paper's eq. 7 as written) or "head_count" (one per peer: peers balance numbers per stage)
+    reading: str = "compute_share"
 
 
 @dataclass
@@ -308,6 +317,12 @@ def validate(cfg: Config) -> Config:
     _require(_finite(mkt.damping) and 0 < mkt.damping <= 1, "market.damping", mkt.damping, "0 < damping <= 1")
     _require(_finite(mkt.price_floor) and mkt.price_floor >= 0, "market.price_floor", mkt.price_floor,
              "a finite floor >= 0")
+    _require(_finite(mkt.marginal_cost) and mkt.marginal_cost >= 0, "market.marginal_cost", mkt.marginal_cost,
+             "a finite kappa >= 0 (0: revenue, the paper's eq. 2)")
+    _require(mkt.outside_option is None or _finite(mkt.outside_option), "market.outside_option",
+             mkt.outside_option, "null (no outside option) or a finite weight w_0")
+    _require(mkt.outside_option is None or cfg.clients.routing == "stage", "market.outside_option",
+             mkt.outside_option, "null with clients.routing = 'path' (the outside option is a per-stage choice)")
 
     single_stage = all(q == 0 for q in probs[1:])
     _require(not alloc.enabled or net.cost_source != "profile", "allocation.enabled", alloc.enabled,
@@ -321,6 +336,8 @@ def validate(cfg: Config) -> Config:
              "allocation.move_fraction", alloc.move_fraction, "0 < move_fraction <= 1")
     _require(_finite(alloc.hysteresis) and alloc.hysteresis >= 0, "allocation.hysteresis", alloc.hysteresis,
              "hysteresis >= 0")
+    _require(alloc.reading in ALLOCATION_READINGS, "allocation.reading", alloc.reading,
+             f"one of {ALLOCATION_READINGS}")
 
     _require(cli.count >= 0, "clients.count", cli.count, "an integer >= 0")
     _require(_finite(cli.request_rate) and 0.0 < cli.request_rate <= 1.0, "clients.request_rate",

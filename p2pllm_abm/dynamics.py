@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from .economics import MarketParams, choice_logits, stage_logsumexp
+from .economics import MarketParams, choice_logits, outside_logit, stage_logsumexp
 from .equilibrium import StageBlocks, price_update
 from .network import latency
 
@@ -79,9 +79,11 @@ def initial_state(price: Array, key: Array, classes: int) -> MarketState:
 
 
 def _client_probabilities(env: Environment, price: Array, alpha: Array, n_stages: int) -> tuple[Array, Array]:
-    """A client's logits ``-w_i / T`` and Boltzmann probabilities (eq. 3) over every peer."""
+    """A client's logits ``-w_i / T`` and Boltzmann probabilities (eq. 3) over every peer (the
+    outside option, when there is one, in the denominator)."""
     logits = choice_logits(price, env.cost, env.alive, alpha, env.params.temperature)
-    return logits, jnp.exp(logits - stage_logsumexp(logits, env.stage, n_stages)[env.stage])
+    total = jnp.logaddexp(stage_logsumexp(logits, env.stage, n_stages), outside_logit(env.params))
+    return logits, jnp.exp(logits - total[env.stage])
 
 
 def _gumbel(key: Array, env: Environment, price: Array) -> Array:
@@ -93,17 +95,22 @@ def _gumbel(key: Array, env: Environment, price: Array) -> Array:
 def logit_choices(key: Array, env: Environment, price: Array, n_stages: int) -> tuple[Array, Array]:
     """Each client's chosen peer per stage, shape ``(clients, n_stages)``, by Gumbel-max
     (``argmin_i w_ci + T G_i`` within each stage), and the Boltzmann probabilities ``(clients, n)``
-    that this choice realises."""
+    that this choice realises. With an outside option, a stage where ``w_0 + T G_0`` beats every
+    peer is left unbought (``-1``); its noise comes from a key folded off ``key``, so the peers'
+    noise, and every run without an outside option, stay as they are."""
     peers = jnp.arange(price.shape[0])
+    walk_away = outside_logit(env.params) + jax.random.gumbel(
+        jax.random.fold_in(key, 1), (env.client_alpha.shape[0], n_stages), dtype=price.dtype)
 
-    def one_client(alpha: Array, noise: Array) -> tuple[Array, Array]:
+    def one_client(alpha: Array, noise: Array, outside: Array) -> tuple[Array, Array]:
         logits, probs = _client_probabilities(env, price, alpha, n_stages)
         perturbed = logits + noise
         best = jax.ops.segment_max(perturbed, env.stage, num_segments=n_stages)
         winner = jnp.where(perturbed == best[env.stage], peers, -1)
-        return jax.ops.segment_max(winner, env.stage, num_segments=n_stages), probs
+        chosen = jax.ops.segment_max(winner, env.stage, num_segments=n_stages)
+        return jnp.where(best > outside, chosen, -1), probs
 
-    return jax.vmap(one_client)(env.client_alpha, _gumbel(key, env, price))
+    return jax.vmap(one_client)(env.client_alpha, _gumbel(key, env, price), walk_away)
 
 
 def path_choices(key: Array, env: Environment, price: Array, n_stages: int) -> tuple[Array, Array]:
@@ -190,6 +197,8 @@ def paid_tick(state: MarketState, env: Environment, quoted: Array, rule: str, ro
         weight.ravel(), mode="drop")
     expected = active.astype(dtype) @ probs
     routed, path_price, path_time = path_totals(chosen, env, quoted)
+    if routing == "stage":  # a request that walked away in some stage bought no whole path
+        routed = routed & jnp.all(chosen >= 0, axis=1)
     counted = (active & routed).astype(dtype)
     tick_revenue = quoted * served
     new_state = MarketState(

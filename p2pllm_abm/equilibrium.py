@@ -33,7 +33,8 @@ import numpy as np
 from jax import Array
 
 from .config import UPDATE_RULES
-from .economics import MarketParams, choice_logits, log_rival_mass, price_step
+from .economics import (MarketParams, choice_logits, choice_probabilities, log_competing_mass, log_rival_mass,
+                        outside_logit, price_step, unit_cost)
 
 #: bisection halvings: more than enough to reach adjacent float64 numbers from any bracket
 _BISECTIONS = 200
@@ -51,9 +52,19 @@ class NashGap(NamedTuple):
     second_order_ok: Array  #: per peer, d2R/dq2 < 0 at an interior best response (by jax.grad)
 
 
-def _own_revenue(q: Array, own_logit_at_zero: Array, slope: Array, log_rivals: Array, demand: float) -> Array:
-    """``D q sigmoid(x - b q - L)``, every peer's revenue at own price ``q``."""
-    return demand * q * jax.nn.sigmoid(own_logit_at_zero - slope * q - log_rivals)
+class OwnTerms(NamedTuple):
+    """What peer ``i``'s revenue at its own price ``q``, ``D (q - u_i) sigmoid(x_i - b q - L_i)``,
+    depends on when its rivals' prices are fixed."""
+
+    x: Array  #: own logit at price 0, ``-(1 - alpha) c_i / T``
+    b: Array  #: ``alpha / T``
+    rivals: Array  #: ``L_i``, log of the rivals' (and the outside option's) mass
+    unit: Array  #: ``u_i = kappa c_i``, the cost of serving one request (0 in the paper's reading)
+
+
+def _own_revenue(q: Array, terms: OwnTerms, demand: float) -> Array:
+    """``D (q - u) sigmoid(x - b q - L)``, every peer's revenue (profit) at own price ``q``."""
+    return demand * (q - terms.unit) * jax.nn.sigmoid(terms.x - terms.b * q - terms.rivals)
 
 
 def _bisect_decreasing(f, low: Array, high: Array) -> Array:
@@ -69,27 +80,32 @@ def _bisect_decreasing(f, low: Array, high: Array) -> Array:
 
 
 
-def _stage_terms(price: Array, cost: Array, stage: Array, alive: Array, params: MarketParams, n_stages: int):
-    """``x_i`` (own logit at price 0), ``b`` and ``L_i`` (log rival mass) for every peer."""
+def _stage_terms(price: Array, cost: Array, stage: Array, alive: Array, params: MarketParams,
+                 n_stages: int) -> OwnTerms:
+    """:class:`OwnTerms` of every peer at ``price``."""
     logits = choice_logits(price, cost, alive, params.alpha, params.temperature)
     own_logit_at_zero = -(1.0 - params.alpha) * cost / params.temperature
-    slope = params.alpha / params.temperature
-    return own_logit_at_zero, slope, log_rival_mass(logits, stage, n_stages)
+    slope = params.alpha / params.temperature * jnp.ones_like(cost)
+    return OwnTerms(own_logit_at_zero, slope, log_competing_mass(logits, stage, params, n_stages),
+                    unit_cost(cost, params))
 
 
-def _root_of_foc(x: Array, b: Array, rivals: Array, price_floor: float) -> Array:
-    """The best response given the terms of :func:`_stage_terms`: bisection on the first-order
-    condition over ``[1/b, (1 + log1p(exp(x - 1 - L)))/b]``, then the floor; ``inf`` when
-    unbounded (no rival, or ``b = 0``)."""
+def _root_of_foc(terms: OwnTerms, price_floor: float) -> Array:
+    """The best response given :class:`OwnTerms`: with the markup ``m = q - u`` the first-order
+    condition ``1 = b m (1 - P(q))`` is the revenue game's with own logit ``x - b u``, so bisection
+    over ``[1/b, (1 + log1p(exp(x - b u - 1 - L)))/b]`` finds ``m``; then ``q = u + m`` and the
+    floor; ``inf`` when unbounded (no rival and no outside option, or ``b = 0``)."""
+    b, rivals = terms.b, terms.rivals
     safe_b = jnp.where(b > 0, b, 1.0)
+    x = terms.x - safe_b * terms.unit
 
-    def foc(q):
-        return 1.0 - safe_b * q * jax.nn.sigmoid(safe_b * q + rivals - x)
+    def foc(m):
+        return 1.0 - safe_b * m * jax.nn.sigmoid(safe_b * m + rivals - x)
 
     low = jnp.ones_like(x) / safe_b
     high = (1.0 + jnp.logaddexp(0.0, x - 1.0 - rivals)) / safe_b
-    root = _bisect_decreasing(foc, low, jnp.where(jnp.isfinite(high), high, low))
-    return jnp.where(jnp.isfinite(rivals) & (b > 0), jnp.maximum(root, price_floor), jnp.inf)
+    markup = _bisect_decreasing(foc, low, jnp.where(jnp.isfinite(high), high, low))
+    return jnp.where(jnp.isfinite(rivals) & (b > 0), jnp.maximum(terms.unit + markup, price_floor), jnp.inf)
 
 
 def best_response(price: Array, cost: Array, stage: Array, alive: Array, params: MarketParams, n_stages: int) -> Array:
@@ -97,18 +113,17 @@ def best_response(price: Array, cost: Array, stage: Array, alive: Array, params:
     first-order condition ``1 = (alpha/T) q (1 - P_i(q))`` by bisection on the bracket
     ``[1/b, (1 + log1p(exp(x - 1 - L)))/b]``, then ``max(floor, root)``. ``inf`` for a peer with
     no rival or when ``alpha = 0``; dead peers keep their price."""
-    x, b, rivals = _stage_terms(price, cost, stage, alive, params, n_stages)
-    return jnp.where(alive, _root_of_foc(x, b * jnp.ones_like(x), rivals, params.price_floor), price)
+    return jnp.where(alive, _root_of_foc(_stage_terms(price, cost, stage, alive, params, n_stages),
+                                         params.price_floor), price)
 
 
 def _gains(price, cost, stage, alive, params: MarketParams, n_stages: int):
     """Best responses, revenues there and now, and each peer's gain (inf when unbounded)."""
-    x, b, rivals = _stage_terms(price, cost, stage, alive, params, n_stages)
+    terms = _stage_terms(price, cost, stage, alive, params, n_stages)
     response = best_response(price, cost, stage, alive, params, n_stages)
     unbounded = ~jnp.isfinite(response)
-    revenue = _own_revenue(price, x, b, rivals, params.demand)
-    best = jnp.where(unbounded, jnp.inf,
-                     _own_revenue(jnp.where(unbounded, 0.0, response), x, b, rivals, params.demand))
+    revenue = _own_revenue(price, terms, params.demand)
+    best = jnp.where(unbounded, jnp.inf, _own_revenue(jnp.where(unbounded, 0.0, response), terms, params.demand))
     gain = jnp.where(alive, jnp.maximum(best - revenue, 0.0), 0.0)
     return response, best, revenue, gain
 
@@ -121,14 +136,14 @@ def max_gap(price, cost, stage, alive, params: MarketParams, n_stages: int) -> A
 def nash_gap(price: Array, cost: Array, stage: Array, alive: Array, params: MarketParams, n_stages: int) -> NashGap:
     """Certify each stage's price profile (eq. 6): per-peer best responses, the revenue each peer
     would gain by playing it, and per stage the epsilon-Nash gap (absolute and relative)."""
-    x, b, rivals = _stage_terms(price, cost, stage, alive, params, n_stages)
+    terms = _stage_terms(price, cost, stage, alive, params, n_stages)
     response, best, revenue, gain = _gains(price, cost, stage, alive, params, n_stages)
     unbounded = ~jnp.isfinite(response)
     relative = jnp.where(unbounded, jnp.inf, gain / jnp.where(best > 0, best, 1.0))
     relative = jnp.where(alive, relative, 0.0)
 
     def slope(q):
-        return jax.grad(lambda z: jnp.sum(_own_revenue(z, x, b, rivals, params.demand)))(q)
+        return jax.grad(lambda z: jnp.sum(_own_revenue(z, terms, params.demand)))(q)
 
     curvature = jax.grad(lambda q: jnp.sum(slope(q)))(jnp.where(unbounded, 0.0, response))
     interior = response > params.price_floor
@@ -173,11 +188,11 @@ def stage_blocks(stage, alive, n_stages: int) -> StageBlocks:
 
 
 def fixed_point_step(price, cost, stage, alive, params: MarketParams, n_stages: int, damping: float) -> Array:
-    """Damped logit-Bertrand contraction ``p <- (1 - d) p + d T / (alpha (1 - P))`` (the FOC
-    solved for ``p`` at the current probabilities), kept ``>= floor``."""
+    """Damped logit-Bertrand contraction ``p <- (1 - d) p + d (kappa c + T / (alpha (1 - P)))``
+    (the FOC solved for ``p`` at the current probabilities), kept ``>= floor``."""
     logits = choice_logits(price, cost, alive, params.alpha, params.temperature)
-    rest = jax.nn.sigmoid(log_rival_mass(logits, stage, n_stages) - logits)  # 1 - P_i
-    target = params.temperature / (params.alpha * rest)
+    rest = jax.nn.sigmoid(log_competing_mass(logits, stage, params, n_stages) - logits)  # 1 - P_i
+    target = unit_cost(cost, params) + params.temperature / (params.alpha * rest)
     stepped = jnp.maximum((1.0 - damping) * price + damping * target, params.price_floor)
     return jnp.where(alive, stepped, price)
 
@@ -191,20 +206,31 @@ def sequential_best_response_step(price, cost, stage, alive, params: MarketParam
         movers = blocks.index[:, k]
         valid = movers >= 0
         movers = jnp.where(valid, movers, 0)
-        x, b, rivals = _stage_terms(p, cost, stage, alive, params, n_stages)
-        response = _root_of_foc(x[movers], b * jnp.ones(movers.shape), rivals[movers], params.price_floor)
+        terms = _stage_terms(p, cost, stage, alive, params, n_stages)
+        response = _root_of_foc(OwnTerms(*(t[movers] for t in terms)), params.price_floor)
         return p.at[jnp.where(valid, movers, p.shape[0])].set(response, mode="drop")
 
     return jax.lax.fori_loop(0, blocks.index.shape[1], respond, price)
 
 
-def _stage_foc(q: Array, cost: Array, valid: Array, params: MarketParams) -> Array:
-    """Stacked first-order conditions ``1 - (alpha/T) q_i (1 - P_i)`` of one stage (padded entries
-    read ``q_i``, so that their Newton step keeps them at 0)."""
+def _stage_probabilities(q: Array, cost: Array, valid: Array, params: MarketParams) -> Array:
+    """Eq. 3 for the peers of one stage as a function of *all* their prices (padded entries 0),
+    the outside option counted in the denominator."""
     logits = jnp.where(valid, -(params.alpha * q + (1.0 - params.alpha) * cost) / params.temperature, -jnp.inf)
-    probs = jax.nn.softmax(logits)
-    foc = 1.0 - (params.alpha / params.temperature) * q * (1.0 - probs)
-    return jnp.where(valid, foc, q)
+    return jax.nn.softmax(jnp.append(logits, outside_logit(params)))[:-1]
+
+
+def _stage_margin(q: Array, cost: Array, valid: Array, params: MarketParams) -> Array:
+    """``1 - (alpha/T) (q_i - kappa c_i) (1 - P_i)`` of one stage: the own-price derivative of the
+    revenue divided by ``D P_i``, zero exactly at a best response."""
+    probs = _stage_probabilities(q, cost, valid, params)
+    return 1.0 - (params.alpha / params.temperature) * (q - unit_cost(cost, params)) * (1.0 - probs)
+
+
+def _stage_foc(q: Array, cost: Array, valid: Array, params: MarketParams) -> Array:
+    """Stacked first-order conditions :func:`_stage_margin` of one stage (padded entries read
+    ``q_i``, so that their Newton step keeps them at 0)."""
+    return jnp.where(valid, _stage_margin(q, cost, valid, params), q)
 
 
 def newton_step(price, cost, stage, alive, params: MarketParams, n_stages: int, blocks: StageBlocks) -> Array:
@@ -255,6 +281,8 @@ class SolverResult(NamedTuple):
     converged: bool  #: gap <= tol and residual <= price_tol
     gap_history: Array  #: max stage gap before the first update and after each one
     residual_history: Array  #: the same for the best-response residual
+    status: str = "converged"  #: "converged", "diverged", "unstable" (fixed point) or "not_converged"
+    message: str = ""  #: what happened, in one sentence
 
 
 def _certificate(p, cost, stage, alive, params, n_stages):
@@ -306,18 +334,63 @@ def solve_equilibrium(rule: str, price, cost, stage, alive, params: MarketParams
         damping, tol, price_tol, rule, n_stages, max_iterations)
     it = int(it)
     gap, residual = float(gaps[it]), float(residuals[it])
-    return SolverResult(final, it, gap, residual, gap <= tol and residual <= price_tol,
-                        gaps[: it + 1], residuals[: it + 1])
+    converged = gap <= tol and residual <= price_tol
+    status, message = _solver_status(rule, converged, final, it, gap, residual, cost, stage, alive, params,
+                                     n_stages, damping)
+    return SolverResult(final, it, gap, residual, converged, gaps[: it + 1], residuals[: it + 1], status, message)
+
+
+def fixed_point_radius(price, cost, stage, alive, params: MarketParams, n_stages: int, damping: float) -> float:
+    """Spectral radius of the Jacobian of the damped fixed-point map
+    ``q -> (1 - d) q + d (kappa c + T / (alpha (1 - P(q))))`` at ``price`` (by ``jax.jacfwd``, one
+    stage block at a time): the map converges locally iff it is below 1. Its own-price entry is
+    ``1 - d - d P_i / (1 - P_i)``, so a stage leader with ``P_i > 1 - d/2`` alone makes it
+    unstable (0.75 at the default d = 0.5)."""
+    blocks = stage_blocks(stage, alive, n_stages)
+    valid = blocks.index >= 0
+    gather = jnp.where(valid, blocks.index, 0)
+    q, c = jnp.where(valid, jnp.asarray(price)[gather], 0.0), jnp.where(valid, jnp.asarray(cost)[gather], 1.0)
+
+    def damped_map(q_s, c_s, valid_s):
+        target = unit_cost(c_s, params) + 1.0 / ((params.alpha / params.temperature)
+                                                 * (1.0 - _stage_probabilities(q_s, c_s, valid_s, params)))
+        return jnp.where(valid_s, (1.0 - damping) * q_s + damping * target, 0.0)
+
+    jacobians = np.asarray(jax.vmap(jax.jacfwd(damped_map))(q, c, valid))
+    return float(max(np.max(np.abs(np.linalg.eigvals(j)), initial=0.0) for j in jacobians))
+
+
+def _solver_status(rule, converged, price, iterations, gap, residual, cost, stage, alive, params, n_stages,
+                   damping) -> tuple[str, str]:
+    """Classify a finished :func:`solve_equilibrium` run, in one sentence."""
+    if converged:
+        return "converged", f"certified after {iterations} iterations (gap {gap:.3g}, residual {residual:.3g})"
+    if not (np.isfinite(gap) and np.isfinite(residual) and np.all(np.isfinite(np.asarray(price)))):
+        return "diverged", (f"prices left every bound after {iterations} iterations (a peer with no best "
+                            "response, or an unstable update rule)")
+    message = f"not certified after {iterations} iterations (gap {gap:.3g}, residual {residual:.3g})"
+    if rule == "fixed_point":
+        reference = solve_equilibrium("newton", price, cost, stage, alive, params, n_stages)
+        if reference.converged:
+            radius = fixed_point_radius(reference.price, cost, stage, alive, params, n_stages, damping)
+            if radius >= 1.0:
+                leader = float(jnp.max(choice_probabilities(reference.price, cost, stage, alive, params.alpha,
+                                                            params.temperature, n_stages, outside_logit(params))))
+                return "unstable", (
+                    f"the damped fixed point is unstable at the equilibrium (spectral radius {radius:.3g} >= 1; "
+                    f"the stage leader's P = {leader:.3g} exceeds 1 - damping/2 = {1 - damping / 2:.3g}): it "
+                    f"cycles or runs away (max price {float(jnp.max(jnp.asarray(price))):.3g} after {iterations} "
+                    f"iterations); use newton or sequential_best_response, or damping < {2 * (1 - leader):.3g}")
+    return "not_converged", message
 
 
 # -- stability of the paper's gradient ascent -------------------------------------------------------
 
 def _stage_gradient(q: Array, cost: Array, valid: Array, params: MarketParams) -> Array:
-    """Closed-form own-price gradient ``D P (1 - (alpha/T) q (1 - P))`` of one stage, as a function
-    of *all* its prices (``revenue_gradient`` holds rivals fixed, so it cannot give cross terms)."""
-    logits = jnp.where(valid, -(params.alpha * q + (1.0 - params.alpha) * cost) / params.temperature, -jnp.inf)
-    probs = jax.nn.softmax(logits)
-    gradient = params.demand * probs * (1.0 - (params.alpha / params.temperature) * q * (1.0 - probs))
+    """Closed-form own-price gradient ``D P (1 - (alpha/T) (q - kappa c) (1 - P))`` of one stage,
+    as a function of *all* its prices (``revenue_gradient`` holds rivals fixed, so it cannot give
+    cross terms)."""
+    gradient = params.demand * _stage_probabilities(q, cost, valid, params) * _stage_margin(q, cost, valid, params)
     return jnp.where(valid, gradient, 0.0)
 
 
@@ -333,19 +406,48 @@ def gradient_jacobian_eigenvalues(price, cost, stage, alive, params: MarketParam
     return [np.linalg.eigvals(j[:k, :k]) for j, k in zip(jacobians, sizes)]
 
 
+def _symmetric_gradient_jacobian(q: Array, cost: Array, valid: Array, params: MarketParams) -> tuple[Array, Array]:
+    """At an equilibrium of one stage, a symmetric matrix similar to the Jacobian ``H`` of the
+    price gradient, and the secular sum that decides its sign.
+
+    With markups ``m_i = p_i - kappa c_i``, ``b = alpha/T`` and ``dP_i/dp_j = b P_i P_j`` (j != i),
+    ``H = D diag(P) dG/dp`` where the FOC vanishes, so
+    ``H_ij = D b^2 m_i P_i^2 P_j`` (j != i) and ``H_ii = -D b P_i (1 - P_i) - D b^2 m_i P_i^2 (1 - P_i)``.
+    ``S H S^-1`` with ``S = diag((m_i P_i)^-1/2)`` is ``diag(delta) + D b^2 z z^T`` with
+    ``z_i = m_i^1/2 P_i^3/2`` and ``delta_i = -D b P_i (1 - P_i) - D b^2 m_i P_i^2``: real
+    eigenvalues, built without forming ``H`` (whose entries underflow to ~1e-20 next to O(1)
+    ones). It is negative definite iff ``sum_i D b^2 z_i^2 / |delta_i| < 1``, i.e.
+    ``sum_i b m_i P_i^2 / ((1 - P_i) + b m_i P_i) < 1``; with ``b m_i (1 - P_i) = 1`` each term is
+    ``P_i^2 / (1 - P_i + P_i^2) <= P_i`` (strictly for ``P_i < 1``), so the sum is below
+    ``sum P_i <= 1``: every equilibrium of the price game is locally stable for small eta."""
+    probs = jnp.where(valid, _stage_probabilities(q, cost, valid, params), 0.0)
+    b, demand = params.alpha / params.temperature, params.demand
+    markup = jnp.where(valid, jnp.maximum(q - unit_cost(cost, params), 0.0), 0.0)
+    delta = -demand * b * probs * (1.0 - probs) - demand * b ** 2 * markup * probs ** 2
+    z = jnp.sqrt(markup) * probs ** 1.5
+    secular = jnp.sum(jnp.where(valid, b * markup * probs ** 2 / ((1.0 - probs) + b * markup * probs), 0.0))
+    return jnp.diag(delta) + demand * b ** 2 * jnp.outer(z, z), secular
+
+
 def stable_eta(price, cost, stage, alive, params: MarketParams, n_stages: int) -> float:
     """The largest step size for which eq. 5 is locally stable at the equilibrium ``price``:
-    the spectral radius of ``I + eta H`` is below 1 iff ``eta < min over eigenvalues of
-    -2 Re(lambda) / |lambda|^2`` (every ``Re(lambda) < 0``). 0 when some eigenvalue has
-    ``Re(lambda) >= 0`` (no step size is stable); ``inf`` for a stage whose Jacobian vanishes."""
-    bound = np.inf
-    for eigenvalues in gradient_jacobian_eigenvalues(price, cost, stage, alive, params, n_stages):
-        eigenvalues = eigenvalues[np.abs(eigenvalues) > 0]
-        if np.any(eigenvalues.real >= 0):
-            return 0.0
-        if len(eigenvalues):
-            bound = min(bound, float(np.min(-2 * eigenvalues.real / np.abs(eigenvalues) ** 2)))
-    return bound
+    ``I + eta H`` has spectral radius below 1 iff every eigenvalue of ``H`` is negative and
+    ``eta < 2 / max |lambda|``. ``H``'s eigenvalues are those of the symmetric
+    :func:`_symmetric_gradient_jacobian`, which is negative definite at every equilibrium (its
+    secular sum is below 1); its spectral radius comes from ``eigvalsh``, exact to rounding
+    relative to the largest eigenvalue even when choice probabilities are ~1e-20 (a peer whose
+    ``P_i`` underflows to 0 is frozen under eq. 5 and plays no part). 0 only when the secular
+    sum is not below 1 (``price`` is not an equilibrium); ``inf`` for a stage whose Jacobian
+    vanishes."""
+    blocks = stage_blocks(stage, alive, n_stages)
+    valid = blocks.index >= 0
+    gather = jnp.where(valid, blocks.index, 0)
+    q, c = jnp.where(valid, jnp.asarray(price)[gather], 0.0), jnp.where(valid, jnp.asarray(cost)[gather], 1.0)
+    matrices, secular = jax.vmap(_symmetric_gradient_jacobian, in_axes=(0, 0, 0, None))(q, c, valid, params)
+    if np.any(np.asarray(secular) >= 1.0):
+        return 0.0
+    radius = np.max(np.abs(np.linalg.eigvalsh(np.asarray(matrices))), initial=0.0)
+    return 2.0 / radius if radius > 0 else np.inf
 
 
 class GradientDiagnosis(NamedTuple):
@@ -406,12 +508,13 @@ class AllocationCheck(NamedTuple):
     capacity_ratio: float  #: max / min stage capacity (1 = perfectly balanced)
 
 
-def allocation_equilibrium(cost, stage, alive, n_stages: int) -> AllocationCheck:
-    """Check eq. 8 for every live peer and report the balance of the allocation."""
+def allocation_equilibrium(cost, stage, alive, n_stages: int, reading: str = "compute_share") -> AllocationCheck:
+    """Check eq. 8 (under ``reading``, see :mod:`p2pllm_abm.allocation`) for every live peer and
+    report the balance of the allocation's compute capacity."""
     from .allocation import share_gains, stage_capacity
 
     cost, stage, alive = np.asarray(cost), np.asarray(stage), np.asarray(alive)
-    best, gain = share_gains(cost, stage, alive, n_stages)
+    best, gain = share_gains(cost, stage, alive, n_stages, reading)
     violators = np.flatnonzero(gain > 0)
     capacity = stage_capacity(cost, stage, alive, n_stages)
     return AllocationCheck(
@@ -443,6 +546,23 @@ def mixture_revenue(q, price, cost, stage, alive, class_alpha, class_weight, tem
     return demand * q * (class_weight @ jax.vmap(one_class)(class_alpha))
 
 
+def _mixture_grid(price, cost, stage, alive, class_alpha, class_weight, temperature, demand, price_floor,
+                  n_stages: int) -> tuple[Array, Array, Array]:
+    """The own-price grid ``(grid, n)`` over the interval that must hold each peer's best response
+    (see :func:`mixture_best_response`), the revenues on it, and the log rival masses per class."""
+    def revenue(q):
+        return mixture_revenue(q, price, cost, stage, alive, class_alpha, class_weight, temperature, demand, n_stages)
+
+    logits = jax.vmap(lambda a: choice_logits(price, cost, alive, a, temperature))(class_alpha)
+    rivals = jax.vmap(lambda lg: log_rival_mass(lg, stage, n_stages))(logits)  # (classes, n)
+    own_at_zero = -(1.0 - class_alpha[:, None]) * cost / temperature
+    upper = jnp.max((1.0 + jnp.logaddexp(0.0, own_at_zero - 1.0 - rivals)) * temperature / class_alpha[:, None], axis=0)
+    lower = jnp.maximum(jnp.min(temperature / class_alpha), price_floor)
+    upper = jnp.maximum(jnp.where(jnp.isfinite(upper), upper, lower), lower)
+    grid = lower + (upper - lower) * jnp.linspace(0.0, 1.0, _MIXTURE_GRID)[:, None]  # (grid, n)
+    return grid, jax.vmap(revenue)(grid), rivals
+
+
 @partial(jax.jit, static_argnames=("n_stages",))
 def mixture_best_response(price, cost, stage, alive, class_alpha, class_weight, temperature: float, demand: float,
                           price_floor: float, n_stages: int) -> tuple[Array, Array]:
@@ -458,14 +578,8 @@ def mixture_best_response(price, cost, stage, alive, class_alpha, class_weight, 
     def slope(q):
         return jax.grad(lambda z: jnp.sum(revenue(z)))(q)
 
-    logits = jax.vmap(lambda a: choice_logits(price, cost, alive, a, temperature))(class_alpha)
-    rivals = jax.vmap(lambda lg: log_rival_mass(lg, stage, n_stages))(logits)  # (classes, n)
-    own_at_zero = -(1.0 - class_alpha[:, None]) * cost / temperature
-    upper = jnp.max((1.0 + jnp.logaddexp(0.0, own_at_zero - 1.0 - rivals)) * temperature / class_alpha[:, None], axis=0)
-    lower = jnp.maximum(jnp.min(temperature / class_alpha), price_floor)
-    upper = jnp.maximum(jnp.where(jnp.isfinite(upper), upper, lower), lower)
-    grid = lower + (upper - lower) * jnp.linspace(0.0, 1.0, _MIXTURE_GRID)[:, None]  # (grid, n)
-    values = jax.vmap(revenue)(grid)
+    grid, values, rivals = _mixture_grid(price, cost, stage, alive, class_alpha, class_weight, temperature, demand,
+                                         price_floor, n_stages)
     k = jnp.argmax(values, axis=0)
     columns = jnp.arange(price.shape[0])
     left = grid[jnp.maximum(k - 1, 0), columns]
@@ -494,3 +608,175 @@ def mixture_nash_gap(price, cost, stage, alive, class_alpha, class_weight, tempe
     now = mixture_revenue(price, price, cost, stage, alive, class_alpha, class_weight, temperature, demand, n_stages)
     gain = jnp.where(alive, jnp.maximum(best - now, 0.0), 0.0)
     return gain, jax.ops.segment_max(gain, stage, num_segments=n_stages)
+
+
+# -- comparative statics: the implicit function theorem --------------------------------------------
+
+class Sensitivities(NamedTuple):
+    """Derivatives of the equilibrium prices ``p*`` by the implicit function theorem."""
+
+    d_temperature: Array  #: per peer, dp*_i/dT
+    d_alpha: Array  #: per peer, dp*_i/dalpha
+    d_cost: Array  #: per stage block, ``d_cost[s, k, l] = dp*_{index[s,k]} / dc_{index[s,l]}``
+    index: Array  #: the blocks' peers, :class:`StageBlocks` ``index`` (-1 pads)
+    own_pass_through: Array  #: per peer, dp*_i/dc_i
+    common_pass_through: Array  #: per peer, dp*_i/dc when every cost of its stage rises by dc
+
+    def cost_matrix(self, n: int) -> np.ndarray:
+        """The dense ``(n, n)`` matrix ``dp*_i/dc_j`` (zero across stages)."""
+        index = np.asarray(self.index)
+        dense = np.zeros((n, n))
+        for rows, block in zip(index, np.asarray(self.d_cost)):
+            members = rows[rows >= 0]
+            dense[np.ix_(members, members)] = block[: len(members), : len(members)]
+        return dense
+
+
+#: largest first-order residual accepted as an equilibrium by :func:`sensitivities`
+SENSITIVITY_RESIDUAL = 1e-7
+
+
+def sensitivities(price, cost, stage, alive, params: MarketParams, n_stages: int) -> Sensitivities:
+    """Comparative statics of each stage's equilibrium (paper eq. 6): ``dp*/dc_j``, ``dp*/dT``,
+    ``dp*/dalpha`` and cost pass-through.
+
+    At an interior equilibrium the stacked first-order conditions ``G(p; c, T, alpha) = 0``
+    (``G_i = 1 - (alpha/T)(p_i - kappa c_i)(1 - P_i)``, :func:`_stage_margin`) hold, so by the
+    implicit function theorem ``dp*/dtheta = -(dG/dp)^-1 dG/dtheta``, with every Jacobian from
+    ``jax.jacfwd`` on one stage block. ``price`` must be the equilibrium (e.g. from
+    :func:`solve_equilibrium`); a profile whose first-order residual exceeds
+    :data:`SENSITIVITY_RESIDUAL`, or with a price held at the floor, is refused.
+    """
+    price, cost = jnp.asarray(price, dtype=float), jnp.asarray(cost, dtype=float)
+    blocks = stage_blocks(stage, alive, n_stages)
+    valid = blocks.index >= 0
+    gather = jnp.where(valid, blocks.index, 0)
+    q, c = jnp.where(valid, price[gather], 0.0), jnp.where(valid, cost[gather], 1.0)
+
+    def foc(q_s, c_s, valid_s, alpha, temperature):
+        return _stage_foc(q_s, c_s, valid_s, params._replace(alpha=alpha, temperature=temperature))
+
+    def one_stage(q_s, c_s, valid_s):
+        args = (q_s, c_s, valid_s, params.alpha, params.temperature)
+        d_price = jax.jacfwd(foc, argnums=0)(*args)
+        d_cost = jnp.where(valid_s[None, :], jax.jacfwd(foc, argnums=1)(*args), 0.0)
+        d_alpha, d_temperature = jax.jacfwd(foc, argnums=(3, 4))(*args)
+        solve = partial(jnp.linalg.solve, d_price)
+        residual = jnp.max(jnp.where(valid_s, jnp.abs(foc(*args)), 0.0))
+        return -solve(d_cost), -solve(d_temperature), -solve(d_alpha), residual
+
+    d_cost, d_temperature, d_alpha, residual = jax.vmap(one_stage)(q, c, valid)
+    worst = float(jnp.max(residual))
+    if not worst <= SENSITIVITY_RESIDUAL or bool(jnp.any(jnp.asarray(alive) & (price <= params.price_floor))):
+        raise ValueError(f"price is not an interior equilibrium (max first-order residual {worst:.3g}, allowed "
+                         f"<= {SENSITIVITY_RESIDUAL:g}, every price above market.price_floor): solve it first, "
+                         "e.g. with solve_equilibrium('newton', ...)")
+
+    def scatter(per_block):
+        return jnp.zeros_like(price).at[jnp.where(valid, blocks.index, price.shape[0])].set(per_block, mode="drop")
+
+    own = jnp.diagonal(d_cost, axis1=1, axis2=2)
+    return Sensitivities(
+        d_temperature=scatter(d_temperature),
+        d_alpha=scatter(d_alpha),
+        d_cost=d_cost,
+        index=blocks.index,
+        own_pass_through=scatter(own),
+        common_pass_through=scatter(jnp.sum(d_cost, axis=2)),
+    )
+
+
+class MixtureEquilibria(NamedTuple):
+    """Equilibria of a mixture-of-logits market found from several starts."""
+
+    prices: np.ndarray  #: (found, n) the distinct certified equilibria
+    per_stage: np.ndarray  #: (n_stages,) distinct equilibrium price vectors of each stage
+    starts: int
+    converged_starts: int  #: starts whose iteration reached a certified equilibrium
+    contraction_share: float  #: share of sampled profiles where the sufficient condition holds
+    unique_guaranteed: bool  #: the condition held at every sampled profile (see mixture_equilibria)
+
+
+def best_response_slopes(price, cost, stage, alive, class_alpha, class_weight, temperature: float, demand: float,
+                         price_floor: float, n_stages: int) -> Array:
+    """Row sums ``sum_{j != i} |dBR_i/dp_j|`` of the best-response map's Jacobian at ``price``, by the
+    implicit function theorem on each peer's first-order condition at its best response ``r_i``:
+    ``dBR_i/dp_j = -(d2R_i/dq dp_j) / (d2R_i/dq2)``; ``inf`` where the second-order condition
+    fails or the peer's revenue has more than one peak on its grid (a mixture's revenue can have
+    one peak per class, and the best response then jumps between them). Below 1 everywhere on a
+    box that the best responses map into itself, the map is continuous and a contraction there in
+    the max norm, and the equilibrium is unique (Banach; Vives, *Oligopoly Pricing*, 1999,
+    sec. 2.4)."""
+    args = (cost, stage, alive, class_alpha, class_weight, temperature, demand, n_stages)
+    response, _ = mixture_best_response(price, *args[:-1], price_floor, n_stages)
+
+    def own_slope(q, rivals):
+        return jax.grad(lambda z: jnp.sum(mixture_revenue(z, rivals, *args)))(q)
+
+    own = jax.grad(lambda q: jnp.sum(own_slope(q, price)))(response)  # d2R_i/dq2 (R_i is separable in q)
+    cross = jax.jacfwd(own_slope, argnums=1)(response, price)  # d2R_i/dq dp_j
+    cross = cross * (1.0 - jnp.eye(price.shape[0])) * alive[None, :]
+    sums = jnp.sum(jnp.abs(cross), axis=1) / jnp.abs(own)
+    _, values, _ = _mixture_grid(price, *args[:-1], price_floor, n_stages)
+    inner = values[1:-1]
+    peaks = jnp.sum((inner > values[:-2]) & (inner >= values[2:]), axis=0)
+    single_peaked = peaks + (values[0] > values[1]) + (values[-1] > values[-2]) <= 1
+    return jnp.where(alive, jnp.where((own < 0) & single_peaked, sums, jnp.inf), 0.0)
+
+
+@partial(jax.jit, static_argnames=("n_stages", "max_iterations"))
+def _mixture_iterate(price, cost, stage, alive, class_alpha, class_weight, temperature, demand, price_floor,
+                     n_stages: int, max_iterations: int):
+    """Damped simultaneous best responses ``p <- (p + BR(p)) / 2`` until ``|BR(p) - p| <= 1e-11 (1 + p)``."""
+    def respond(p):
+        return mixture_best_response(p, cost, stage, alive, class_alpha, class_weight, temperature, demand,
+                                     price_floor, n_stages)[0]
+
+    def running(carry):
+        it, p, r = carry
+        return (it < max_iterations) & jnp.any(jnp.abs(r - p) > 1e-11 * (1.0 + jnp.abs(p)))
+
+    def update(carry):
+        it, p, r = carry
+        p = 0.5 * (p + r)
+        return it + 1, p, respond(p)
+
+    return jax.lax.while_loop(running, update, (0, price, respond(price)))[1]
+
+
+def mixture_equilibria(cost, stage, alive, class_alpha, class_weight, temperature: float, demand: float = 1.0,
+                       price_floor: float = 0.0, n_stages: int = 1, starts: int = 8, samples: int = 32,
+                       seed: int = 0, tol: float = 1e-9, max_iterations: int = 2000) -> MixtureEquilibria:
+    """Search for every equilibrium of a market whose clients are a mixture of logit classes, where
+    uniqueness is not guaranteed (a single class has exactly one).
+
+    From ``starts`` profiles (all prices at the lowest bracket ``min_k T/alpha_k``, and random
+    profiles up to three times ``max_k T/alpha_k``), damped simultaneous best responses run to a
+    fixed point; one whose mixture Nash gap is ``<= tol`` is an equilibrium, and equilibria within
+    ``1e-6`` (relative) are one. The sufficient condition of :func:`best_response_slopes` (row sums
+    below 1) is checked at every equilibrium found and at ``samples`` random profiles of the box
+    spanned by the starts and the equilibria: ``unique_guaranteed`` when it holds at all of them.
+    That is a sampled check of a condition that must hold on the whole box, so evidence rather than
+    proof; where it fails, the number of equilibria found is what the search can say.
+    """
+    cost, stage, alive = jnp.asarray(cost, dtype=float), jnp.asarray(stage), jnp.asarray(alive)
+    class_alpha, class_weight = jnp.asarray(class_alpha, dtype=float), jnp.asarray(class_weight, dtype=float)
+    rng = np.random.default_rng(seed)
+    low = max(float(jnp.min(temperature / class_alpha)), price_floor)
+    high = 3.0 * float(jnp.max(temperature / class_alpha))
+    n = cost.shape[0]
+    args = (cost, stage, alive, class_alpha, class_weight, temperature, demand, price_floor)
+    found, converged = [], 0
+    for start in [np.full(n, low)] + [rng.uniform(low, high, n) for _ in range(starts - 1)]:
+        price = np.asarray(_mixture_iterate(jnp.asarray(start), *args, n_stages, max_iterations))
+        if float(jnp.max(mixture_nash_gap(price, *args[:-1], price_floor, n_stages)[0])) <= tol:
+            converged += 1
+            if not any(np.max(np.abs(price - f) / np.abs(f)) < 1e-6 for f in found):
+                found.append(price)
+    prices = np.array(found).reshape(len(found), n)
+    top = max(high, float(prices.max(initial=high)))
+    profiles = list(prices) + [rng.uniform(low, top, n) for _ in range(samples)]
+    holds = [float(jnp.max(best_response_slopes(jnp.asarray(p), *args, n_stages))) < 1.0 for p in profiles]
+    stage_np = np.asarray(stage)
+    per_stage = np.array([len({tuple(np.round(p[stage_np == s], 6)) for p in prices}) for s in range(n_stages)])
+    return MixtureEquilibria(prices, per_stage, starts, converged, float(np.mean(holds)), bool(all(holds)))

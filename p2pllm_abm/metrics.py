@@ -242,13 +242,13 @@ def model_reporters(n_stages: int, n_classes: int) -> dict[str, Any]:
     return reporters
 
 
-def allocation_status(peers: PeerTable) -> dict[str, Any]:
+def allocation_status(peers: PeerTable, reading: str = "compute_share") -> dict[str, Any]:
     """Eq. 8 for every peer (:func:`~p2pllm_abm.equilibrium.allocation_equilibrium`) and balance;
     ``efficient = None`` for a network of spans, where eq. 7-8 (shares of single stages) do not
     apply."""
     if np.any(peers.stage_end - peers.stage_start > 1):
         return {"efficient": None, "reason": "peers serve spans of several stages; eq. 7-8 assume one stage each"}
-    check = allocation_equilibrium(peers.cost, peers.stage, peers.alive, peers.n_stages)
+    check = allocation_equilibrium(peers.cost, peers.stage, peers.alive, peers.n_stages, reading)
     return {"efficient": check.efficient, "peers_that_would_move": len(check.violators),
             "max_share_gain": float(check.share_gain.max(initial=0.0)),
             "capacity_per_stage": check.capacity_per_stage.tolist(), "capacity_ratio": check.capacity_ratio}
@@ -317,7 +317,7 @@ def summary(model: P2PLLMModel, wall_time_s: float) -> dict[str, Any]:
             "path_price_per_class": model.class_stats["path_price"].tolist(),
             "path_time_per_class": model.class_stats["path_time"].tolist(),
         },
-        "allocation": allocation_status(model.peers),
+        "allocation": allocation_status(model.peers, model.config.allocation.reading),
         "wall_time_s": wall_time_s,
         "steps_per_s": model.steps / wall_time_s if wall_time_s > 0 else None,
         "peak_memory_mb": peak_memory_mb(),

@@ -39,7 +39,7 @@ from .behaviours import Behaviours, assign
 from .allocation import move_candidates, reallocate
 from .config import ClientsConfig, Config, to_config
 from .dynamics import Environment, Geometry, initial_state, paid_tick_jit, run_paid_ticks, run_ticks
-from .economics import MarketParams
+from .economics import market_params
 from .equilibrium import certify, stage_blocks
 from .ledger import MarketLedger
 from .metrics import (LEDGER_PEER_COLUMNS, PEER_COLUMNS, PeerTableCollector, RequestClasses, ledger_metric_rows,
@@ -97,7 +97,7 @@ class P2PLLMModel(mesa.Model):
                              else self.behaviours.claimed_cost(self.peers.cost, cfg.adversary.overclaim_factor))
 
         mkt = cfg.market
-        self.market_params = MarketParams(mkt.alpha, mkt.temperature, mkt.demand, mkt.eta, mkt.price_floor)
+        self.market_params = market_params(mkt)
         key = jax.random.key(int(noise_seed.generate_state(1)[0]))
         self._state = initial_state(jnp.asarray(self.peers.price), key, self.request_classes.count)
         self._environment = self._make_environment()
@@ -138,7 +138,7 @@ class P2PLLMModel(mesa.Model):
         alloc = self.config.allocation
         candidates = move_candidates(self.peers.alive, alloc.move_fraction, self.rng)
         stage, moves = reallocate(self.peers.cost, self.peers.stage, self.peers.alive, candidates,
-                                  alloc.hysteresis, self.peers.n_stages)
+                                  alloc.hysteresis, self.peers.n_stages, alloc.reading)
         if moves:
             self.peers.stage_start = stage
             self.peers.stage_end = stage + 1
