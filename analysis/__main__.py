@@ -8,6 +8,8 @@
     python -m analysis network-figure --experiment paper_28 --alpha 0.5 # Figure 1
     python -m analysis ledger-figures outputs/paper_table1_ledger     # money, stake Gini, latency of a ledger run
     python -m analysis ledger-figures multirun/sweep_ledger           # latency vs shards, escrow vs channels
+    python -m analysis calibrate --table paper_table1 --fit market.temperature network.initial_price market.eta \
+        --fixed market.alpha=0.5 --out outputs/calibration          # fit the paper's unstated settings
 """
 
 from __future__ import annotations
@@ -66,7 +68,28 @@ def main(argv: list[str] | None = None) -> None:
     ledger = commands.add_parser("ledger-figures", help="the ledger's figures of a run or of sweep=ledger")
     ledger.add_argument("source", type=Path, help="a ledger run directory, or a multirun directory (sweep=ledger)")
     ledger.add_argument("--out", type=Path, help="output folder (default: the run directory, or <sweep>/figures)")
+    calibrating = commands.add_parser("calibrate", help="fit unstated settings to a published checkpoint table")
+    calibrating.add_argument("--table", default="paper_table1", help="a published table of p2pllm_abm/paper.py")
+    calibrating.add_argument("--fit", nargs="+", required=True, metavar="FIELD",
+                             help="config fields to fit, e.g. market.temperature network.initial_price market.eta")
+    calibrating.add_argument("--fixed", nargs="*", default=[], metavar="FIELD=VALUE",
+                             help="fields held at a value (e.g. market.alpha=0.5)")
+    calibrating.add_argument("--seeds", type=int, nargs="+", default=list(range(8)),
+                             help="cost draws to fit on; the 90%% interval is over them (default 0-7)")
+    calibrating.add_argument("--reading", default="auto",
+                             help="allocation reading for the fit: auto (the one whose node rows fit best), "
+                                  "compute_share or head_count")
+    calibrating.add_argument("--experiment", help="the experiment to start from (default: the table's name)")
+    calibrating.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                             help="Hydra override of that experiment (repeatable)")
+    calibrating.add_argument("--out", type=Path, required=True, help="output folder for calibration.json + figure")
+    calibrating.add_argument("--reproduce", type=Path, metavar="RUN_DIR",
+                             help="also run the calibrated experiment in full into RUN_DIR and print it beside "
+                                  "the literal reading and the paper")
     args = parser.parse_args(argv)
+
+    if args.command == "calibrate":
+        return _calibrate(parser, args)
 
     if args.command == "ledger-figures":
         from .ledger_figures import draw
@@ -141,6 +164,31 @@ def _table(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     print(text, end="")
     if args.out:
         args.out.write_text(text)
+
+
+
+def _calibrate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from p2pllm_abm.calibration import calibrate
+
+    from .calibration import findings, reproduce, write_calibration
+
+    fixed = {}
+    for item in args.fixed:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--fixed {item!r} is invalid: allowed FIELD=VALUE")
+        fixed[key] = yaml.safe_load(value)
+    try:
+        result = calibrate(args.table, args.fit, fixed, args.seeds, args.reading, args.experiment, args.override,
+                           progress=True)
+    except ValueError as error:
+        parser.error(str(error))
+    for path in write_calibration(result, args.out):
+        print(path)
+    if args.reproduce is not None:
+        reproduce(result, args.reproduce)
+    else:
+        print(findings(result))
 
 
 if __name__ == "__main__":

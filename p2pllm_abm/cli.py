@@ -28,9 +28,10 @@ from .paper import checkpoint_table
 from .sweep import run_job
 
 
-def run_experiment(config: Config, outdir: Path) -> P2PLLMModel:
-    """Build the model, run ``config.run.steps`` steps and write the run directory. An interrupt
-    (Ctrl-C) still writes what was recorded so far before it propagates."""
+def run_experiment(config: Config, outdir: Path, report: bool = True) -> P2PLLMModel:
+    """Build the model, run ``config.run.steps`` steps and write the run directory; with
+    ``report``, print the checkpoint table and the files written. An interrupt (Ctrl-C) still
+    writes what was recorded so far before it propagates."""
     reset_peak_memory()
     model = P2PLLMModel(config)
     started = time.perf_counter()
@@ -41,7 +42,10 @@ def run_experiment(config: Config, outdir: Path) -> P2PLLMModel:
         if config.run.figures:
             from .figures import plot_stage_trajectories  # matplotlib + seaborn: 0.6 s to import
 
-            paths.update({p.name: p for p in plot_stage_trajectories(model.metrics_frame(), outdir)})
+            paths.update({p.name: p for p in plot_stage_trajectories(model.metrics_frame(), outdir,
+                                                                     config.report.reference)})
+    if not report:
+        return model
     steps = [s for s in config.report.table_steps if s <= model.steps]
     table = checkpoint_table(model.metrics_frame(), steps, config.report.reference)
     header = "ours (paper)" if config.report.reference else "ours"

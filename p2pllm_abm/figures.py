@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -20,16 +21,35 @@ STAGE_FIGURES = {
 }
 
 
-def plot_stage_trajectories(metrics: pd.DataFrame, outdir: Path) -> list[Path]:
-    """One line per stage over the recorded steps, for each of :data:`STAGE_FIGURES`."""
+def published_points(reference: str | None) -> pd.DataFrame:
+    """A published table of :mod:`p2pllm_abm.paper` as rows ``step, stage, peers, mean_price``
+    (empty without a reference)."""
+    from .paper import REFERENCES
+
+    if not reference:
+        return pd.DataFrame(columns=["step", "stage", "peers", "mean_price"])
+    return pd.DataFrame([{"step": step, "stage": f"stage {s}", "peers": nodes[s], "mean_price": prices[s]}
+                         for step, (nodes, prices) in sorted(REFERENCES[reference].items())
+                         for s in range(len(nodes))])
+
+
+def plot_stage_trajectories(metrics: pd.DataFrame, outdir: Path, reference: str | None = None) -> list[Path]:
+    """One line per stage over the recorded steps, for each of :data:`STAGE_FIGURES`; with a
+    ``reference`` (``report.reference``), the published points of that table as crosses."""
     outdir = Path(outdir)
     frame = stage_rows(metrics)
     frame = frame.assign(stage=frame["stage"].map(lambda s: f"stage {s}"))
+    paper = published_points(reference)
+    paper = paper[paper["step"] <= frame["step"].max()]
     paths = []
     with sns.axes_style("whitegrid"):
         for name, (column, label) in STAGE_FIGURES.items():
             fig, ax = plt.subplots(figsize=(6, 3.5))
             sns.lineplot(data=frame, x="step", y=column, hue="stage", ax=ax)
+            if len(paper):
+                sns.scatterplot(data=paper, x="step", y=column, hue="stage", marker="X", s=60, ax=ax,
+                                edgecolor="black", legend=False)
+                ax.set_title(f"lines: this run; crosses: {reference} (published)", fontsize=8)
             ax.set(xlabel="iteration", ylabel=label)
             fig.tight_layout()
             fig.savefig(outdir / name, dpi=150)
@@ -48,7 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     metrics_path = run_dir / "metrics.parquet"
     if not metrics_path.is_file():
         parser.error(f"run_dir = {str(run_dir)!r} has no metrics.parquet: allowed a p2pllm-sim run directory")
-    for path in plot_stage_trajectories(pd.read_parquet(metrics_path), run_dir):
+    summary = run_dir / "summary.json"
+    reference = json.loads(summary.read_text())["config"]["report"]["reference"] if summary.is_file() else None
+    for path in plot_stage_trajectories(pd.read_parquet(metrics_path), run_dir, reference):
         print(path)
 
 
