@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench bench-equilibrium bench-routing bench-sweeps bench-ledger verify security clean
+.PHONY: run test bench bench-equilibrium bench-routing bench-sweeps bench-ledger verify welfare security clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -41,6 +41,10 @@ bench-ledger: $(STAMP)
 # The equilibrium verification experiment (table + figures in outputs/equilibrium_verification).
 verify: $(STAMP)
 	$(BIN)/python -m experiments.equilibrium_verification
+
+# The welfare experiment (tables + figure in outputs/welfare).
+welfare: $(STAMP)
+	$(BIN)/python -m experiments.welfare
 
 # The security experiment (tables + figures in outputs/security).
 security: $(STAMP)

@@ -28,6 +28,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from .allocation import stage_capacity
+from .welfare import WELFARE_METRICS, Welfare, welfare_summary
 from .equilibrium import NashGap, allocation_equilibrium
 from .network import PeerTable
 
@@ -49,6 +50,7 @@ STAGE_METRICS = (
     "expected_requests",  # cumulative expected requests (Boltzmann probabilities)
     "nash_gap",  # max revenue a peer of the stage would gain by best-responding (eq. 6 epsilon)
     "relative_nash_gap",  # the same relative to that peer's best-response revenue
+    *WELFARE_METRICS,  # p2pllm_abm.welfare: surplus, planner's benchmark, HHI, markup, elasticity (null at alpha = 0)
 )
 
 #: per-request-class columns of metrics.parquet (besides ``step`` and ``request_class``): the
@@ -104,8 +106,9 @@ def peer_columns(peers: PeerTable) -> dict[str, np.ndarray]:
 
 
 def stage_statistics(peers: PeerTable, tick_revenue: np.ndarray, tick_expected_revenue: np.ndarray,
-                     certificate: NashGap) -> pd.DataFrame:
-    """One row per stage with :data:`STAGE_METRICS`, over live peers."""
+                     certificate: NashGap, welfare: Welfare | None = None) -> pd.DataFrame:
+    """One row per stage with :data:`STAGE_METRICS`, over live peers (the welfare columns null
+    without ``welfare``: at alpha = 0 surplus has no price scale)."""
     live = peers.alive
     frame = pd.DataFrame({
         "stage": peers.stage[live],
@@ -133,6 +136,9 @@ def stage_statistics(peers: PeerTable, tick_revenue: np.ndarray, tick_expected_r
     stats["nash_gap"] = np.asarray(certificate.stage_gap)
     stats["relative_nash_gap"] = np.asarray(certificate.stage_relative_gap)
     stats["peers"] = stats["peers"].fillna(0).astype(np.int64)
+    for name in WELFARE_METRICS:
+        values = np.asarray(getattr(welfare, name)) if welfare is not None else np.full(peers.n_stages, np.nan)
+        stats[name] = pd.array(values, dtype="Float64")  # null, not NaN, where undefined
     return stats.reset_index()[["stage", *STAGE_METRICS]]
 
 
@@ -318,6 +324,8 @@ def summary(model: P2PLLMModel, wall_time_s: float) -> dict[str, Any]:
             "path_time_per_class": model.class_stats["path_time"].tolist(),
         },
         "allocation": allocation_status(model.peers, model.config.allocation.reading),
+        "welfare": (welfare_summary(model.welfare, model.market_params) if model.welfare is not None else
+                    {"note": "market.alpha = 0: clients ignore prices, so surplus has no money scale"}),
         "wall_time_s": wall_time_s,
         "steps_per_s": model.steps / wall_time_s if wall_time_s > 0 else None,
         "peak_memory_mb": peak_memory_mb(),

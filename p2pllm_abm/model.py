@@ -48,6 +48,7 @@ from .network import PeerTable
 from .pareto import ParetoFrontier, pareto_paths
 from .routing import best_path
 from .security import SecurityPhase
+from .welfare import stage_welfare
 
 
 def draw_client_alpha(clients: ClientsConfig, market_alpha: float, rng: np.random.Generator) -> np.ndarray:
@@ -293,8 +294,12 @@ class P2PLLMModel(mesa.Model):
         env = self._environment
         self.certificate = certify(self._state.price, env.cost, env.stage, env.alive, self.market_params,
                                    n_stages=self.peers.n_stages)
+        #: per-stage welfare at the recorded prices (p2pllm_abm.welfare; None at alpha = 0)
+        self.welfare = (stage_welfare(self._state.price, env.cost, env.stage, env.alive, self.market_params,
+                                      n_stages=self.peers.n_stages) if self.market_params.alpha > 0 else None)
         self.stage_stats = stage_statistics(self.peers, np.asarray(self._state.tick_revenue),
-                                            np.asarray(self._state.tick_expected_revenue), self.certificate)
+                                            np.asarray(self._state.tick_expected_revenue), self.certificate,
+                                            self.welfare)
         state = self._state
         self.class_stats = self.request_classes.statistics(
             np.asarray(state.class_requests), np.asarray(state.class_price), np.asarray(state.class_time))
