@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench bench-equilibrium bench-routing bench-sweeps bench-ledger verify welfare security clean
+.PHONY: run test bench bench-equilibrium bench-routing bench-sweeps bench-ledger verify welfare learning security clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -45,6 +45,10 @@ verify: $(STAMP)
 # The welfare experiment (tables + figure in outputs/welfare).
 welfare: $(STAMP)
 	$(BIN)/python -m experiments.welfare
+
+# Prices learned from realised revenue vs eq. 5 (table + figure in outputs/learning).
+learning: $(STAMP)
+	$(BIN)/python -m experiments.learning
 
 # The security experiment (tables + figures in outputs/security).
 security: $(STAMP)

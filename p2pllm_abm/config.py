@@ -22,6 +22,8 @@ from .paths import CONF_DIR
 
 
 UPDATE_RULES = ("gradient", "best_response", "sequential_best_response", "fixed_point", "newton")
+#: price rules of a run: the equilibrium rules above, and "observed" (learned from realised revenue)
+PRICE_RULES = (*UPDATE_RULES, "observed")
 ALPHA_DISTRIBUTIONS = ("fixed", "uniform", "beta")
 ROUTINGS = ("stage", "path")
 #: what eq. 7's share of a stage counts: inverse compute cost (as written) or peers
@@ -77,6 +79,8 @@ class MarketConfig:
     update_rule: str = "gradient"
     damping: float = 0.5  #: step share of the "fixed_point" rule
     price_floor: float = 0.0  #: prices are kept at or above this value after every update
+    exploration: float = 0.1  #: delta, the "observed" rule's price perturbation (price units)
+    baseline_rate: float = 0.05  #: beta, the "observed" rule's baseline update rate
     #: kappa: peers maximise profit D (p - kappa c) P instead of the paper's revenue D p P (0: the paper)
     marginal_cost: float = 0.0
     #: w_0, the weight of a no-purchase alternative in every stage's logit (null: none, the paper)
@@ -311,8 +315,18 @@ def validate(cfg: Config) -> Config:
     _require(_finite(mkt.eta) and mkt.eta > 0, "market.eta", mkt.eta, "eta > 0")
     _require(_finite(mkt.temperature) and mkt.temperature > 0, "market.temperature", mkt.temperature, "T > 0")
     _require(_finite(mkt.demand) and mkt.demand > 0, "market.demand", mkt.demand, "D > 0")
-    _require(mkt.update_rule in UPDATE_RULES, "market.update_rule", mkt.update_rule, f"one of {UPDATE_RULES}")
-    _require(mkt.update_rule == "gradient" or mkt.alpha > 0, "market.alpha", mkt.alpha,
+    _require(mkt.update_rule in PRICE_RULES, "market.update_rule", mkt.update_rule, f"one of {PRICE_RULES}")
+    if mkt.update_rule == "observed":
+        _require(cfg.clients.count >= 1, "clients.count", cfg.clients.count,
+                 "an integer >= 1 with market.update_rule = 'observed' (peers learn from the requests they see)")
+        _require(not cfg.ledger.enabled, "ledger.enabled", cfg.ledger.enabled,
+                 "false with market.update_rule = 'observed' (the ledger settles the peers' own prices, not the "
+                 "perturbed ones the rule posts)")
+    _require(_finite(mkt.exploration) and mkt.exploration > 0, "market.exploration", mkt.exploration,
+             "a finite delta > 0")
+    _require(_finite(mkt.baseline_rate) and 0 < mkt.baseline_rate <= 1, "market.baseline_rate", mkt.baseline_rate,
+             "0 < beta <= 1")
+    _require(mkt.update_rule in ("gradient", "observed") or mkt.alpha > 0, "market.alpha", mkt.alpha,
              f"alpha > 0 with market.update_rule = {mkt.update_rule!r} (at alpha = 0 no best response exists)")
     _require(_finite(mkt.damping) and 0 < mkt.damping <= 1, "market.damping", mkt.damping, "0 < damping <= 1")
     _require(_finite(mkt.price_floor) and mkt.price_floor >= 0, "market.price_floor", mkt.price_floor,

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from .economics import MarketParams, choice_logits, outside_logit, stage_logsumexp
+from .economics import MarketParams, choice_logits, outside_logit, stage_logsumexp, unit_cost
 from .equilibrium import StageBlocks, price_update
 from .network import latency
 
@@ -47,6 +47,7 @@ class MarketState(NamedTuple):
     class_requests: Array  #: routed requests per class
     class_price: Array  #: sum of their paths' total prices
     class_time: Array  #: sum of their paths' total times (compute costs + latencies)
+    baseline: Array  #: the "observed" rule's running mean of each peer's observed revenue
 
 
 class Geometry(NamedTuple):
@@ -71,11 +72,13 @@ class Environment(NamedTuple):
     blocks: StageBlocks  #: live peers by (first) stage: the sequential and Newton rules, path routing
     damping: float  #: of the fixed-point rule
     geometry: Geometry
+    exploration: float = 0.0  #: the "observed" rule's price perturbation delta
+    baseline_rate: float = 0.0  #: the "observed" rule's baseline update rate
 
 
 def initial_state(price: Array, key: Array, classes: int) -> MarketState:
     zeros, per_class = jnp.zeros_like(price), jnp.zeros(classes, dtype=price.dtype)
-    return MarketState(price, key, zeros, zeros, zeros, zeros, zeros, per_class, per_class, per_class)
+    return MarketState(price, key, zeros, zeros, zeros, zeros, zeros, per_class, per_class, per_class, zeros)
 
 
 def _client_probabilities(env: Environment, price: Array, alpha: Array, n_stages: int) -> tuple[Array, Array]:
@@ -183,9 +186,10 @@ def paid_tick(state: MarketState, env: Environment, quoted: Array, rule: str, ro
     ledger's confirmed registry) while peers update their own live prices by ``rule``. Also
     returns the paid hops, ``(clients, n_stages)`` peer ids with ``-1`` where a client sent no
     request (or its path has no hop there), for the ledger to settle."""
-    new_price = price_update(rule, state.price, env.cost, env.stage, env.alive, env.params, n_stages,
-                             env.blocks, env.damping)
-    if env.client_alpha.shape[0] == 0:  # no clients, no requests (decided when tracing)
+    if rule != "observed":
+        new_price = price_update(rule, state.price, env.cost, env.stage, env.alive, env.params, n_stages,
+                                 env.blocks, env.damping)
+    if env.client_alpha.shape[0] == 0:  # no clients, no requests (decided when tracing; refused for "observed")
         return state._replace(price=new_price), jnp.zeros((0, n_stages), dtype=jnp.int32)
     key, request_key, noise_key = jax.random.split(state.key, 3)
     active = jax.random.bernoulli(request_key, env.request_rate, env.client_alpha.shape)
@@ -201,6 +205,9 @@ def paid_tick(state: MarketState, env: Environment, quoted: Array, rule: str, ro
         routed = routed & jnp.all(chosen >= 0, axis=1)
     counted = (active & routed).astype(dtype)
     tick_revenue = quoted * served
+    baseline = state.baseline
+    if rule == "observed":
+        new_price, baseline = observed_update(state, env, quoted, served)
     new_state = MarketState(
         price=new_price,
         key=key,
@@ -212,14 +219,47 @@ def paid_tick(state: MarketState, env: Environment, quoted: Array, rule: str, ro
         class_requests=state.class_requests + counted @ env.geometry.client_class,
         class_price=state.class_price + (counted * path_price) @ env.geometry.client_class,
         class_time=state.class_time + (counted * path_time) @ env.geometry.client_class,
+        baseline=baseline,
     )
     return new_state, jnp.where(active[:, None], chosen, -1)
 
 
+def exploration_direction(state: MarketState) -> Array:
+    """The ``observed`` rule's random sign ``s_i = +-1`` of this tick (a key folded off the state's,
+    so the other rules' random streams are untouched)."""
+    return jnp.where(jax.random.bernoulli(jax.random.fold_in(state.key, 2), 0.5, state.price.shape), 1.0, -1.0)
+
+
+def posted_prices(state: MarketState, env: Environment, rule: str) -> Array:
+    """The prices requests see and pay: the peers' own, or for the ``observed`` rule each peer's
+    price perturbed by ``+- delta`` (kept ``>= floor``), the experiment it learns from."""
+    if rule != "observed":
+        return state.price
+    return jnp.maximum(state.price + env.exploration * exploration_direction(state), env.params.price_floor)
+
+
+def observed_update(state: MarketState, env: Environment, quoted: Array, served: Array) -> tuple[Array, Array]:
+    """Prices learned only from what a peer observes (no access to ``P_i``): its revenue (profit
+    ``(q_i - kappa c_i) n_i`` in the marginal-cost variant) from the ``n_i`` requests it served at
+    the perturbed price ``q_i = p_i + delta s_i``, normalised to demand ``D`` (divided by the
+    requests sent per tick, ``clients x request_rate``), minus a running baseline ``b_i``, gives the one-point
+    gradient estimate ``g_i = (r_i - b_i) s_i / delta`` (Flaxman, Kalai & McMahan 2005); its
+    expectation is eq. 5's ``dR_i/dp_i`` up to ``O(delta^2)``. Then ``p_i <- max(floor, p_i + eta g_i)``
+    as in eq. 5, and ``b_i <- b_i + beta (r_i - b_i)``. Returns the new prices and baselines."""
+    sent = env.client_alpha.shape[0] * env.request_rate
+    observed = env.params.demand * (quoted - unit_cost(env.cost, env.params)) * served / sent
+    direction = exploration_direction(state)
+    gradient = (observed - state.baseline) * direction / env.exploration
+    price = jnp.where(env.alive, jnp.maximum(state.price + env.params.eta * gradient, env.params.price_floor),
+                      state.price)
+    baseline = jnp.where(env.alive, state.baseline + env.baseline_rate * (observed - state.baseline), state.baseline)
+    return price, baseline
+
+
 def tick(state: MarketState, env: Environment, rule: str, routing: str, n_stages: int) -> MarketState:
-    """One tick: requests routed (``routing``) and paid at current prices, then the price update
+    """One tick: requests routed (``routing``) and paid at the posted prices, then the price update
     ``rule``."""
-    return paid_tick(state, env, state.price, rule, routing, n_stages)[0]
+    return paid_tick(state, env, posted_prices(state, env, rule), rule, routing, n_stages)[0]
 
 
 @partial(jax.jit, static_argnames=("rule", "routing", "n_stages"))

@@ -220,6 +220,8 @@ class P2PLLMModel(mesa.Model):
             params=self.market_params,
             blocks=stage_blocks(self.peers.stage, self.peers.alive, self.peers.n_stages),
             damping=self.config.market.damping,
+            exploration=self.config.market.exploration,
+            baseline_rate=self.config.market.baseline_rate,
             geometry=Geometry(
                 position=jnp.asarray(self.peers.position),
                 client_position=jnp.asarray(self.client_position),
