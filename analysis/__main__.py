@@ -151,12 +151,7 @@ def _collect(multirun_dir: Path, out: Path | None) -> None:
 def _table(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     from .tables import render, table1
 
-    where = {}
-    for item in args.where:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--where = {item!r} is invalid: allowed KEY=VALUE")
-        where[key] = yaml.safe_load(value)
+    where = _key_values(parser, args.where, "--where")
     try:
         text = render(table1(_collection(args.source), args.steps, where), args.format)
     except ValueError as error:
@@ -166,18 +161,23 @@ def _table(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         args.out.write_text(text)
 
 
+def _key_values(parser: argparse.ArgumentParser, items: list[str], flag: str) -> dict:
+    """``KEY=VALUE`` arguments as a dict (values read as YAML); a malformed one is a usage error."""
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"{flag} = {item!r} is invalid: allowed KEY=VALUE")
+        pairs[key] = yaml.safe_load(value)
+    return pairs
+
 
 def _calibrate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     from p2pllm_abm.calibration import calibrate
 
     from .calibration import findings, reproduce, write_calibration
 
-    fixed = {}
-    for item in args.fixed:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--fixed {item!r} is invalid: allowed FIELD=VALUE")
-        fixed[key] = yaml.safe_load(value)
+    fixed = _key_values(parser, args.fixed, "--fixed")
     try:
         result = calibrate(args.table, args.fit, fixed, args.seeds, args.reading, args.experiment, args.override,
                            progress=True)

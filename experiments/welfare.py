@@ -63,7 +63,7 @@ def equilibrium_welfare(cost, stage, alive, n_stages: int, temperature: float, a
 def sweep(cfg: DictConfig) -> pd.DataFrame:
     rows = []
     for seed in tqdm(cfg.seeds, desc="welfare seeds", unit="seed"):
-        network = load_config(cfg.experiment, overrides=[f"seed={seed}", "clients.count=0"])
+        network = load_config(cfg.experiment, overrides=[*cfg.overrides, f"seed={seed}", "clients.count=0"])
         schedule = allocation_schedule(network, cfg.steps)
         stage, n_stages = schedule.stages[-1], network.network.stages
         for temperature, alpha, outside in itertools.product(cfg.temperatures, cfg.alphas, cfg.outside_options):

@@ -74,7 +74,7 @@ def test_calibration_recovers_parameters_from_a_table_simulated_with_them(monkey
 
 def test_calibrate_command_refuses_bad_fields(capsys):
     for argv, message in ((["--fit", "market.alhpa"], "--fit 'market.alhpa' is invalid"),
-                          (["--fit", "market.temperature", "--fixed", "market.alpha"], "--fixed 'market.alpha'"),
+                          (["--fit", "market.temperature", "--fixed", "market.alpha"], "--fixed = 'market.alpha' is invalid"),
                           (["--fit", "market.temperature", "--table", "nope"], "table = 'nope' is invalid")):
         with pytest.raises(SystemExit) as stop:
             analysis_main(["calibrate", *argv, "--out", "unused"])

@@ -130,8 +130,13 @@ def test_a_far_outside_option_leaves_the_run_unchanged_bit_for_bit():
         model = P2PLLMModel(cfg)
         model.run(60)
         runs.append((model.metrics_frame(), model.peers_frame()))
-    for a, b in zip(*runs):
-        assert a.equals(b)
+    (metrics, peers), (far_metrics, far_peers) = runs
+    assert peers.equals(far_peers)
+    zeroed = ["consumer_surplus", "social_welfare", "planner_welfare", "deadweight_loss"]  # measured from w_0
+    assert metrics.drop(columns=zeroed).equals(far_metrics.drop(columns=zeroed))
+    stages = metrics["scope"] == "stage"
+    np.testing.assert_allclose(far_metrics.loc[stages, "consumer_surplus"] - metrics.loc[stages, "consumer_surplus"],
+                               1e9 / 0.5, rtol=1e-12)  # D w_0 / alpha
 
 
 def test_stable_eta_is_positive_when_choice_probabilities_underflow():
