@@ -13,11 +13,12 @@ $(STAMP): pyproject.toml
 
 # The main job: the paper's Table 1 experiment (200 peers, 4 stages, 5000 iterations) as section
 # 5.2 states it, then the calibration of the settings the paper leaves out (T, start price, step
-# size, allocation reading) and the calibrated experiment, printed beside the literal one and the paper.
+# size, share of peers moving, allocation reading) and the calibrated experiment, printed beside
+# the literal one and the paper.
 run: $(STAMP)
 	$(BIN)/p2pllm-sim experiment=paper_table1 hydra.run.dir=outputs/paper_table1
 	$(BIN)/python -m analysis calibrate --table paper_table1 --fit market.temperature network.initial_price \
-		market.eta --fixed market.alpha=0.5 --out outputs/paper_table1/calibration \
+		market.eta allocation.move_fraction --fixed market.alpha=0.5 --out outputs/paper_table1/calibration \
 		--reproduce outputs/paper_table1_calibrated
 
 test: $(STAMP)

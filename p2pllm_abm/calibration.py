@@ -26,8 +26,11 @@ Three facts make this cheap and exact:
 
 Each seed (one draw of costs and positions) is fitted on its own; a parameter's ``value`` is the
 median over seeds and ``low``/``high`` the 5th and 95th percentiles (a 90% interval over cost
-draws). The loss is the mean squared *relative* error of the price cells; node rows do not depend
-on the fitted market fields and are compared per allocation reading.
+draws). The loss is the mean squared *relative* error of the price cells. Node rows do not depend
+on the market fields: they are compared per allocation reading (``compute_share``, eq. 7 as
+written, and ``head_count``), after fitting the allocation fields in :data:`ALLOCATION_FITTABLE`
+on them by a grid (node counts change in steps, so there is no gradient to follow); the reading
+with the smaller node error is the one the prices are fitted under, unless one is named.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ FITTABLE = {
     "network.initial_price": "log",
     "market.marginal_cost": "log",
 }
+#: allocation fields calibrate can fit, on the node rows alone (a grid: node counts are steps in them)
+ALLOCATION_FITTABLE = {"allocation.move_fraction": np.geomspace(0.005, 0.5, 21)}
 #: fields that move the equilibrium (fitted first on the last checkpoint by implicit differentiation)
 STEADY_STATE = ("market.temperature", "market.alpha")
 #: price rules the replay supports (those that need no per-stage blocks and read no requests)
@@ -292,18 +297,32 @@ def _field(cfg: Config, name: str) -> Any:
 
 # -- the whole calibration --------------------------------------------------------------------------
 
-def reading_fit(cfg: Config, paper: Table, seeds: Iterable[int]) -> dict[str, dict[str, Any]]:
-    """For each allocation reading, the node rows' RMSE against the paper (mean over seeds) and
-    the share of seeds whose node rows equal the paper's exactly from the second checkpoint on."""
+def _node_rmse(cfg: Config, paper: Table, seed: int, values: dict[str, float]) -> tuple[float, bool]:
+    """Node-row RMSE of one seed against the paper, and whether its last two rows equal the paper's."""
+    run = dataclasses.replace(_with(cfg, values), seed=seed)
+    nodes = node_rows(allocation_schedule(run, paper.steps[-1]), paper.steps, cfg.network.stages)
+    return float(np.sqrt(np.mean((nodes - paper.nodes) ** 2))), bool(np.array_equal(nodes[-2:], paper.nodes[-2:]))
+
+
+def reading_fit(cfg: Config, paper: Table, seeds: Iterable[int], names: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """For each allocation reading: the allocation ``names`` (:data:`ALLOCATION_FITTABLE`) fitted on
+    the node rows (per seed, the grid value with the smallest RMSE; ``values`` holds their
+    medians, ``per_seed`` the draws), then at those values the node rows' RMSE against the paper
+    (mean over seeds) and the share of seeds whose last two node rows equal the paper's."""
+    seeds = list(seeds)
     out = {}
     for reading in ALLOCATION_READINGS:
-        errors, exact = [], []
-        for seed in seeds:
-            run = dataclasses.replace(_with(cfg, {"allocation.reading": reading}), seed=seed)
-            nodes = node_rows(allocation_schedule(run, paper.steps[-1]), paper.steps, cfg.network.stages)
-            errors.append(float(np.sqrt(np.mean((nodes - paper.nodes) ** 2))))
-            exact.append(bool(np.array_equal(nodes[-2:], paper.nodes[-2:])))
-        out[reading] = {"node_rmse": float(np.mean(errors)), "final_rows_exact_share": float(np.mean(exact))}
+        base = _with(cfg, {"allocation.reading": reading})
+        per_seed = {name: [] for name in names}
+        for name in names:
+            for seed in seeds:
+                errors = [_node_rmse(base, paper, seed, {name: float(v)})[0] for v in ALLOCATION_FITTABLE[name]]
+                per_seed[name].append(float(ALLOCATION_FITTABLE[name][int(np.argmin(errors))]))
+        values = {name: float(np.median(draws)) for name, draws in per_seed.items()}
+        fits = [_node_rmse(base, paper, seed, values) for seed in seeds]
+        out[reading] = {"node_rmse": float(np.mean([f[0] for f in fits])),
+                        "final_rows_exact_share": float(np.mean([f[1] for f in fits])),
+                        "values": values, "per_seed": per_seed}
     return out
 
 
@@ -316,29 +335,34 @@ def calibrate(table: str, fit: Sequence[str], fixed: dict[str, float] | None = N
     fixed = dict(fixed or {})
     names = list(fit)
     for name in names:
-        if name not in FITTABLE:
-            raise ValueError(f"--fit {name!r} is invalid: allowed any of {sorted(FITTABLE)}")
+        if name not in FITTABLE and name not in ALLOCATION_FITTABLE:
+            raise ValueError(f"--fit {name!r} is invalid: allowed any of {sorted([*FITTABLE, *ALLOCATION_FITTABLE])}")
     if len(set(names)) != len(names) or set(names) & set(fixed):
         raise ValueError(f"--fit {names} and --fixed {sorted(fixed)} are invalid: allowed distinct fields, none both")
     paper = published_table(table)
     base = load_config(experiment or table, overrides=[*overrides, *(f"{k}={v}" for k, v in fixed.items())])
+    if reading != "auto" and reading not in ALLOCATION_READINGS:
+        raise ValueError(f"--reading {reading!r} is invalid: allowed 'auto' or one of {ALLOCATION_READINGS}")
     seeds = list(seeds)
-    readings = reading_fit(base, paper, seeds)
+    allocation_names = [n for n in names if n in ALLOCATION_FITTABLE]
+    market_names = [n for n in names if n in FITTABLE]
+    readings = reading_fit(base, paper, seeds, allocation_names)
     if reading == "auto":
         reading = min(readings, key=lambda r: readings[r]["node_rmse"])
-    elif reading not in ALLOCATION_READINGS:
-        raise ValueError(f"--reading {reading!r} is invalid: allowed 'auto' or one of {ALLOCATION_READINGS}")
-    base = _with(base, {"allocation.reading": reading})
+    base = _with(base, {"allocation.reading": reading, **readings[reading]["values"]})
     per_seed = []
-    for seed in tqdm(seeds, desc="calibrate", unit="seed", disable=not progress):
+    for k, seed in enumerate(tqdm(seeds, desc="calibrate", unit="seed", disable=not progress)):
         cfg = dataclasses.replace(base, seed=seed)
         schedule = allocation_schedule(cfg, paper.steps[-1])
-        values, loss = fit_seed(cfg, schedule, paper, names)
+        values, loss = (fit_seed(cfg, schedule, paper, market_names) if market_names else
+                        ({}, price_loss(replay_table(cfg, schedule, paper.steps).prices, paper.prices)))
+        values.update({name: readings[reading]["per_seed"][name][k] for name in allocation_names})
         per_seed.append({"seed": seed, "values": values, "loss": loss})
     parameters = {}
     for name in names:
         draws = np.array([run["values"][name] for run in per_seed])
-        parameters[name] = {"value": float(np.median(draws)), "low": float(np.quantile(draws, 0.05)),
+        value = readings[reading]["values"][name] if name in allocation_names else float(np.median(draws))
+        parameters[name] = {"value": value, "low": float(np.quantile(draws, 0.05)),
                             "high": float(np.quantile(draws, 0.95))}
     calibrated = _with(dataclasses.replace(base, seed=seeds[0]), {n: p["value"] for n, p in parameters.items()})
     literal = dataclasses.replace(load_config(experiment or table, overrides=list(overrides)), seed=seeds[0])

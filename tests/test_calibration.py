@@ -86,3 +86,19 @@ def test_calibration_refuses_steps_between_reallocations():
     cfg = load_config("paper_table1", overrides=SMALL)
     with pytest.raises(ValueError, match="multiples of allocation.period"):
         replay_table(cfg, allocation_schedule(cfg, 100), [0, 55])
+
+
+def test_move_fraction_is_recovered_from_the_node_rows(monkeypatch):
+    overrides = [*SMALL, "run.steps=500", "report.table_steps=[0,100,500]", "allocation.reading=head_count"]
+    cfg = load_config("paper_table1", overrides=[*overrides, "allocation.move_fraction=0.05"])
+    steps = [0, 100, 200, 500]
+    table = replay_table(cfg, allocation_schedule(cfg, 500), steps)
+    monkeypatch.setitem(__import__("p2pllm_abm.paper", fromlist=["REFERENCES"]).REFERENCES, "synthetic_nodes",
+                        {s: (table.nodes[k].tolist(), table.prices[k].tolist()) for k, s in enumerate(steps)})
+    result = calibrate("synthetic_nodes", ["allocation.move_fraction"], seeds=[0], experiment="paper_table1",
+                       overrides=overrides, reading="head_count")
+    fitted = result["parameters"]["allocation.move_fraction"]["value"]
+    assert result["readings"]["head_count"]["node_rmse"] == 0.0
+    truth = load_config("paper_table1", overrides=[*overrides, f"allocation.move_fraction={fitted}"])
+    assert np.array_equal(replay_table(truth, allocation_schedule(truth, 500), steps).nodes, table.nodes)
+    assert result["loss"] == 0.0  # the market fields were not fitted: the prices are the table's own
