@@ -43,6 +43,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 from scipy.optimize import least_squares, minimize
 from tqdm.auto import tqdm
 
@@ -193,10 +194,9 @@ def _from_search(name: str, z: float) -> float:
     return math.exp(z) if FITTABLE[name] == "log" else 1.0 / (1.0 + math.exp(-z))
 
 
-def _market_with(params: MarketParams, values: dict[str, float]) -> MarketParams:
-    renamed = {"market.temperature": "temperature", "market.alpha": "alpha", "market.eta": "eta",
-               "market.marginal_cost": "marginal_cost"}
-    return params._replace(**{renamed[k]: v for k, v in values.items() if k in renamed})
+def _market_with(params: MarketParams, values: dict[str, Any]) -> MarketParams:
+    """``params`` with the ``market.*`` entries of ``values`` (same names, floats or traced)."""
+    return params._replace(**{k.split(".")[1]: v for k, v in values.items() if k.startswith("market.")})
 
 
 # -- the fit of one seed ----------------------------------------------------------------------------
@@ -256,9 +256,8 @@ def _prices_function(cfg: Config, schedule: Schedule, paper: Table, names: Seque
 
     def prices_at(values: jax.Array) -> jax.Array:
         named = dict(zip(names, values))
-        params = base._replace(**{k.split(".")[1]: named[k] for k in named if k.startswith("market.")})
         start = named.get("network.initial_price", cfg.network.initial_price)
-        return _price_rows(cfg, schedule, rows, params, start)
+        return _price_rows(cfg, schedule, rows, _market_with(base, named), start)
 
     return prices_at
 
@@ -392,11 +391,9 @@ def _table_dict(ours: Table, paper: Table) -> dict[str, Any]:
             "paper_nodes": paper.nodes.tolist(), "paper_prices": paper.prices.tolist()}
 
 
-def trajectory(cfg: Config, steps: int) -> "pd.DataFrame":
+def trajectory(cfg: Config, steps: int) -> pd.DataFrame:
     """Peers and mean price per stage after every reallocation period up to ``steps`` (replayed):
     columns ``step, stage, peers, mean_price``."""
-    import pandas as pd
-
     schedule = allocation_schedule(cfg, steps)
     rows = np.arange(len(schedule.stages))
     table = replay_table(cfg, schedule, list(rows * schedule.period))
