@@ -658,9 +658,8 @@ def sensitivities(price, cost, stage, alive, params: MarketParams, n_stages: int
 
     def one_stage(q_s, c_s, valid_s):
         args = (q_s, c_s, valid_s, params.alpha, params.temperature)
-        d_price = jax.jacfwd(foc, argnums=0)(*args)
-        d_cost = jnp.where(valid_s[None, :], jax.jacfwd(foc, argnums=1)(*args), 0.0)
-        d_alpha, d_temperature = jax.jacfwd(foc, argnums=(3, 4))(*args)
+        d_price, d_cost, d_alpha, d_temperature = jax.jacfwd(foc, argnums=(0, 1, 3, 4))(*args)
+        d_cost = jnp.where(valid_s[None, :], d_cost, 0.0)
         solve = partial(jnp.linalg.solve, d_price)
         residual = jnp.max(jnp.where(valid_s, jnp.abs(foc(*args)), 0.0))
         return -solve(d_cost), -solve(d_temperature), -solve(d_alpha), residual

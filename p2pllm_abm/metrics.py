@@ -28,9 +28,9 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from .allocation import stage_capacity
-from .welfare import WELFARE_METRICS, Welfare, welfare_summary
 from .equilibrium import NashGap, allocation_equilibrium
 from .network import PeerTable
+from .welfare import WELFARE_METRICS, Welfare, welfare_summary
 
 if TYPE_CHECKING:
     from .ledger import MarketLedger
