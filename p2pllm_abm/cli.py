@@ -13,15 +13,18 @@ names a reference). In a multirun every job goes through :func:`p2pllm_abm.sweep
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from .config import CONF_DIR, Config
+from .config import CONF_DIR, Config, ConfigError, check_field_name
 from .metrics import convergence_objective, reset_peak_memory, stage_rows, write_run_outputs
 from .model import P2PLLMModel
 from .paper import checkpoint_table
@@ -88,9 +91,48 @@ def experiment_objective(config: Config, outdir: Path) -> float:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float:
-    """The Hydra app; returns the run's objective (iterations to a small Nash gap) for sweepers."""
+def hydra_app(cfg: DictConfig) -> float:
+    """The Hydra app; returns the run's objective (iterations to a small Nash gap) for sweepers. A
+    refused value ends a single run with :func:`refuse` (a multirun records it per job)."""
     quiet_library_logs()
     hydra_config = HydraConfig.get()
-    return run_job(cfg, Path(hydra_config.runtime.output_dir), experiment_objective,
-                   multirun=hydra_config.mode == RunMode.MULTIRUN)
+    try:
+        return run_job(cfg, Path(hydra_config.runtime.output_dir), experiment_objective,
+                       multirun=hydra_config.mode == RunMode.MULTIRUN)
+    except ConfigError as error:
+        refuse(error)
+
+
+def refuse(error: ConfigError) -> NoReturn:
+    """Print a refused value in one line on stderr and exit with code 2 (``HYDRA_FULL_ERROR=1``:
+    raise it, with its traceback)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise error
+    print(f"p2pllm-sim: {error}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def override_fields(arguments: list[str]) -> list[tuple[str, str]]:
+    """``(field, value)`` of the command line's overrides that set schema fields: not flags, not
+    config groups (``experiment=``, ``hydra/launcher=``) and not Hydra's own settings; a ``+``,
+    ``++`` or ``~`` prefix is dropped (adding an unknown field is refused like setting one)."""
+    groups = {path.name for path in CONF_DIR.iterdir() if path.is_dir()}
+    fields = []
+    for argument in arguments:
+        key, sep, value = argument.partition("=")
+        key = key.lstrip("+~")
+        if argument.startswith("-") or not sep or key.startswith("hydra") or "/" in key or key in groups:
+            continue
+        fields.append((key, value))
+    return fields
+
+
+def main() -> None:
+    """``p2pllm-sim``: every overridden field must exist in the schema (else one line naming the
+    nearest valid one, exit code 2) before Hydra composes anything; then the Hydra app."""
+    for name, value in override_fields(sys.argv[1:]):
+        try:
+            check_field_name(name, value)
+        except ConfigError as error:
+            refuse(error)
+    hydra_app()

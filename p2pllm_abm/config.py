@@ -9,6 +9,8 @@ value and what is allowed.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,6 +245,37 @@ class ConfigError(ValueError):
         super().__init__(f"{field_name} = {value!r} is invalid: allowed {allowed}")
 
 
+@functools.cache
+def schema_keys() -> frozenset[str]:
+    """Every dotted name of the schema: sections (``market``), fields (``market.alpha``) and the
+    keys of dict fields (``adversary.mix.lazy``)."""
+    def walk(node: dict, prefix: str):
+        for key, value in node.items():
+            yield prefix + str(key)
+            if isinstance(value, dict):
+                yield from walk(value, f"{prefix}{key}.")
+
+    return frozenset(walk(OmegaConf.to_container(OmegaConf.structured(Config)), ""))
+
+
+def check_field_name(name: str, value: Any) -> None:
+    """Refuse a dotted ``name`` that is not in the schema, naming the nearest valid one."""
+    if name in schema_keys():
+        return
+    nearest = difflib.get_close_matches(name, sorted(schema_keys()), n=1, cutoff=0.5)
+    hint = f"did you mean {nearest[0]!r}?" if nearest else "see p2pllm_abm/config.py for every field"
+    raise ConfigError(name, value, f"a field of the schema ({name!r} is not one; {hint})")
+
+
+def _leaves(node: Any, prefix: str = ""):
+    """``(dotted name, value)`` of every leaf of a nested dict."""
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield prefix + str(key), value
+
+
 def _require(ok: bool, field_name: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(field_name, value, allowed)
@@ -473,6 +506,8 @@ def _validate_ledger(cfg: Config) -> None:
 def to_config(cfg: Config | DictConfig) -> Config:
     """Turn a Hydra ``DictConfig`` (or a ``Config``) into a validated :class:`Config`."""
     if isinstance(cfg, DictConfig):
+        for name, value in _leaves(OmegaConf.to_container(cfg, resolve=False)):
+            check_field_name(name, value)
         merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
         cfg = OmegaConf.to_object(merged)
     return validate(cfg)

@@ -45,8 +45,19 @@ def test_multirun_sweeps_every_combination(tmp_path):
 
 def test_invalid_override_fails_before_running_with_a_clear_message(tmp_path):
     result = sim("market.alpha=1.5", f"hydra.run.dir={tmp_path}")
-    assert result.returncode != 0
-    assert "market.alpha = 1.5 is invalid: allowed 0 <= alpha <= 1" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr.strip() == "p2pllm-sim: market.alpha = 1.5 is invalid: allowed 0 <= alpha <= 1"
+    assert not (tmp_path / "metrics.parquet").exists()
+
+
+@pytest.mark.parametrize("override, nearest", [("+market.alhpa=0.9", "market.alpha"),
+                                               ("market.alhpa=0.9", "market.alpha"),
+                                               ("allocation.reding=head_count", "allocation.reading")])
+def test_unknown_field_is_refused_in_one_line_with_the_nearest_name(tmp_path, override, nearest):
+    result = sim("experiment=paper_28", override, *FAST, f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"did you mean {nearest!r}?" in lines[0]
     assert not (tmp_path / "metrics.parquet").exists()
 
 

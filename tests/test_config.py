@@ -91,3 +91,11 @@ def test_spans_need_path_routing():
     assert cfg.network.span_length_probs == [0.5, 0.5]
     # zero mass on longer spans is the one-stage network: reallocation and stage routing stay allowed
     assert load_config("paper_28", overrides=["network.span_length_probs=[1.0,0.0]"]).clients.routing == "stage"
+
+
+def test_unknown_fields_are_refused_with_the_nearest_valid_name():
+    with pytest.raises(ConfigError, match=r"market.alhpa = 0.9 is invalid: .*did you mean 'market.alpha'\?"):
+        load_config("paper_28", overrides=["+market.alhpa=0.9"])
+    with pytest.raises(ConfigError, match="did you mean 'adversary.mix.lazy'"):
+        load_config("paper_28", overrides=["+adversary.mix.lazzy=1"])
+    assert load_config("paper_28", overrides=["adversary.mix.lazy=1"]).adversary.mix["lazy"] == 1
