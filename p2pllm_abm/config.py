@@ -28,6 +28,11 @@ UPDATE_RULES = ("gradient", "best_response", "sequential_best_response", "fixed_
 PRICE_RULES = (*UPDATE_RULES, "observed")
 ALPHA_DISTRIBUTIONS = ("fixed", "uniform", "beta")
 ROUTINGS = ("stage", "path")
+#: the market's scales (prices, step size, demand, T and 1/T, costs) stay within [1/SCALE, SCALE]: the
+#: equilibrium's price differences are of order T/alpha, and float64 resolves them next to prices,
+#: costs and their products only while those stay within a few orders of magnitude of each other
+SCALE = 1e6
+BEYOND = " (beyond that float64 cannot keep the market's arithmetic finite and exact)"
 #: what eq. 7's share of a stage counts: inverse compute cost (as written) or peers
 ALLOCATION_READINGS = ("compute_share", "head_count")
 COST_SOURCES = ("uniform", "profile")
@@ -276,6 +281,28 @@ def _leaves(node: Any, prefix: str = ""):
             yield prefix + str(key), value
 
 
+#: the market scales :func:`most_extreme_field` weighs, by dotted name
+MARKET_SCALES = ("market.eta", "market.temperature", "market.demand", "network.initial_price", "market.exploration",
+                 "market.marginal_cost", "market.price_floor")
+
+
+def most_extreme_field(cfg: Config) -> tuple[str, Any]:
+    """The market scale furthest, in orders of magnitude, from its default (``network.cost_range``
+    by its upper end): the field most likely to blame when a run's arithmetic leaves float64."""
+    defaults = Config()
+
+    def value_of(config: Config, name: str) -> float:
+        section, key = name.split(".")
+        return float(getattr(getattr(config, section), key))
+
+    scores = {name: abs(math.log10(value_of(cfg, name) / value_of(defaults, name))) for name in MARKET_SCALES
+              if value_of(cfg, name) > 0 and value_of(defaults, name) > 0}
+    scores["network.cost_range"] = abs(math.log10(cfg.network.cost_range[1] / defaults.network.cost_range[1]))
+    name = max(scores, key=scores.get)
+    value = list(cfg.network.cost_range) if name == "network.cost_range" else value_of(cfg, name)
+    return name, value
+
+
 def _require(ok: bool, field_name: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(field_name, value, allowed)
@@ -339,15 +366,21 @@ def validate(cfg: Config) -> Config:
              f"probabilities of lengths 1..k (k <= network.stages = {net.stages}), each >= 0, summing to 1")
     _validate_cost_source(net)
     _range_pair(net.cost_range, "network.cost_range", lower=0.0)
-    _require(net.cost_range[1] > 0, "network.cost_range", list(net.cost_range), "high > 0")
+    _require(1 / SCALE <= net.cost_range[1] <= SCALE, "network.cost_range", list(net.cost_range),
+             f"{1 / SCALE:g} <= high <= {SCALE:g} ms{BEYOND}")
     _range_pair(net.latency_range, "network.latency_range", lower=0.0)
-    _require(_finite(net.initial_price) and net.initial_price >= mkt.price_floor,
-             "network.initial_price", net.initial_price, f"a finite price >= market.price_floor = {mkt.price_floor}")
+    _require(_finite(mkt.price_floor) and 0 <= mkt.price_floor <= SCALE, "market.price_floor", mkt.price_floor,
+             f"0 <= floor <= {SCALE:g}{BEYOND}")
+    _require(_finite(net.initial_price) and mkt.price_floor <= net.initial_price <= SCALE,
+             "network.initial_price", net.initial_price,
+             f"market.price_floor = {mkt.price_floor} <= price <= {SCALE:g}{BEYOND}")
 
     _require(_finite(mkt.alpha) and 0.0 <= mkt.alpha <= 1.0, "market.alpha", mkt.alpha, "0 <= alpha <= 1")
-    _require(_finite(mkt.eta) and mkt.eta > 0, "market.eta", mkt.eta, "eta > 0")
-    _require(_finite(mkt.temperature) and mkt.temperature > 0, "market.temperature", mkt.temperature, "T > 0")
-    _require(_finite(mkt.demand) and mkt.demand > 0, "market.demand", mkt.demand, "D > 0")
+    _require(_finite(mkt.eta) and 0 < mkt.eta <= SCALE, "market.eta", mkt.eta, f"0 < eta <= {SCALE:g}{BEYOND}")
+    _require(_finite(mkt.temperature) and 1 / SCALE <= mkt.temperature <= SCALE, "market.temperature",
+             mkt.temperature, f"{1 / SCALE:g} <= T <= {SCALE:g}{BEYOND}")
+    _require(_finite(mkt.demand) and 0 < mkt.demand <= SCALE, "market.demand", mkt.demand,
+             f"0 < D <= {SCALE:g}{BEYOND}")
     _require(mkt.update_rule in PRICE_RULES, "market.update_rule", mkt.update_rule, f"one of {PRICE_RULES}")
     if mkt.update_rule == "observed":
         _require(cfg.clients.count >= 1, "clients.count", cfg.clients.count,
@@ -355,19 +388,17 @@ def validate(cfg: Config) -> Config:
         _require(not cfg.ledger.enabled, "ledger.enabled", cfg.ledger.enabled,
                  "false with market.update_rule = 'observed' (the ledger settles the peers' own prices, not the "
                  "perturbed ones the rule posts)")
-    _require(_finite(mkt.exploration) and mkt.exploration > 0, "market.exploration", mkt.exploration,
-             "a finite delta > 0")
+    _require(_finite(mkt.exploration) and 0 < mkt.exploration <= SCALE, "market.exploration", mkt.exploration,
+             f"0 < delta <= {SCALE:g}{BEYOND}")
     _require(_finite(mkt.baseline_rate) and 0 < mkt.baseline_rate <= 1, "market.baseline_rate", mkt.baseline_rate,
              "0 < beta <= 1")
     _require(mkt.update_rule in ("gradient", "observed") or mkt.alpha > 0, "market.alpha", mkt.alpha,
              f"alpha > 0 with market.update_rule = {mkt.update_rule!r} (at alpha = 0 no best response exists)")
     _require(_finite(mkt.damping) and 0 < mkt.damping <= 1, "market.damping", mkt.damping, "0 < damping <= 1")
-    _require(_finite(mkt.price_floor) and mkt.price_floor >= 0, "market.price_floor", mkt.price_floor,
-             "a finite floor >= 0")
-    _require(_finite(mkt.marginal_cost) and mkt.marginal_cost >= 0, "market.marginal_cost", mkt.marginal_cost,
-             "a finite kappa >= 0 (0: revenue, the paper's eq. 2)")
-    _require(mkt.outside_option is None or _finite(mkt.outside_option), "market.outside_option",
-             mkt.outside_option, "null (no outside option) or a finite weight w_0")
+    _require(_finite(mkt.marginal_cost) and 0 <= mkt.marginal_cost <= SCALE, "market.marginal_cost",
+             mkt.marginal_cost, f"0 <= kappa <= {SCALE:g} (0: revenue, the paper's eq. 2){BEYOND}")
+    _require(mkt.outside_option is None or (_finite(mkt.outside_option) and abs(mkt.outside_option) <= SCALE),
+             "market.outside_option", mkt.outside_option, f"null (no outside option) or a weight |w_0| <= {SCALE:g}{BEYOND}")
     _require(mkt.outside_option is None or cfg.clients.routing == "stage", "market.outside_option",
              mkt.outside_option, "null with clients.routing = 'path' (the outside option is a per-stage choice)")
 

@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 from .agents import ClientAgent, PeerAgent
 from .behaviours import Behaviours, assign
 from .allocation import move_candidates, reallocate
-from .config import ClientsConfig, Config, to_config
-from .dynamics import Environment, Geometry, initial_state, paid_tick_jit, run_paid_ticks, run_ticks
+from .config import ClientsConfig, Config, ConfigError, most_extreme_field, to_config
+from .dynamics import Environment, Geometry, MarketState, initial_state, paid_tick_jit, run_paid_ticks, run_ticks
 from .economics import market_params
 from .equilibrium import certify, stage_blocks
 from .ledger import MarketLedger
@@ -131,7 +131,7 @@ class P2PLLMModel(mesa.Model):
     # -- phases ---------------------------------------------------------------------------------
     def step(self) -> None:
         """One step: requests and prices, then reallocation, contracts and metrics when due."""
-        self._market_ticks(1)
+        self._market_ticks(1, first_step=self.steps)  # Mesa has counted this step already
         self._after_market()
 
     def reallocation_phase(self) -> None:
@@ -181,7 +181,7 @@ class P2PLLMModel(mesa.Model):
                     if done < ticks - 1:  # a peer left: the market changed mid-chunk
                         continue
                 elif ticks > 1:
-                    self._market_ticks(ticks - 1)
+                    self._market_ticks(ticks - 1, first_step=self.steps + 1)
                     self.steps += ticks - 1
                 self.step()
                 bar.update(ticks if self.ledger is None else 1)
@@ -231,9 +231,10 @@ class P2PLLMModel(mesa.Model):
             ),
         )
 
-    def _market_ticks(self, ticks: int) -> None:
+    def _market_ticks(self, ticks: int, first_step: int) -> None:
         options = dict(rule=self.config.market.update_rule, routing=self.config.clients.routing,
                        n_stages=self.peers.n_stages)
+        start = self._state
         if self.ledger is None:
             self._state = run_ticks(self._state, self._environment, ticks, **options)
         elif self.config.ledger.registry_view == "confirmed":  # requests see the registry's prices
@@ -244,7 +245,29 @@ class P2PLLMModel(mesa.Model):
             self._state, paid, before = run_paid_ticks(self._state, self._environment, 1,
                                                        length=self._chunk_length, **options)
             self._paid = (np.asarray(paid)[0], np.asarray(before)[0])
+        self._guard_finite(start, self._state, first_step, ticks)
         self._sync_peers()
+
+    def _guard_finite(self, start: MarketState, state: MarketState, first_step: int, ticks: int) -> None:
+        """Stop at the first non-finite price or revenue: replay the chunk from ``start`` one tick
+        at a time to find its step and peer, and refuse the market scale most likely to blame
+        (:func:`~p2pllm_abm.config.most_extreme_field`) in one line. Nothing non-finite is recorded."""
+        if np.isfinite(np.asarray(state.price)).all() and np.isfinite(np.asarray(state.revenue)).all():
+            return
+        options = dict(rule=self.config.market.update_rule, routing=self.config.clients.routing,
+                       n_stages=self.peers.n_stages)
+        probe, step = start, first_step
+        for step in range(first_step, first_step + ticks):
+            probe = run_ticks(probe, self._environment, 1, **options)
+            if not (np.isfinite(np.asarray(probe.price)).all() and np.isfinite(np.asarray(probe.revenue)).all()):
+                break
+        quantity = "price" if not np.isfinite(np.asarray(probe.price)).all() else "revenue"
+        values = np.asarray(getattr(probe, quantity))
+        peer = int(np.flatnonzero(~np.isfinite(values))[0])
+        field, value = most_extreme_field(self.config)
+        raise ConfigError(field, value, f"values that keep the run finite: peer {peer}'s {quantity} (stage "
+                          f"{int(self.peers.stage[peer])}) became {values[peer]} at step {step}, its previous "
+                          f"record is the last one kept; {field} is the market scale furthest from its default")
 
     def _sync_peers(self) -> None:
         self.peers.price = np.asarray(self._state.price)
@@ -261,6 +284,7 @@ class P2PLLMModel(mesa.Model):
         options = dict(rule=self.config.market.update_rule, routing=self.config.clients.routing,
                        n_stages=self.peers.n_stages)
         final, paid, before = run_paid_ticks(start, env, ticks, length=self._chunk_length, **options)
+        self._guard_finite(start, final, self.steps + 1, ticks)
         paid, before = np.asarray(paid), np.asarray(before)
         for k in range(ticks):
             self.steps += 1

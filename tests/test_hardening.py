@@ -1,0 +1,51 @@
+"""Bad input is refused in one line before a run; a run whose arithmetic leaves float64 stops at the
+first non-finite state, naming the step, the peer and the field most likely to blame."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from p2pllm_abm import P2PLLMModel, load_config
+from p2pllm_abm.config import ConfigError
+from tests.test_cli import FAST, sim
+
+RUNAWAY = ["market.update_rule=observed", "market.eta=1e6", "run.record_interval=10", "report.table_steps=[0]"]
+
+
+@pytest.mark.parametrize("override, field", [
+    ("market.eta=1e308", "market.eta"),
+    ("market.temperature=1e-308", "market.temperature"),
+    ("market.demand=1e308", "market.demand"),
+    ("network.initial_price=1e308", "network.initial_price"),
+    ("network.cost_range=[0,1e-310]", "network.cost_range"),
+    ("market.price_floor=1e300", "market.price_floor"),
+    ("market.outside_option=-1e300", "market.outside_option"),
+])
+def test_scales_where_float64_cannot_stay_exact_are_refused(override, field):
+    with pytest.raises(ConfigError, match=f"^{field} = .* is invalid: allowed .*float64"):
+        load_config("paper_28", overrides=[override])
+
+
+def test_a_run_stops_at_the_first_non_finite_state_whether_fused_or_stepped():
+    cfg = load_config("paper_28", overrides=RUNAWAY)
+    fused = P2PLLMModel(cfg)
+    with pytest.raises(ConfigError, match=r"^market.eta = 1000000.0 is invalid: .* became inf at step (\d+)") as run:
+        fused.run(2000)
+    stepped = P2PLLMModel(cfg)
+    with pytest.raises(ConfigError) as step:
+        for _ in range(2000):
+            stepped.step()
+    assert str(run.value) == str(step.value)
+    failed_at = int(str(run.value).split("at step ")[1].split(",")[0])
+    assert stepped.steps == failed_at
+    prices = fused.metrics_frame()["mean_price"].dropna()
+    assert np.isfinite(prices).all() and fused.metrics_frame()["step"].max() < failed_at
+
+
+def test_the_command_line_reports_a_runaway_in_one_line_and_keeps_the_records(tmp_path):
+    result = sim("experiment=paper_28", *RUNAWAY, "run.steps=2000", "run.progress=false", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("p2pllm-sim: market.eta = 1000000.0 is invalid")
+    metrics = pd.read_parquet(tmp_path / "metrics.parquet")
+    assert np.isfinite(metrics["mean_price"].dropna()).all() and metrics["step"].max() > 0
