@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from .costs import COST_METRICS, PROFILED, devices, load_profile, resolve_profile
+from .costs import COST_METRICS, PROFILED, ProfileError, devices, load_profile, resolve_profile
 from .paths import CONF_DIR
 
 
@@ -333,7 +333,10 @@ def _validate_cost_source(net: NetworkConfig) -> None:
         return
     _require(net.cost_profile is not None and resolve_profile(net.cost_profile).is_file(), "network.cost_profile",
              net.cost_profile, "a cost profile file (absolute, or a name in conf/profiles/)")
-    stages = len(load_profile(net.cost_profile)["stages"])
+    try:
+        stages = len(load_profile(net.cost_profile)["stages"])
+    except ProfileError as error:
+        raise ConfigError("network.cost_profile", net.cost_profile, f"a valid cost profile ({error})") from None
     _require(stages == net.stages, "network.cost_profile", net.cost_profile,
              f"a profile of network.stages = {net.stages} stages (this one has {stages})")
     _require(net.cost_metric in COST_METRICS, "network.cost_metric", net.cost_metric, f"one of {COST_METRICS}")

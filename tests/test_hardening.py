@@ -49,3 +49,39 @@ def test_the_command_line_reports_a_runaway_in_one_line_and_keeps_the_records(tm
     assert len(lines) == 1 and lines[0].startswith("p2pllm-sim: market.eta = 1000000.0 is invalid")
     metrics = pd.read_parquet(tmp_path / "metrics.parquet")
     assert np.isfinite(metrics["mean_price"].dropna()).all() and metrics["step"].max() > 0
+
+
+def _profile_case(tmp_path, edit):
+    import json
+
+    from p2pllm_abm.costs import resolve_profile
+
+    text = resolve_profile("llama-134m_4stages_cpu.json").read_text()
+    path = tmp_path / "profile.json"
+    if edit == "truncated":
+        path.write_text(text[: len(text) // 2])
+    else:
+        profile = json.loads(text)
+        edit(profile)
+        path.write_text(json.dumps(profile))
+    return path
+
+
+@pytest.mark.parametrize("edit, key", [
+    ("truncated", "not valid JSON (line"),
+    (lambda p: p["stages"][2].pop("decode_ms"), "stages[2].decode_ms = '(missing)'"),
+    (lambda p: p["stages"][1].update(prefill_ms="fast"), "stages[1].prefill_ms = 'fast'"),
+    (lambda p: p["stages"][0].update(decode_ms=-1.0), "stages[0].decode_ms = -1.0"),
+    (lambda p: p["stages"][3].update(decode_ms=0), "stages[3].decode_ms = 0"),
+    (lambda p: p["stages"][0].update(prefill_ms=float("nan")), "stages[0].prefill_ms = nan"),
+    (lambda p: p["stages"][0].update(decode_ms=float("inf")), "stages[0].decode_ms = inf"),
+    (lambda p: p["metadata"].update(memory_bandwidth_gbs=0), "metadata.memory_bandwidth_gbs = 0"),
+    (lambda p: p["stages"][0].update(decode_ms=True), "stages[0].decode_ms = True"),
+    (lambda p: p.update(stages=[]), "stages = []"),
+    (lambda p: p.pop("metadata"), "metadata = None"),
+])
+def test_a_bad_cost_profile_is_refused_naming_the_file_and_the_key(tmp_path, edit, key):
+    path = _profile_case(tmp_path, edit)
+    with pytest.raises(ConfigError, match="^network.cost_profile = ") as refused:
+        load_config("grounded_costs", overrides=[f"network.cost_profile={path}"])
+    assert str(path) in str(refused.value) and key in str(refused.value)
