@@ -49,7 +49,7 @@ def run_experiment(config: Config, outdir: Path, report: bool = True) -> P2PLLMM
                                                                      config.report.reference)})
     if not report:
         return model
-    steps = [s for s in config.report.table_steps if s <= model.steps]
+    steps = sorted({s for s in config.report.table_steps if s <= model.steps} | {model.steps})  # the last step too
     table = checkpoint_table(model.metrics_frame(), steps, config.report.reference)
     header = "ours (paper)" if config.report.reference else "ours"
     print(f"\nNodes and average price per layer at checkpoints [{header}], seed {config.seed}:")

@@ -130,6 +130,7 @@ class RunConfig:
     steps: int = 1000  #: number of steps (iterations)
     record_interval: int = 50  #: metrics and peer snapshots every this many steps (and at 0, last)
     progress: bool = True  #: show a progress bar
+    memory_check: bool = True  #: refuse a run whose estimated memory exceeds what is available (resources.py)
     figures: bool = True  #: write PNG figures into the run directory
     #: in a multirun, skip a job whose run directory holds a completed run of the same config
     resume: bool = True
@@ -442,6 +443,8 @@ def validate(cfg: Config) -> Config:
 
     _require(run.steps >= 0, "run.steps", run.steps, "an integer >= 0")
     _require(run.record_interval >= 1, "run.record_interval", run.record_interval, "an integer >= 1")
+    _require(len(rep.table_steps) > 0, "report.table_steps", list(rep.table_steps),
+             "at least one recorded step (the last step is always added to the printed table)")
     for step in rep.table_steps:
         _require(step >= 0 and step % run.record_interval == 0, "report.table_steps", list(rep.table_steps),
                  f"recorded steps: multiples of run.record_interval = {run.record_interval} "

@@ -46,6 +46,7 @@ from .metrics import (LEDGER_PEER_COLUMNS, PEER_COLUMNS, PeerTableCollector, Req
                       metric_rows, model_reporters, stage_statistics)
 from .network import PeerTable
 from .pareto import ParetoFrontier, pareto_paths
+from .resources import check_memory
 from .routing import best_path
 from .security import SecurityPhase
 from .welfare import stage_welfare
@@ -74,6 +75,7 @@ class P2PLLMModel(mesa.Model):
 
     def __init__(self, config: Config | DictConfig | None = None) -> None:
         cfg = to_config(config if config is not None else Config())
+        check_memory(cfg)  # before anything is allocated
         seeds = np.random.SeedSequence(cfg.seed).spawn(6)
         network_seed, dynamics_seed, client_seed, noise_seed, ledger_seed, adversary_seed = seeds
         super().__init__(rng=np.random.default_rng(dynamics_seed))

@@ -85,3 +85,41 @@ def test_a_bad_cost_profile_is_refused_naming_the_file_and_the_key(tmp_path, edi
     with pytest.raises(ConfigError, match="^network.cost_profile = ") as refused:
         load_config("grounded_costs", overrides=[f"network.cost_profile={path}"])
     assert str(path) in str(refused.value) and key in str(refused.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["network.peers=100000000", "network.initial_distribution=null"],
+    ["network.peers=1000000", "network.initial_distribution=null", "clients.routing=path"],
+])
+def test_a_run_that_cannot_fit_in_memory_is_refused_before_allocating(overrides):
+    import time
+
+    cfg = load_config("paper_table1", overrides=overrides)
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"^network.peers = .* allowed a run that fits in memory: .* GiB are available"):
+        P2PLLMModel(cfg)
+    assert time.perf_counter() - started < 5  # refused before the peers' arrays exist
+
+
+def test_the_memory_estimate_grows_with_each_part_and_can_be_switched_off():
+    from p2pllm_abm.resources import check_memory, estimate_memory
+
+    base = load_config("paper_table1")
+    parts = estimate_memory(base)
+    assert sum(parts.values()) < 2**30  # the paper's run: well under 1 GiB
+    bigger = estimate_memory(load_config("paper_table1", overrides=["clients.count=128", "run.record_interval=10"]))
+    assert bigger["requests"] == 2 * parts["requests"] and bigger["snapshots"] > 4 * parts["snapshots"]
+    path = estimate_memory(load_config("paper_table1", overrides=["clients.routing=path"]))
+    assert path["requests"] == 64 * 128 * 128 * 40  # clients x widest boundary (78 -> 128)^2
+    with pytest.raises(ConfigError, match="run.record_interval"):
+        check_memory(load_config("paper_table1", overrides=["run.record_interval=1"]), available=700 * 2**20)
+    check_memory(load_config("paper_table1", overrides=["run.memory_check=false"]), available=1)
+
+
+def test_an_empty_table_is_refused_before_the_run_and_the_last_step_is_always_printed(tmp_path):
+    with pytest.raises(ConfigError, match=r"^report.table_steps = \[\] is invalid"):
+        load_config("paper_28", overrides=["report.table_steps=[]"])
+    result = sim("experiment=paper_28", "run.steps=30", "run.record_interval=10", "report.table_steps=[100]",
+                 "run.progress=false", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    assert "\n30 " in result.stdout  # steps past run.steps are left out, the last one is printed
