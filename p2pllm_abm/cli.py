@@ -23,30 +23,60 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from tqdm.auto import tqdm
 
-from .config import CONF_DIR, Config, ConfigError, check_field_name
-from .metrics import convergence_objective, reset_peak_memory, stage_rows, write_run_outputs
+from .config import CONF_DIR, Config, ConfigError, RunConfig, check_field_name
+from .metrics import convergence_objective, reset_peak_memory, stage_rows, write_parquet, write_run_outputs
 from .model import P2PLLMModel
 from .paper import checkpoint_table
+from .paths import ensure_writable
 from .sweep import run_job
+
+
+#: a run flushes metrics.parquet about this many times (see :func:`run_experiment`)
+FLUSHES = 20
+
+
+def flush_segment(run: RunConfig) -> int:
+    """Steps between two flushes: a multiple of ``run.record_interval``, so that running in segments
+    gives the same records, bit for bit, as one ``model.run(steps)``."""
+    return run.record_interval * max(1, round(run.steps / FLUSHES / run.record_interval))
 
 
 def run_experiment(config: Config, outdir: Path, report: bool = True) -> P2PLLMModel:
     """Build the model, run ``config.run.steps`` steps and write the run directory; with
-    ``report``, print the checkpoint table and the files written. An interrupt (Ctrl-C) still
-    writes what was recorded so far before it propagates."""
+    ``report``, print the checkpoint table and the files written.
+
+    The directory must be writable before the model is built. The run goes in segments of
+    :func:`flush_segment` steps, each followed by an atomic rewrite of ``metrics.parquet``, so a
+    late failure (or a directory that becomes unwritable) keeps what was recorded; an interrupt
+    (Ctrl-C) or an error still writes every output before it propagates."""
+    outdir = Path(outdir)
+    try:
+        ensure_writable(outdir)
+    except OSError as error:
+        raise ConfigError("hydra.run.dir", str(outdir), f"a directory this process can write ({error})") from None
     reset_peak_memory()
     model = P2PLLMModel(config)
     started = time.perf_counter()
     try:
-        model.run(config.run.steps, progress=config.run.progress)
+        with tqdm(total=config.run.steps, disable=not config.run.progress, unit="step", desc="p2pllm-sim") as bar:
+            while model.steps < config.run.steps:
+                steps = min(flush_segment(config.run), config.run.steps - model.steps)
+                model.run(steps)
+                bar.update(steps)
+                write_parquet(model.metrics_frame(), outdir / "metrics.parquet")
     finally:
-        paths = write_run_outputs(model, outdir, time.perf_counter() - started)
-        if config.run.figures:
-            from .figures import plot_stage_trajectories  # matplotlib + seaborn: 0.6 s to import
+        try:
+            paths = write_run_outputs(model, outdir, time.perf_counter() - started)
+            if config.run.figures:
+                from .figures import plot_stage_trajectories  # matplotlib + seaborn: 0.6 s to import
 
-            paths.update({p.name: p for p in plot_stage_trajectories(model.metrics_frame(), outdir,
-                                                                     config.report.reference)})
+                paths.update({p.name: p for p in plot_stage_trajectories(model.metrics_frame(), outdir,
+                                                                         config.report.reference)})
+        except OSError as error:
+            raise ConfigError("hydra.run.dir", str(outdir), f"a directory this process can write ({error}); the "
+                              "outputs could not be written at the end of the run") from error
     if not report:
         return model
     steps = sorted({s for s in config.report.table_steps if s <= model.steps} | {model.steps})  # the last step too
@@ -130,9 +160,17 @@ def override_fields(arguments: list[str]) -> list[tuple[str, str]]:
 def main() -> None:
     """``p2pllm-sim``: every overridden field must exist in the schema (else one line naming the
     nearest valid one, exit code 2) before Hydra composes anything; then the Hydra app."""
-    for name, value in override_fields(sys.argv[1:]):
+    arguments = sys.argv[1:]
+    for name, value in override_fields(arguments):
         try:
             check_field_name(name, value)
         except ConfigError as error:
             refuse(error)
+    for argument in arguments:  # Hydra creates these itself, and fails with a traceback
+        key, _, value = argument.partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir"):
+            try:
+                ensure_writable(Path(value))
+            except OSError as error:
+                refuse(ConfigError(key, value, f"a directory this process can write ({error})"))
     hydra_app()

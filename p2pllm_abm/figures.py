@@ -13,6 +13,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from .metrics import stage_rows  # noqa: E402
+from .paths import atomic_path  # noqa: E402
 
 #: figure file name -> (metrics.parquet column, y-axis label)
 STAGE_FIGURES = {
@@ -52,7 +53,8 @@ def plot_stage_trajectories(metrics: pd.DataFrame, outdir: Path, reference: str 
                 ax.set_title(f"lines: this run; crosses: {reference} (published)", fontsize=8)
             ax.set(xlabel="iteration", ylabel=label)
             fig.tight_layout()
-            fig.savefig(outdir / name, dpi=150)
+            with atomic_path(outdir / name) as temporary:
+                fig.savefig(temporary, dpi=150, format="png")
             plt.close(fig)
             paths.append(outdir / name)
     return paths

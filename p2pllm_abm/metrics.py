@@ -30,6 +30,7 @@ from omegaconf import OmegaConf
 from .allocation import stage_capacity
 from .equilibrium import NashGap, allocation_equilibrium
 from .network import PeerTable
+from .paths import atomic_path, write_text_atomic
 from .welfare import WELFARE_METRICS, Welfare, welfare_summary
 
 if TYPE_CHECKING:
@@ -339,10 +340,16 @@ def write_run_outputs(model: P2PLLMModel, outdir: Path, wall_time_s: float) -> d
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     paths = {name: outdir / name for name in ("metrics.parquet", "peers.parquet", "summary.json")}
-    model.metrics_frame().to_parquet(paths["metrics.parquet"], index=False)
-    model.peers_frame().to_parquet(paths["peers.parquet"], index=False)
-    paths["summary.json"].write_text(json.dumps(summary(model, wall_time_s), indent=2))
+    write_parquet(model.metrics_frame(), paths["metrics.parquet"])
+    write_parquet(model.peers_frame(), paths["peers.parquet"])
+    write_text_atomic(paths["summary.json"], json.dumps(summary(model, wall_time_s), indent=2))
     if model.ledger is not None:
         paths["ledger.parquet"] = outdir / "ledger.parquet"
-        model.ledger.ledger.journal_frame().to_parquet(paths["ledger.parquet"], index=False)
+        write_parquet(model.ledger.ledger.journal_frame(), paths["ledger.parquet"])
     return paths
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    """``frame`` to ``path`` atomically (:func:`~p2pllm_abm.paths.atomic_path`)."""
+    with atomic_path(path) as temporary:
+        frame.to_parquet(temporary, index=False)

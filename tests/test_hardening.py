@@ -123,3 +123,41 @@ def test_an_empty_table_is_refused_before_the_run_and_the_last_step_is_always_pr
                  "run.progress=false", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr
     assert "\n30 " in result.stdout  # steps past run.steps are left out, the last one is printed
+
+
+def test_an_unwritable_run_directory_is_refused_before_the_run(tmp_path):
+    from p2pllm_abm.cli import run_experiment
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="^hydra.run.dir = .* is invalid: allowed a directory this process can write"):
+        run_experiment(load_config("paper_28"), blocker / "run")
+    result = sim("experiment=paper_28", *FAST, f"hydra.run.dir={blocker / 'run'}")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_segments_and_flushes_leave_the_records_unchanged(tmp_path):
+    from p2pllm_abm.cli import flush_segment, run_experiment
+
+    cfg = load_config("paper_28", overrides=["run.progress=false", "run.figures=false"])
+    assert flush_segment(cfg.run) == 50 and flush_segment(cfg.run) % cfg.run.record_interval == 0
+    run_experiment(cfg, tmp_path, report=False)
+    direct = P2PLLMModel(cfg)
+    direct.run(cfg.run.steps)
+    assert pd.read_parquet(tmp_path / "metrics.parquet").equals(direct.metrics_frame())
+    assert pd.read_parquet(tmp_path / "peers.parquet").equals(direct.peers_frame())
+    assert not list(tmp_path.glob(".*.tmp"))  # every write was renamed into place
+
+
+def test_a_failure_at_the_end_keeps_the_flushed_records(tmp_path, monkeypatch):
+    import p2pllm_abm.cli as cli
+
+    def unwritable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cli, "write_run_outputs", unwritable)
+    cfg = load_config("paper_28", overrides=["run.progress=false", "run.figures=false"])
+    with pytest.raises(ConfigError, match="could not be written at the end of the run"):
+        cli.run_experiment(cfg, tmp_path, report=False)
+    flushed = pd.read_parquet(tmp_path / "metrics.parquet")
+    assert flushed["step"].max() == cfg.run.steps  # the last segment's flush holds every record
