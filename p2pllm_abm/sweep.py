@@ -3,8 +3,9 @@ and no core oversubscription when jobs share a machine.
 
 Every job of ``p2pllm-sim -m ...`` goes through :func:`run_job`:
 
-- a run directory holding :data:`COMPLETE` (written last, with a digest of the job's config) is
-  *skipped* when the same config runs again (``run.resume=false`` forces a rerun);
+- a run directory holding :data:`COMPLETE` (written last, with digests of the job's config and of
+  every output file) is *skipped* when the same config runs again and every output is there and
+  unchanged; otherwise the job is redone, saying why (``run.resume=false`` forces a rerun);
 - a job that raises (a bad override, a crash) writes its traceback to :data:`ERROR` and
   ``status = failed`` to :data:`STATUS`, and the sweep goes on with the other jobs;
 - :class:`SweepCallback` (registered in ``conf/config.yaml``) limits every job's JAX/BLAS threads
@@ -29,6 +30,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .config import Config, to_config
+from .paths import file_digest, write_text_atomic
 
 COMPLETE = "complete.json"  #: written last by a finished job
 STATUS = "status.json"  #: done, skipped or failed, with the sweep id
@@ -46,14 +48,46 @@ def config_digest(config: Config) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def is_complete(outdir: Path, digest: str) -> bool:
+#: files of a job directory that are not its outputs (markers, Hydra's log)
+NOT_OUTPUTS = (COMPLETE, STATUS, ERROR)
+
+
+def output_digests(outdir: Path) -> dict[str, str]:
+    """SHA-256 of every output file of a job directory (not the markers, logs or hidden files)."""
+    return {path.name: file_digest(path) for path in sorted(Path(outdir).iterdir())
+            if path.is_file() and path.name not in NOT_OUTPUTS and not path.name.startswith(".")
+            and path.suffix != ".log"}
+
+
+def completion(outdir: Path, digest: str) -> tuple[bool, str]:
+    """Whether ``outdir`` holds a completed run of the config with ``digest``: its :data:`COMPLETE`
+    marker reads, names that config, and every output it lists exists with the digest it lists.
+    Otherwise ``False`` and why (empty when there is no marker: a job not run yet)."""
     marker = Path(outdir) / COMPLETE
-    return marker.is_file() and json.loads(marker.read_text()).get("config_digest") == digest
+    if not marker.is_file():
+        return False, ""
+    try:
+        record = json.loads(marker.read_text())
+        outputs = record["outputs"]
+        recorded_config = record["config_digest"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return False, f"{COMPLETE} does not read ({type(error).__name__}: {error})"
+    if recorded_config != digest:
+        return False, "its config changed"
+    if not isinstance(outputs, dict) or not outputs:
+        return False, f"{COMPLETE} lists no outputs"
+    for name, expected in outputs.items():
+        path = Path(outdir) / name
+        if not path.is_file():
+            return False, f"{name} is missing"
+        if file_digest(path) != expected:
+            return False, f"{name} does not match the digest recorded when the job completed"
+    return True, ""
 
 
 def write_status(outdir: Path, status: str, **details: Any) -> None:
     record = {"status": status, "sweep_id": os.environ.get(SWEEP_ID), "time": time.time(), **details}
-    (Path(outdir) / STATUS).write_text(json.dumps(record, indent=2))
+    write_text_atomic(Path(outdir) / STATUS, json.dumps(record, indent=2))
 
 
 def run_job(cfg: DictConfig, outdir: Path, task: Callable[[Config, Path], float], multirun: bool) -> float:
@@ -67,10 +101,14 @@ def run_job(cfg: DictConfig, outdir: Path, task: Callable[[Config, Path], float]
     try:
         config = to_config(cfg)
         digest = config_digest(config)
-        if multirun and config.run.resume and is_complete(outdir, digest):
-            write_status(outdir, "skipped")
-            print(f"Skipped (complete): {outdir}")
-            return float(json.loads((outdir / COMPLETE).read_text()).get("objective", "nan"))
+        if multirun and config.run.resume:
+            complete, why = completion(outdir, digest)
+            if complete:
+                write_status(outdir, "skipped")
+                print(f"Skipped (complete): {outdir}")
+                return float(json.loads((outdir / COMPLETE).read_text()).get("objective", "nan"))
+            if why:
+                print(f"Redoing {outdir}: {why}")
         (outdir / COMPLETE).unlink(missing_ok=True)
         (outdir / ERROR).unlink(missing_ok=True)
         started = time.perf_counter()
@@ -78,13 +116,14 @@ def run_job(cfg: DictConfig, outdir: Path, task: Callable[[Config, Path], float]
     except Exception as error:
         if not multirun:
             raise
-        (outdir / ERROR).write_text(traceback.format_exc())
+        write_text_atomic(outdir / ERROR, traceback.format_exc())
         write_status(outdir, "failed", error=f"{type(error).__name__}: {error}")
         print(f"Failed: {outdir} ({type(error).__name__}: {error})")
         return float("nan")
     write_status(outdir, "done")
-    (outdir / COMPLETE).write_text(json.dumps({"config_digest": digest, "objective": objective,
-                                               "wall_time_s": time.perf_counter() - started}))
+    write_text_atomic(outdir / COMPLETE, json.dumps({"config_digest": digest, "objective": objective,
+                                                     "wall_time_s": time.perf_counter() - started,
+                                                     "outputs": output_digests(outdir)}))
     return objective
 
 

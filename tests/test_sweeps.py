@@ -190,3 +190,18 @@ def test_a_single_run_into_a_finished_directory_runs_again(tmp_path):
         result = sim(*TINY, f"hydra.run.dir={tmp_path}")
         assert result.returncode == 0 and "Nodes and average price" in result.stdout
     assert (tmp_path / COMPLETE).is_file()
+
+
+def test_a_job_whose_outputs_are_missing_or_changed_is_redone_saying_why(tmp_path):
+    multirun(tmp_path, "seed=0")
+    (only,) = [p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    recorded = json.loads((only / COMPLETE).read_text())["outputs"]
+    assert {"metrics.parquet", "peers.parquet", "summary.json"} <= set(recorded)
+    for damage, why in ((lambda: (only / "metrics.parquet").unlink(), "metrics.parquet is missing"),
+                        (lambda: (only / COMPLETE).write_text("{not json"), "complete.json does not read"),
+                        (lambda: (only / COMPLETE).write_text("null"), "complete.json does not read"),
+                        (lambda: (only / "peers.parquet").write_bytes(b"truncated"), "peers.parquet does not match")):
+        damage()
+        stdout = multirun(tmp_path, "seed=0")
+        assert f"Redoing {only}: {why}" in stdout and "1 jobs, 1 done, 0 skipped" in stdout
+    assert "1 jobs, 0 done, 1 skipped" in multirun(tmp_path, "seed=0")
