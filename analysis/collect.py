@@ -16,14 +16,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 
 from p2pllm_abm.metrics import convergence_step, stage_rows
-from p2pllm_abm.sweep import COMPLETE, STATUS
+from p2pllm_abm.sweep import COMPLETE, STATUS, outputs_intact, read_marker
 
 #: overrides that do not change a run's results
 IGNORED_OVERRIDES = ("run.progress", "run.resume", "sweep")
@@ -71,8 +73,11 @@ def run_directories(multirun_dir: Path) -> list[Path]:
 def parse_overrides(run_dir: Path) -> dict[str, Any]:
     """``key=value`` overrides of a job, values typed by YAML, the ones in :data:`IGNORED_OVERRIDES`
     and Hydra's own (``hydra.*``, ``hydra/...``) left out."""
+    overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
+    if not isinstance(overrides, list) or not all(isinstance(item, str) and "=" in item for item in overrides):
+        raise ValueError(f"{run_dir / '.hydra' / 'overrides.yaml'} is not a list of key=value overrides")
     parsed = {}
-    for override in yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []:
+    for override in overrides:
         key, _, value = override.partition("=")
         key = key.lstrip("+~")
         if key in IGNORED_OVERRIDES or key.startswith("hydra"):
@@ -117,7 +122,10 @@ def run_record(run_dir: Path, summary: dict[str, Any], stages: pd.DataFrame) -> 
 
 
 def collect(multirun_dir: Path) -> Collection:
-    """Read every run under ``multirun_dir`` into a :class:`Collection`."""
+    """Read every run under ``multirun_dir`` into a :class:`Collection`. A run whose files do not
+    read is listed with its status (``failed`` when its status says so, ``partial`` when it has no
+    readable outputs, ``broken`` when its overrides do not read) and the reason; none is fatal, and
+    a run is ``complete`` only when its marker reads and every output it lists is intact."""
     multirun_dir = Path(multirun_dir)
     if not multirun_dir.is_dir():
         raise FileNotFoundError(f"multirun_dir = {str(multirun_dir)!r} is not a directory: allowed a "
@@ -125,22 +133,37 @@ def collect(multirun_dir: Path) -> Collection:
     rows, step_frames, problems, swept = [], [], [], {}
     for run_dir in run_directories(multirun_dir):
         name = str(run_dir.relative_to(multirun_dir)) if run_dir != multirun_dir else run_dir.name
-        overrides = parse_overrides(run_dir)
+        try:
+            overrides = parse_overrides(run_dir)
+        except (OSError, ValueError, AttributeError, TypeError, yaml.YAMLError) as error:
+            problems.append(f"{name}: broken (.hydra/overrides.yaml does not read: {type(error).__name__}: {error})")
+            rows.append({"run": name, "status": "broken", "error": f"overrides do not read: {error}"})
+            continue
         swept.update(dict.fromkeys(overrides))
         row = {"run": name, **overrides}
         try:
-            summary = json.loads((run_dir / "summary.json").read_text())
-            stages = stage_rows(pd.read_parquet(run_dir / "metrics.parquet"))
-        except (OSError, ValueError, KeyError) as error:
+            summary = _read(run_dir, "summary.json", lambda path: json.loads(path.read_text()))
+            if not isinstance(summary, dict):
+                raise ValueError(f"summary.json holds {type(summary).__name__}, not an object")
+            stages = _read(run_dir, "metrics.parquet", lambda path: stage_rows(pd.read_parquet(path)))
+            _read(run_dir, "peers.parquet", pq.ParquetFile)  # its footer must read (a truncated file does not)
+            try:
+                record = run_record(run_dir, summary, stages)
+            except (KeyError, TypeError, ValueError) as error:
+                raise ValueError(f"summary.json lacks what a finished run writes ({type(error).__name__}: "
+                                 f"{error})") from None
+        except (OSError, ValueError) as error:
             status, message = _status(run_dir)
             problems.append(f"{name}: {status}{f' ({message})' if message else ''}; no readable outputs "
                             f"({type(error).__name__}: {error})")
             rows.append({**row, "status": status, "error": message})
             continue
-        row.update({"status": "complete" if (run_dir / COMPLETE).is_file() else "partial",
-                    **{k: v for k, v in run_record(run_dir, summary, stages).items() if k not in overrides}})
-        if row["status"] == "partial":
-            problems.append(f"{name}: partial (no {COMPLETE}: interrupted or still running)")
+        marker, why = read_marker(run_dir)
+        intact, damage = outputs_intact(run_dir, marker["outputs"]) if marker else (False, "")
+        row.update({"status": "complete" if intact else "partial",
+                    **{k: v for k, v in record.items() if k not in overrides}})
+        if not intact:
+            problems.append(f"{name}: partial ({damage or why or f'no {COMPLETE}: interrupted or still running'})")
         rows.append(row)
         step_frames.append(stages.assign(run=name, **overrides))
     if not rows:
@@ -152,8 +175,21 @@ def collect(multirun_dir: Path) -> Collection:
     return Collection(runs, steps, varied, problems, multirun_dir)
 
 
+def _read(run_dir: Path, name: str, reader: Callable[[Path], Any]) -> Any:
+    """``reader(run_dir / name)``; a file that does not read is a ``ValueError`` naming it."""
+    try:
+        return reader(run_dir / name)
+    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as error:
+        raise ValueError(f"{name} does not read ({type(error).__name__}: {error})") from None
+
+
 def _status(run_dir: Path) -> tuple[str, str | None]:
-    """A run without outputs: ``failed`` with its error when its status says so, else ``partial``."""
-    status_file = run_dir / STATUS
-    record = json.loads(status_file.read_text()) if status_file.is_file() else {}
+    """A run without outputs: ``failed`` with its error when its status says so, else ``partial``
+    (with the reason when the status file itself does not read)."""
+    try:
+        record = json.loads((run_dir / STATUS).read_text()) if (run_dir / STATUS).is_file() else {}
+        if not isinstance(record, dict):
+            raise ValueError(f"holds {type(record).__name__}, not an object")
+    except (OSError, ValueError) as error:
+        return "partial", f"{STATUS} does not read: {error}"
     return ("failed", record.get("error")) if record.get("status") == "failed" else ("partial", None)

@@ -59,23 +59,24 @@ def output_digests(outdir: Path) -> dict[str, str]:
             and path.suffix != ".log"}
 
 
-def completion(outdir: Path, digest: str) -> tuple[bool, str]:
-    """Whether ``outdir`` holds a completed run of the config with ``digest``: its :data:`COMPLETE`
-    marker reads, names that config, and every output it lists exists with the digest it lists.
-    Otherwise ``False`` and why (empty when there is no marker: a job not run yet)."""
+def read_marker(outdir: Path) -> tuple[dict[str, Any] | None, str]:
+    """The :data:`COMPLETE` record of a job directory and ``""``, or ``None`` and why not (``""``
+    when there is no marker: a job not run yet, or not finished)."""
     marker = Path(outdir) / COMPLETE
     if not marker.is_file():
-        return False, ""
+        return None, ""
     try:
         record = json.loads(marker.read_text())
-        outputs = record["outputs"]
-        recorded_config = record["config_digest"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        return False, f"{COMPLETE} does not read ({type(error).__name__}: {error})"
-    if recorded_config != digest:
-        return False, "its config changed"
-    if not isinstance(outputs, dict) or not outputs:
-        return False, f"{COMPLETE} lists no outputs"
+        if not isinstance(record.get("config_digest"), str) or not isinstance(record.get("outputs"), dict) \
+                or not record["outputs"]:
+            raise ValueError("no config digest or no outputs listed")
+    except (OSError, ValueError, AttributeError) as error:
+        return None, f"{COMPLETE} does not read ({type(error).__name__}: {error})"
+    return record, ""
+
+
+def outputs_intact(outdir: Path, outputs: dict[str, str]) -> tuple[bool, str]:
+    """Whether every listed output exists with its recorded digest, and if not, the first that does not."""
     for name, expected in outputs.items():
         path = Path(outdir) / name
         if not path.is_file():
@@ -83,6 +84,18 @@ def completion(outdir: Path, digest: str) -> tuple[bool, str]:
         if file_digest(path) != expected:
             return False, f"{name} does not match the digest recorded when the job completed"
     return True, ""
+
+
+def completion(outdir: Path, digest: str) -> tuple[bool, str]:
+    """Whether ``outdir`` holds a completed run of the config with ``digest``: its :data:`COMPLETE`
+    marker reads, names that config, and every output it lists exists with the digest it lists.
+    Otherwise ``False`` and why (empty when there is no marker: a job not run yet)."""
+    record, why = read_marker(outdir)
+    if record is None:
+        return False, why
+    if record["config_digest"] != digest:
+        return False, "its config changed"
+    return outputs_intact(outdir, record["outputs"])
 
 
 def write_status(outdir: Path, status: str, **details: Any) -> None:

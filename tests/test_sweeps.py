@@ -205,3 +205,26 @@ def test_a_job_whose_outputs_are_missing_or_changed_is_redone_saying_why(tmp_pat
         stdout = multirun(tmp_path, "seed=0")
         assert f"Redoing {only}: {why}" in stdout and "1 jobs, 1 done, 0 skipped" in stdout
     assert "1 jobs, 0 done, 1 skipped" in multirun(tmp_path, "seed=0")
+
+
+def test_collect_lists_every_broken_run_with_its_reason_and_never_aborts(joblib_sweep, tmp_path):
+    sweep_dir, _ = joblib_sweep
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep_dir, copy)
+    runs = sorted(p for p in copy.iterdir() if p.is_dir() and not p.name.startswith("."))
+    (runs[0] / "summary.json").write_text("{}")
+    (runs[1] / "summary.json").write_text("null")
+    (runs[2] / "summary.json").unlink()
+    (runs[2] / "status.json").write_text("{garbage")
+    (runs[3] / ".hydra" / "overrides.yaml").write_text("garbage: [")
+    peers = runs[4] / "peers.parquet"
+    peers.write_bytes(peers.read_bytes()[: peers.stat().st_size // 2])
+    (runs[5] / ".hydra" / "overrides.yaml").write_text("just a string")
+    collection = collect(copy)
+    status = dict(zip(collection.runs["run"], collection.runs["status"]))
+    assert [status[r.name] for r in runs[:6]] == ["partial", "partial", "partial", "broken", "partial", "broken"]
+    assert [status[r.name] for r in runs[6:]] == ["complete", "complete"]
+    assert len(collection.problems) == 6
+    for run, reason in zip(runs, ("summary.json lacks", "summary.json holds NoneType", "status.json does not read",
+                                  "overrides.yaml does not read", "peers.parquet does not read", "not a list of key=value")):
+        assert any(problem.startswith(run.name) and reason in problem for problem in collection.problems), reason
