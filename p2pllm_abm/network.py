@@ -55,6 +55,7 @@ class PeerTable:
                 raise ValueError(f"PeerTable.{name} has {len(getattr(self, name))} entries, expected {n}")
         if self.position.shape != (n, 2):
             raise ValueError(f"PeerTable.position has shape {self.position.shape}, expected ({n}, 2)")
+        self.check_values()
         spans_ok = (0 <= self.stage_start) & (self.stage_start < self.stage_end) & (self.stage_end <= self.n_stages)
         if not spans_ok.all():
             bad = int(np.flatnonzero(~spans_ok)[0])
@@ -62,6 +63,25 @@ class PeerTable:
                 f"peer {bad} serves [{self.stage_start[bad]}, {self.stage_end[bad]}): "
                 f"allowed 0 <= start < end <= n_stages = {self.n_stages}"
             )
+
+    def check_values(self) -> None:
+        """Raise ``ValueError`` naming the column, the first bad peer and its value when a cost or
+        price is not a finite number >= 0 (one per peer), a position not finite, or the latency
+        range not ``0 <= low <= high``, both finite."""
+        for name in ("cost", "price"):
+            values = np.asarray(getattr(self, name))
+            if values.ndim != 1:
+                raise ValueError(f"PeerTable.{name} has shape {values.shape}: allowed one value per peer (1-D)")
+            bad = ~(np.isfinite(values) & (values >= 0))
+            if bad.any():
+                peer = int(np.flatnonzero(bad)[0])
+                raise ValueError(f"PeerTable.{name}[{peer}] = {values[peer]} is invalid: allowed a finite {name} >= 0")
+        if not np.isfinite(self.position).all():
+            raise ValueError("PeerTable.position holds a non-finite coordinate: allowed finite points")
+        low, high = self.latency_range
+        if not (np.isfinite(low) and np.isfinite(high) and 0 <= low <= high):
+            raise ValueError(f"PeerTable.latency_range = {self.latency_range} is invalid: allowed 0 <= low <= high, "
+                             "both finite")
 
     def __len__(self) -> int:
         return len(self.cost)

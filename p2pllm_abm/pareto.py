@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .network import PeerTable
-from .routing import best_path, boundary_members, hop_times, path_objectives, sink_times
+from .routing import best_path, boundary_members, check_route_arguments, hop_times, path_objectives, sink_times
 
 #: rows x labels per array block when extending labels (bounds memory at about 100 MB)
 _BLOCK = 4_000_000
@@ -175,6 +175,7 @@ def pareto_paths(peers: PeerTable, client: np.ndarray | None = None, prune: bool
     a relative 1e-9 (rounding), by a known complete path: the extreme paths, and the cheapest and
     fastest completions of every label kept so far. That never drops a Pareto path; ``prune=False``
     gives the same set with more labels."""
+    check_route_arguments(peers, client=client)
     starts, ends = boundary_members(peers)
     m = peers.n_stages
     rest = completions(peers, client)

@@ -160,6 +160,19 @@ def path_objectives(peers: PeerTable, path: list[int] | np.ndarray,
     return float(np.cumsum(peers.price[path])[-1]), float(np.cumsum(time)[-1])
 
 
+def check_route_arguments(peers: PeerTable, alpha: float | None = None, client: np.ndarray | None = None) -> None:
+    """Raise ``ValueError`` naming the argument, its value and what is allowed: the peers' costs and
+    prices (:meth:`~p2pllm_abm.network.PeerTable.check_values`), ``alpha`` in [0, 1], ``client`` a
+    finite point ``(x, y)`` or ``None``."""
+    peers.check_values()
+    if alpha is not None and not (np.isfinite(alpha) and 0 <= alpha <= 1):
+        raise ValueError(f"alpha = {alpha} is invalid: allowed 0 <= alpha <= 1")
+    if client is not None:
+        point = np.asarray(client, dtype=float)
+        if point.shape != (2,) or not np.isfinite(point).all():
+            raise ValueError(f"client = {client!r} is invalid: allowed a finite position (x, y), or None")
+
+
 def boundary_members(peers: PeerTable) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Live peers by the stage boundary they start at (``0..m-1``) and end at (``0..m``; none end
     at 0). A peer starting at ``b`` follows exactly the peers ending at ``b``, so visiting the
@@ -193,6 +206,7 @@ def best_path(peers: PeerTable, alpha: float, client: np.ndarray | None = None) 
     :func:`boundary_members`, relaxing all edges into one boundary's peers in one array operation
     (the same edge weights and relaxation as :func:`shortest_path` on :func:`build_dag`, without
     materialising the O(n^2 / m) edges). ``(inf, [])`` when no path exists."""
+    check_route_arguments(peers, alpha, client)
     starts, ends = boundary_members(peers)
     dist = np.full(len(peers), np.inf)
     previous = np.full(len(peers), -1)

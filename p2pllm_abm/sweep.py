@@ -9,7 +9,10 @@ Every job of ``p2pllm-sim -m ...`` goes through :func:`run_job`:
 - a job that raises (a bad override, a crash) writes its traceback to :data:`ERROR` and
   ``status = failed`` to :data:`STATUS`, and the sweep goes on with the other jobs;
 - :class:`SweepCallback` (registered in ``conf/config.yaml``) limits every job's JAX/BLAS threads
-  before the launcher starts its workers, and prints :func:`sweep_summary` at the end.
+  before the launcher starts its workers, and prints :func:`sweep_summary` at the end; a sweep
+  with a failed job then exits with code 1;
+- a launcher's worker exits when the multirun's main process dies (:func:`exit_with_sweep`), so
+  killing a sweep leaves no workers behind; running the same command again resumes it.
 
 The sweep directory is fixed by the sweep, not by the clock (``conf/config.yaml``), and each job's
 subdirectory is named by its overrides, so the same command finds the same directories again.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 import traceback
 import uuid
@@ -36,6 +40,7 @@ COMPLETE = "complete.json"  #: written last by a finished job
 STATUS = "status.json"  #: done, skipped or failed, with the sweep id
 ERROR = "error.txt"  #: the traceback of a failed job
 SWEEP_ID = "P2PLLM_SWEEP_ID"  #: environment variable naming the running multirun
+SWEEP_PID = "P2PLLM_SWEEP_PID"  #: environment variable holding the multirun's main process id
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -98,6 +103,43 @@ def completion(outdir: Path, digest: str) -> tuple[bool, str]:
     return outputs_intact(outdir, record["outputs"])
 
 
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (a zombie counts as exited)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+_watching = False
+
+
+def exit_with_sweep(interval: float = 1.0) -> None:
+    """In a launcher's worker process (not the multirun's main one): exit (code 1) within
+    ``interval`` seconds of the main process dying, so that a killed sweep leaves no workers behind.
+    Started once per process, by :func:`run_job`."""
+    global _watching
+    main = int(os.environ.get(SWEEP_PID, "0"))
+    if _watching or not main or main == os.getpid():
+        return
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent or _gone(main):
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-sweep", daemon=True).start()
+    _watching = True
+
+
 def write_status(outdir: Path, status: str, **details: Any) -> None:
     record = {"status": status, "sweep_id": os.environ.get(SWEEP_ID), "time": time.time(), **details}
     write_text_atomic(Path(outdir) / STATUS, json.dumps(record, indent=2))
@@ -111,6 +153,8 @@ def run_job(cfg: DictConfig, outdir: Path, task: Callable[[Config, Path], float]
     sweep goes on, with objective NaN."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
+    if multirun:
+        exit_with_sweep()
     try:
         config = to_config(cfg)
         digest = config_digest(config)
@@ -198,10 +242,15 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.sweep_id = uuid.uuid4().hex
         os.environ[SWEEP_ID] = self.sweep_id  # inherited by the launcher's worker processes
+        os.environ[SWEEP_PID] = str(os.getpid())
         threads = self.threads or threads_per_job(config.hydra.launcher)
         if threads is not None:
             os.environ.update(thread_environment(threads))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Print the summary; a sweep in which a job failed then exits with code 1."""
         sweep_dir = Path(config.hydra.sweep.dir)
-        print(format_summary(sweep_dir, sweep_summary(sweep_dir, self.sweep_id)))
+        jobs = sweep_summary(sweep_dir, self.sweep_id)
+        print(format_summary(sweep_dir, jobs), flush=True)
+        if jobs["failed"]:
+            raise SystemExit(1)

@@ -161,3 +161,69 @@ def test_a_failure_at_the_end_keeps_the_flushed_records(tmp_path, monkeypatch):
         cli.run_experiment(cfg, tmp_path, report=False)
     flushed = pd.read_parquet(tmp_path / "metrics.parquet")
     assert flushed["step"].max() == cfg.run.steps  # the last segment's flush holds every record
+
+
+def _table(**changes):
+    from p2pllm_abm.network import PeerTable
+
+    columns = dict(stage_start=np.array([0, 0, 1]), stage_end=np.array([1, 1, 2]), cost=np.array([1.0, 2.0, 3.0]),
+                   price=np.array([1.0, 1.0, 1.0]), position=np.full((3, 2), 0.5), alive=np.ones(3, dtype=bool),
+                   n_stages=2)
+    return PeerTable(**{**columns, **changes})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"cost": np.array([1.0, np.nan, 3.0])}, r"PeerTable.cost\[1\] = nan is invalid"),
+    ({"cost": np.array([1.0, -2.0, 3.0])}, r"PeerTable.cost\[1\] = -2.0 is invalid"),
+    ({"cost": np.ones((3, 2))}, "PeerTable.cost has shape"),
+    ({"price": np.array([1.0, 1.0, np.nan])}, r"PeerTable.price\[2\] = nan is invalid"),
+    ({"latency_range": (20.0, 1.0)}, "PeerTable.latency_range = .* is invalid"),
+])
+def test_peer_table_refuses_values_no_model_could_use(changes, message):
+    with pytest.raises(ValueError, match=message):
+        _table(**changes)
+
+
+def test_routing_refuses_bad_arguments_instead_of_answering_wrongly():
+    from p2pllm_abm.pareto import pareto_paths
+    from p2pllm_abm.routing import best_path
+
+    peers = _table()
+    assert best_path(peers, 0.5)[1]  # a path exists
+    with pytest.raises(ValueError, match="alpha = 2 is invalid: allowed 0 <= alpha <= 1"):
+        best_path(peers, 2)
+    peers.cost = np.array([1.0, np.inf, 3.0])  # set after construction, as a user might
+    with pytest.raises(ValueError, match=r"PeerTable.cost\[1\] = inf is invalid"):
+        pareto_paths(peers)
+    peers.cost = np.array([1.0, np.nan, 3.0])
+    with pytest.raises(ValueError, match=r"PeerTable.cost\[1\] = nan"):
+        best_path(peers, 0.5)
+    model = P2PLLMModel(load_config("paper_28"))
+    with pytest.raises(ValueError, match="alpha = 2 is invalid"):
+        model.route(alpha=2)
+    with pytest.raises(ValueError, match="client = .* is invalid"):
+        model.route(client=np.array([np.nan, 0.1]))
+
+
+def test_ctrl_c_mid_run_writes_what_was_recorded(tmp_path):
+    import json
+    import signal
+    import subprocess
+    import time
+
+    from tests.test_cli import SIM
+
+    run = subprocess.Popen([SIM, "experiment=paper_28", "run.steps=400000", "run.record_interval=100",
+                            "report.table_steps=[0]", "run.progress=false", f"hydra.run.dir={tmp_path}"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "metrics.parquet").exists():  # the first flush
+        time.sleep(0.2)
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode != 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    metrics = pd.read_parquet(tmp_path / "metrics.parquet")
+    assert 0 < summary["steps"] < 400000 and metrics["step"].max() <= summary["steps"]
+    assert np.isfinite(metrics["mean_price"].dropna()).all()
+    assert pd.read_parquet(tmp_path / "peers.parquet")["step"].max() == metrics["step"].max()

@@ -22,9 +22,9 @@ TINY = ["experiment=paper_28", "run.steps=20", "run.record_interval=10", "report
         "run.progress=false", "run.figures=false"]
 
 
-def multirun(sweep_dir, *overrides, launcher="joblib"):
+def multirun(sweep_dir, *overrides, launcher="joblib", returncode=0):
     result = sim("-m", f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep_dir}", *TINY, *overrides)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == returncode, result.stderr[-3000:]
     return result.stdout
 
 
@@ -50,7 +50,7 @@ def test_four_job_multirun_is_collected_with_parameter_columns(launcher, tmp_pat
 
 
 def test_failed_job_is_recorded_and_the_sweep_goes_on_then_resumes(tmp_path):
-    stdout = multirun(tmp_path, "market.alpha=0.5,1.5")
+    stdout = multirun(tmp_path, "market.alpha=0.5,1.5", returncode=1)  # a failed job: exit code 1
     assert "2 jobs, 1 done, 0 skipped (already complete), 1 failed" in stdout
     assert "market.alpha = 1.5 is invalid" in stdout
     failed = next(tmp_path.glob("*market.alpha=1.5*"))
@@ -63,7 +63,7 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on_then_resumes(tmp_path):
     assert any("market.alpha = 1.5 is invalid" in problem for problem in collection.problems)
 
     metrics_before = (done / "metrics.parquet").stat().st_mtime_ns
-    again = multirun(tmp_path, "market.alpha=0.5,1.5")
+    again = multirun(tmp_path, "market.alpha=0.5,1.5", returncode=1)
     assert "2 jobs, 0 done, 1 skipped (already complete), 1 failed" in again
     assert (done / "metrics.parquet").stat().st_mtime_ns == metrics_before
 
@@ -228,3 +228,48 @@ def test_collect_lists_every_broken_run_with_its_reason_and_never_aborts(joblib_
     for run, reason in zip(runs, ("summary.json lacks", "summary.json holds NoneType", "status.json does not read",
                                   "overrides.yaml does not read", "peers.parquet does not read", "not a list of key=value")):
         assert any(problem.startswith(run.name) and reason in problem for problem in collection.problems), reason
+
+
+def test_killing_a_sweep_leaves_no_workers_and_the_same_command_resumes_it(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from tests.test_cli import SIM
+
+    command = [SIM, "-m", "hydra/launcher=joblib", f"hydra.sweep.dir={tmp_path}", "experiment=paper_28",
+               "run.steps=20000", "run.record_interval=1000", "report.table_steps=[0]", "run.progress=false",
+               "run.figures=false", "seed=0,1"]
+    main = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def workers():
+        found = []
+        for stat in __import__("glob").glob("/proc/[0-9]*/stat"):
+            try:
+                fields = open(stat).read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == main.pid and fields[0] != "Z":
+                found.append(int(stat.split("/")[2]))
+        return found
+
+    deadline = time.time() + 90
+    while time.time() < deadline and len(list(tmp_path.glob("*/.hydra/overrides.yaml"))) < 2:
+        time.sleep(0.5)
+    children = workers()
+    assert children and len(list(tmp_path.glob("*/.hydra"))) == 2
+    main.send_signal(signal.SIGKILL)
+    main.wait()
+    time.sleep(5)
+    alive = []
+    for pid in children:
+        try:
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.append(pid)
+    assert not alive, f"workers {alive} outlived the sweep"
+    assert not list(tmp_path.glob(f"*/{COMPLETE}"))
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0 and "2 jobs, 2 done, 0 skipped" in resumed.stdout
