@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from .config import CONF_DIR, Config, ConfigError, RunConfig, check_field_name
+from .config import CONF_DIR, Config, ConfigError, RunConfig, first_line, check_override
 from .metrics import convergence_objective, reset_peak_memory, stage_rows, write_parquet, write_run_outputs
 from .model import P2PLLMModel
 from .paper import checkpoint_table
@@ -142,18 +142,28 @@ def refuse(error: ConfigError) -> NoReturn:
     raise SystemExit(2)
 
 
-def override_fields(arguments: list[str]) -> list[tuple[str, str]]:
-    """``(field, value)`` of the command line's overrides that set schema fields: not flags, not
-    config groups (``experiment=``, ``hydra/launcher=``) and not Hydra's own settings; a ``+``,
-    ``++`` or ``~`` prefix is dropped (adding an unknown field is refused like setting one)."""
+def override_fields(arguments: list[str]) -> list[tuple[str, Any]]:
+    """``(field, value)`` of the command line's overrides that set schema fields, values parsed as
+    Hydra parses them, one pair per value of a sweep (``market.alpha=0.25,0.75``): not flags,
+    not config groups (``experiment=``, ``hydra/launcher=``) and not Hydra's own settings. A
+    ``+``, ``++`` or ``~`` prefix does not matter (adding an unknown field is refused like setting
+    one). An argument Hydra cannot parse is a :class:`ConfigError`."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
     groups = {path.name for path in CONF_DIR.iterdir() if path.is_dir()}
+    candidates = [argument for argument in arguments if not argument.startswith("-") and "=" in argument]
+    try:
+        overrides = OverridesParser.create().parse_overrides(candidates)
+    except OverrideParseException as error:
+        raise ConfigError("overrides", candidates, f"overrides Hydra can parse ({first_line(error)})") from None
     fields = []
-    for argument in arguments:
-        key, sep, value = argument.partition("=")
-        key = key.lstrip("+~")
-        if argument.startswith("-") or not sep or key.startswith("hydra") or "/" in key or key in groups:
+    for override in overrides:
+        key = override.key_or_group
+        if key.startswith("hydra") or "/" in key or key in groups or override.is_delete():
             continue
-        fields.append((key, value))
+        values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+        fields.extend((key, value) for value in values)
     return fields
 
 
@@ -161,11 +171,11 @@ def main() -> None:
     """``p2pllm-sim``: every overridden field must exist in the schema (else one line naming the
     nearest valid one, exit code 2) before Hydra composes anything; then the Hydra app."""
     arguments = sys.argv[1:]
-    for name, value in override_fields(arguments):
-        try:
-            check_field_name(name, value)
-        except ConfigError as error:
-            refuse(error)
+    try:
+        for name, value in override_fields(arguments):
+            check_override(name, value)
+    except ConfigError as error:
+        refuse(error)
     for argument in arguments:  # Hydra creates these itself, and fails with a traceback
         key, _, value = argument.partition("=")
         if key in ("hydra.run.dir", "hydra.sweep.dir"):

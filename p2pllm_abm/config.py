@@ -18,6 +18,7 @@ from typing import Any, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from .costs import COST_METRICS, PROFILED, ProfileError, devices, load_profile, resolve_profile
 from .paths import CONF_DIR
@@ -271,6 +272,21 @@ def check_field_name(name: str, value: Any) -> None:
     nearest = difflib.get_close_matches(name, sorted(schema_keys()), n=1, cutoff=0.5)
     hint = f"did you mean {nearest[0]!r}?" if nearest else "see p2pllm_abm/config.py for every field"
     raise ConfigError(name, value, f"a field of the schema ({name!r} is not one; {hint})")
+
+
+def check_override(name: str, value: Any) -> None:
+    """Refuse an override whose field is not in the schema (:func:`check_field_name`) or whose
+    value the field's type cannot hold (``market.alpha=abc``), in one :class:`ConfigError`."""
+    check_field_name(name, value)
+    try:
+        OmegaConf.update(OmegaConf.structured(Config), name, value, merge=True)
+    except OmegaConfBaseException as error:
+        raise ConfigError(name, value, f"a value of the field's type ({first_line(error)})") from None
+
+
+def first_line(error: Exception) -> str:
+    """The first line of an error's message (Hydra's and OmegaConf's run over several)."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _leaves(node: Any, prefix: str = ""):
@@ -545,8 +561,12 @@ def to_config(cfg: Config | DictConfig) -> Config:
     if isinstance(cfg, DictConfig):
         for name, value in _leaves(OmegaConf.to_container(cfg, resolve=False)):
             check_field_name(name, value)
-        merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
-        cfg = OmegaConf.to_object(merged)
+        try:
+            cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), cfg))
+        except OmegaConfBaseException as error:
+            key = getattr(error, "full_key", None) or "config"
+            raise ConfigError(key, OmegaConf.select(cfg, key, default=None) if key != "config" else None,
+                              f"a value of the field's type ({first_line(error)})") from None
     return validate(cfg)
 
 
@@ -557,6 +577,15 @@ def load_config(experiment: str = "paper_table1", overrides: Sequence[str] = ())
     """
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        dcfg = compose(config_name="config", overrides=[f"experiment={experiment}", *overrides])
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            dcfg = compose(config_name="config", overrides=[f"experiment={experiment}", *overrides])
+    except HydraException as error:  # a type the field cannot hold, an unknown group, a malformed override
+        cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
+        key = getattr(cause, "full_key", None) or "overrides"
+        given = [o.partition("=")[2] for o in overrides if o.lstrip("+~").partition("=")[0] == key]
+        raise ConfigError(key, given[-1] if given else list(overrides),
+                          f"overrides Hydra can compose ({first_line(cause)})") from None
     return to_config(dcfg)
