@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from .config import CONF_DIR, Config, ConfigError, RunConfig, first_line, check_override
+from .config import CONF_DIR, Config, ConfigError, RunConfig, check_group_choice, check_override, first_line
 from .metrics import convergence_objective, reset_peak_memory, stage_rows, write_parquet, write_run_outputs
 from .model import P2PLLMModel
 from .paper import checkpoint_table
@@ -167,11 +167,24 @@ def override_fields(arguments: list[str]) -> list[tuple[str, Any]]:
     return fields
 
 
+def check_group_choices(arguments: list[str]) -> None:
+    """Refuse a config group choice on the command line (``experiment=paper28``) that names no file
+    of ``conf/<group>/`` (:func:`~p2pllm_abm.config.check_group_choice`; Hydra would stop with a
+    traceback)."""
+    for argument in arguments:
+        key, sep, value = argument.partition("=")
+        group = key.lstrip("+~")
+        if not argument.startswith("-") and sep and (CONF_DIR / group).is_dir() and value not in ("null", ""):
+            for choice in value.split(","):  # a sweep over choices
+                check_group_choice(group, choice)
+
+
 def main() -> None:
     """``p2pllm-sim``: every overridden field must exist in the schema (else one line naming the
     nearest valid one, exit code 2) before Hydra composes anything; then the Hydra app."""
     arguments = sys.argv[1:]
     try:
+        check_group_choices(arguments)
         for name, value in override_fields(arguments):
             check_override(name, value)
     except ConfigError as error:

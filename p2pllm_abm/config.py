@@ -274,6 +274,15 @@ def check_field_name(name: str, value: Any) -> None:
     raise ConfigError(name, value, f"a field of the schema ({name!r} is not one; {hint})")
 
 
+def check_group_choice(group: str, choice: str) -> None:
+    """Refuse a choice of config group ``group`` that names no file of ``conf/<group>/``, naming the
+    nearest one."""
+    choices = sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+    if choice not in choices:
+        nearest = difflib.get_close_matches(choice, choices, n=1, cutoff=0.5)
+        raise ConfigError(group, choice, f"one of {choices}" + (f"; did you mean {nearest[0]!r}?" if nearest else ""))
+
+
 def check_override(name: str, value: Any) -> None:
     """Refuse an override whose field is not in the schema (:func:`check_field_name`) or whose
     value the field's type cannot hold (``market.alpha=abc``), in one :class:`ConfigError`."""
@@ -579,6 +588,7 @@ def load_config(experiment: str = "paper_table1", overrides: Sequence[str] = ())
 
     from hydra.errors import HydraException
 
+    check_group_choice("experiment", experiment)
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             dcfg = compose(config_name="config", overrides=[f"experiment={experiment}", *overrides])

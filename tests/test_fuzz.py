@@ -76,7 +76,8 @@ def test_fuzz_counts_add_up():
     assert COUNTS["tried"] == COUNTS["refused"] + COUNTS["ran finite"] > 0
 
 
-@pytest.mark.parametrize("override", ["market.alpha=nan", "network.peers=1e308", "seed=-1", "+foo=1",
+@pytest.mark.parametrize("override", ["market.alpha=nan", "network.peers=1e308", "seed=-1", "+foo=1", "experiment=paper28",
+                                      "market.alpha=[1", "verification=spotcheck",
                                       "report.table_steps=[]", "market.temperature=inf"])
 def test_the_command_line_refuses_the_same_draws_with_exit_code_2(tmp_path, override):
     from tests.test_cli import sim
