@@ -33,6 +33,8 @@ ROUTINGS = ("stage", "path")
 #: equilibrium's price differences are of order T/alpha, and float64 resolves them next to prices,
 #: costs and their products only while those stay within a few orders of magnitude of each other
 SCALE = 1e6
+MAX_INTEGER = 2**53  #: the largest integer a field may hold (exact in float64, and summed safely in int64)
+MAX_CLASSES = 10_000  #: request classes (alpha bins) at most
 BEYOND = " (beyond that float64 cannot keep the market's arithmetic finite and exact)"
 #: what eq. 7's share of a stage counts: inverse compute cost (as written) or peers
 ALLOCATION_READINGS = ("compute_share", "head_count")
@@ -380,8 +382,12 @@ def validate(cfg: Config) -> Config:
     Raises :class:`ConfigError` naming the first offending field, its value and what is allowed.
     """
     net, mkt, alloc, cli, run, rep = cfg.network, cfg.market, cfg.allocation, cfg.clients, cfg.run, cfg.report
+    for name, value in _leaves(OmegaConf.to_container(OmegaConf.structured(cfg))):  # every integer field
+        _require(not isinstance(value, int) or isinstance(value, bool) or abs(value) <= MAX_INTEGER, name, value,
+                 f"an integer of magnitude <= 2**53 = {MAX_INTEGER} (float64 and the ledger's int64 hold it exactly)")
     _require(net.peers >= 1, "network.peers", net.peers, "an integer >= 1")
-    _require(net.stages >= 1, "network.stages", net.stages, "an integer >= 1")
+    _require(1 <= net.stages <= net.peers, "network.stages", net.stages,
+             f"an integer from 1 to network.peers = {net.peers} (every stage needs a peer)")
     dist = initial_distribution(net)
     _require(len(dist) == net.stages, "network.initial_distribution", dist,
              f"one count per stage ({net.stages} entries)")
@@ -452,7 +458,8 @@ def validate(cfg: Config) -> Config:
     _require(cli.routing in ROUTINGS, "clients.routing", cli.routing, f"one of {ROUTINGS}")
     _require(cli.routing == "path" or single_stage, "clients.routing", cli.routing,
              "'path' when network.span_length_probs allows spans longer than one stage")
-    _require(cli.request_classes >= 1, "clients.request_classes", cli.request_classes, "an integer >= 1")
+    _require(1 <= cli.request_classes <= MAX_CLASSES, "clients.request_classes", cli.request_classes,
+             f"an integer from 1 to {MAX_CLASSES} (equal-width bins of client alpha)")
     _require(cli.alpha_distribution in ALPHA_DISTRIBUTIONS, "clients.alpha_distribution",
              cli.alpha_distribution, f"one of {ALPHA_DISTRIBUTIONS}")
     params = list(cli.alpha_params)
