@@ -164,7 +164,9 @@ class RequestClasses:
         return pd.DataFrame({
             "request_class": np.arange(self.count), "alpha_low": edges[:-1], "alpha_high": edges[1:],
             "clients": self.one_hot.sum(axis=0).astype(np.int64), "path_requests": requests,
-            "path_price": np.where(requests > 0, price, np.nan), "path_time": np.where(requests > 0, time, np.nan),
+            # null (not NaN) for a class without requests: no path to average
+            "path_price": pd.array(np.where(requests > 0, price, np.nan), dtype="Float64"),
+            "path_time": pd.array(np.where(requests > 0, time, np.nan), dtype="Float64"),
         })
 
 
@@ -342,11 +344,42 @@ def write_run_outputs(model: P2PLLMModel, outdir: Path, wall_time_s: float) -> d
     paths = {name: outdir / name for name in ("metrics.parquet", "peers.parquet", "summary.json")}
     write_parquet(model.metrics_frame(), paths["metrics.parquet"])
     write_parquet(model.peers_frame(), paths["peers.parquet"])
-    write_text_atomic(paths["summary.json"], json.dumps(summary(model, wall_time_s), indent=2))
+    write_text_atomic(paths["summary.json"], json.dumps(strict_json(summary(model, wall_time_s)), indent=2,
+                                                         allow_nan=False))
     if model.ledger is not None:
         paths["ledger.parquet"] = outdir / "ledger.parquet"
         write_parquet(model.ledger.ledger.journal_frame(), paths["ledger.parquet"])
     return paths
+
+
+#: why a summary figure is not a finite number, by kind
+NON_FINITE_REASONS = {
+    "nan": "undefined: no data (e.g. a request class that sent no request)",
+    "inf": "unbounded: no best response (a peer alone in its stage, or alpha = 0)",
+    "-inf": "unbounded below",
+}
+
+
+def strict_json(tree: Any) -> Any:
+    """``tree`` (summary.json's content) as strict JSON: every non-finite number becomes null, and a
+    top-level ``non_finite`` maps each such field's path to the reason (:data:`NON_FINITE_REASONS`)."""
+    reasons: dict[str, str] = {}
+
+    def clean(node: Any, path: str) -> Any:
+        if isinstance(node, dict):
+            return {key: clean(value, f"{path}.{key}" if path else str(key)) for key, value in node.items()}
+        if isinstance(node, (list, tuple)):
+            return [clean(value, f"{path}[{k}]") for k, value in enumerate(node)]
+        if isinstance(node, float) and not np.isfinite(node):
+            reasons[path] = NON_FINITE_REASONS["nan" if np.isnan(node) else "inf" if node > 0 else "-inf"]
+            return None
+        if node is pd.NA:
+            reasons[path] = NON_FINITE_REASONS["nan"]
+            return None
+        return node
+
+    cleaned = clean(tree, "")
+    return {**cleaned, "non_finite": reasons} if reasons else cleaned
 
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:

@@ -227,3 +227,22 @@ def test_ctrl_c_mid_run_writes_what_was_recorded(tmp_path):
     assert 0 < summary["steps"] < 400000 and metrics["step"].max() <= summary["steps"]
     assert np.isfinite(metrics["mean_price"].dropna()).all()
     assert pd.read_parquet(tmp_path / "peers.parquet")["step"].max() == metrics["step"].max()
+
+
+def test_summary_json_is_strict_json_with_the_reason_for_every_missing_number(tmp_path):
+    import json
+
+    from p2pllm_abm.cli import run_experiment
+
+    cfg = load_config("paper_28", overrides=["market.alpha=0.0", "clients.count=2", "clients.request_classes=8",
+                                             "run.steps=20", "run.progress=false", "run.figures=false"])
+    run_experiment(cfg, tmp_path, report=False)
+    text = (tmp_path / "summary.json").read_text()
+    summary = json.loads(text, parse_constant=lambda token: pytest.fail(f"non-strict JSON token {token}"))
+    reasons = summary["non_finite"]
+    assert summary["final"]["nash_gap_per_stage"] == [None] * 4  # alpha = 0: no best response anywhere
+    assert all("unbounded" in reasons[f"final.nash_gap_per_stage[{s}]"] for s in range(4))
+    empty = [k for k, v in enumerate(summary["final"]["path_price_per_class"]) if v is None]
+    assert empty and all("no data" in reasons[f"final.path_price_per_class[{k}]"] for k in empty)
+    classes = pd.read_parquet(tmp_path / "metrics.parquet").query("scope == 'request_class'")
+    assert classes["path_price"].isna().any() and not np.isnan(classes["path_price"].dropna().to_numpy(float)).any()
