@@ -33,7 +33,6 @@ ROUTINGS = ("stage", "path")
 #: equilibrium's price differences are of order T/alpha, and float64 resolves them next to prices,
 #: costs and their products only while those stay within a few orders of magnitude of each other
 SCALE = 1e6
-MAX_INTEGER = 2**53  #: the largest integer a field may hold (exact in float64, and summed safely in int64)
 MAX_CLASSES = 10_000  #: request classes (alpha bins) at most
 BEYOND = " (beyond that float64 cannot keep the market's arithmetic finite and exact)"
 #: what eq. 7's share of a stage counts: inverse compute cost (as written) or peers
@@ -48,7 +47,8 @@ VERIFICATION_PAYERS = ("client", "peer")
 LEDGER_CHOICES = {"fee_destination": ("proposer", "burn"), "sharding": ("stage", "none"),
                   "registry_view": ("live", "confirmed"), "payments": ("channels", "escrow"),
                   "signatures": ("stub", "ed25519")}
-#: the ledger's int64 balances stay exact below this (p2pllm_abm.ledger.accounts.MAX_SUPPLY)
+#: the ledger's int64 balances stay exact below this (p2pllm_abm.ledger.accounts.MAX_SUPPLY); no integer
+#: field may exceed it either
 _MAX_AMOUNT = 2**62
 
 
@@ -383,8 +383,8 @@ def validate(cfg: Config) -> Config:
     """
     net, mkt, alloc, cli, run, rep = cfg.network, cfg.market, cfg.allocation, cfg.clients, cfg.run, cfg.report
     for name, value in _leaves(OmegaConf.to_container(OmegaConf.structured(cfg))):  # every integer field
-        _require(not isinstance(value, int) or isinstance(value, bool) or abs(value) <= MAX_INTEGER, name, value,
-                 f"an integer of magnitude <= 2**53 = {MAX_INTEGER} (float64 and the ledger's int64 hold it exactly)")
+        _require(not isinstance(value, int) or isinstance(value, bool) or abs(value) <= _MAX_AMOUNT, name, value,
+                 f"an integer of magnitude <= 2**62 = {_MAX_AMOUNT} (int64 holds it)")
     _require(net.peers >= 1, "network.peers", net.peers, "an integer >= 1")
     _require(1 <= net.stages <= net.peers, "network.stages", net.stages,
              f"an integer from 1 to network.peers = {net.peers} (every stage needs a peer)")
