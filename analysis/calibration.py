@@ -22,6 +22,7 @@ import seaborn as sns  # noqa: E402
 
 from p2pllm_abm.calibration import calibrated_config, trajectory  # noqa: E402
 from p2pllm_abm.config import load_config  # noqa: E402
+from p2pllm_abm.paths import write_text_atomic  # noqa: E402
 
 FIGURE = "calibration_fit.png"
 
@@ -31,9 +32,7 @@ def write_calibration(result: dict[str, Any], out: Path) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "calibration.json"
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(result, indent=2))
-    temporary.replace(path)
+    write_text_atomic(path, json.dumps(result, indent=2))
     return [path, plot_fit(result, out / FIGURE)]
 
 

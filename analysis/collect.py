@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from p2pllm_abm.metrics import convergence_step, stage_rows
+from p2pllm_abm.metrics import convergence_step, stage_rows, write_parquet
+from p2pllm_abm.paths import write_text_atomic
 from p2pllm_abm.sweep import COMPLETE, STATUS, outputs_intact, read_marker
 
 #: overrides that do not change a run's results
@@ -50,9 +51,9 @@ class Collection:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = {name: out_dir / name for name in ("runs.parquet", "steps.parquet", "collection.json")}
-        self.runs.to_parquet(paths["runs.parquet"], index=False)
-        self.steps.to_parquet(paths["steps.parquet"], index=False)
-        paths["collection.json"].write_text(json.dumps(
+        write_parquet(self.runs, paths["runs.parquet"])
+        write_parquet(self.steps, paths["steps.parquet"])
+        write_text_atomic(paths["collection.json"], json.dumps(
             {"source": str(self.source), "swept": self.swept, "problems": self.problems}, indent=2))
         return paths
 

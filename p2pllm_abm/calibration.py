@@ -47,7 +47,7 @@ import pandas as pd
 from scipy.optimize import least_squares, minimize
 from tqdm.auto import tqdm
 
-from .config import ALLOCATION_READINGS, Config, load_config
+from .config import ALLOCATION_READINGS, Config, field_value, load_config
 from .economics import MarketParams, market_params
 from .equilibrium import price_update, sensitivities, solve_equilibrium
 from .paper import REFERENCES
@@ -265,7 +265,7 @@ def _prices_function(cfg: Config, schedule: Schedule, paper: Table, names: Seque
 def fit_seed(cfg: Config, schedule: Schedule, paper: Table, names: Sequence[str]) -> tuple[dict[str, float], float]:
     """Fit ``names`` for one seed: steady state by implicit differentiation, then Nelder-Mead on
     the replayed table from the best grid point. Returns the values and the price loss."""
-    start = {n: float(_field(cfg, n)) for n in names}
+    start = {n: float(field_value(cfg, n)) for n in names}
     start.update(fit_steady_state(cfg, schedule, paper.prices[-1], names, start))
     prices_at = _prices_function(cfg, schedule, paper, names)
     batched = jax.jit(jax.vmap(prices_at))
@@ -287,11 +287,6 @@ def fit_seed(cfg: Config, schedule: Schedule, paper: Table, names: Sequence[str]
     result = minimize(objective, z0, method="Nelder-Mead",
                       options={"xatol": 1e-4, "fatol": 1e-10, "maxfev": 200 * len(names), "adaptive": True})
     return {n: _from_search(n, zi) for n, zi in zip(names, result.x)}, float(result.fun)
-
-
-def _field(cfg: Config, name: str) -> Any:
-    section, field = name.split(".")
-    return getattr(getattr(cfg, section), field)
 
 
 # -- the whole calibration --------------------------------------------------------------------------

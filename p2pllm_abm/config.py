@@ -314,20 +314,21 @@ MARKET_SCALES = ("market.eta", "market.temperature", "market.demand", "network.i
                  "market.marginal_cost", "market.price_floor")
 
 
+def field_value(cfg: Config, name: str) -> Any:
+    """The value of the dotted field ``section.field`` of ``cfg``."""
+    section, key = name.split(".")
+    return getattr(getattr(cfg, section), key)
+
+
 def most_extreme_field(cfg: Config) -> tuple[str, Any]:
     """The market scale furthest, in orders of magnitude, from its default (``network.cost_range``
     by its upper end): the field most likely to blame when a run's arithmetic leaves float64."""
     defaults = Config()
-
-    def value_of(config: Config, name: str) -> float:
-        section, key = name.split(".")
-        return float(getattr(getattr(config, section), key))
-
-    scores = {name: abs(math.log10(value_of(cfg, name) / value_of(defaults, name))) for name in MARKET_SCALES
-              if value_of(cfg, name) > 0 and value_of(defaults, name) > 0}
+    scores = {name: abs(math.log10(field_value(cfg, name) / field_value(defaults, name))) for name in MARKET_SCALES
+              if field_value(cfg, name) > 0 and field_value(defaults, name) > 0}
     scores["network.cost_range"] = abs(math.log10(cfg.network.cost_range[1] / defaults.network.cost_range[1]))
     name = max(scores, key=scores.get)
-    value = list(cfg.network.cost_range) if name == "network.cost_range" else value_of(cfg, name)
+    value = list(cfg.network.cost_range) if name == "network.cost_range" else field_value(cfg, name)
     return name, value
 
 

@@ -187,6 +187,15 @@ def stage_blocks(stage, alive, n_stages: int) -> StageBlocks:
     return StageBlocks(jnp.asarray(index))
 
 
+def _block_arrays(price, cost, blocks: StageBlocks) -> tuple[Array, Array, Array]:
+    """``(valid, q, c)``: the mask of real entries of ``blocks`` and every stage block's prices and
+    costs, ``(n_stages, width)``, zeros in the padding."""
+    valid = blocks.index >= 0
+    gather = jnp.where(valid, blocks.index, 0)
+    price, cost = jnp.asarray(price), jnp.asarray(cost)
+    return valid, jnp.where(valid, price[gather], 0.0), jnp.where(valid, cost[gather], 0.0)
+
+
 def fixed_point_step(price, cost, stage, alive, params: MarketParams, n_stages: int, damping: float) -> Array:
     """Damped logit-Bertrand contraction ``p <- (1 - d) p + d (kappa c + T / (alpha (1 - P)))``
     (the FOC solved for ``p`` at the current probabilities), kept ``>= floor``."""
@@ -238,9 +247,7 @@ def newton_step(price, cost, stage, alive, params: MarketParams, n_stages: int, 
     from ``jax.jacfwd``, kept ``>= floor``. Newton converges only near the equilibrium; a stage
     whose Newton step would not shrink its first-order residual (far from equilibrium, e.g. from
     p = 1 with widely spread costs) takes a simultaneous best-response step instead."""
-    valid = blocks.index >= 0
-    gather = jnp.where(valid, blocks.index, 0)
-    q, c = jnp.where(valid, price[gather], 0.0), jnp.where(valid, cost[gather], 0.0)
+    valid, q, c = _block_arrays(price, cost, blocks)
 
     def one_stage(q_s, c_s, valid_s):
         residual = _stage_foc(q_s, c_s, valid_s, params)
@@ -347,9 +354,7 @@ def fixed_point_radius(price, cost, stage, alive, params: MarketParams, n_stages
     ``1 - d - d P_i / (1 - P_i)``, so a stage leader with ``P_i > 1 - d/2`` alone makes it
     unstable (0.75 at the default d = 0.5)."""
     blocks = stage_blocks(stage, alive, n_stages)
-    valid = blocks.index >= 0
-    gather = jnp.where(valid, blocks.index, 0)
-    q, c = jnp.where(valid, jnp.asarray(price)[gather], 0.0), jnp.where(valid, jnp.asarray(cost)[gather], 1.0)
+    valid, q, c = _block_arrays(price, cost, blocks)
 
     def damped_map(q_s, c_s, valid_s):
         target = unit_cost(c_s, params) + 1.0 / ((params.alpha / params.temperature)
@@ -398,9 +403,7 @@ def gradient_jacobian_eigenvalues(price, cost, stage, alive, params: MarketParam
     """Per stage, the eigenvalues of the Jacobian ``H`` of the price gradient at ``price`` (by
     ``jax.jacfwd``). Eq. 5 maps ``p -> p + eta g(p)``, whose Jacobian is ``I + eta H``."""
     blocks = stage_blocks(stage, alive, n_stages)
-    valid = blocks.index >= 0
-    gather = jnp.where(valid, blocks.index, 0)
-    q, c = jnp.where(valid, jnp.asarray(price)[gather], 0.0), jnp.where(valid, jnp.asarray(cost)[gather], 0.0)
+    valid, q, c = _block_arrays(price, cost, blocks)
     jacobians = np.asarray(jax.vmap(jax.jacfwd(_stage_gradient), in_axes=(0, 0, 0, None))(q, c, valid, params))
     sizes = np.asarray(valid).sum(axis=1)
     return [np.linalg.eigvals(j[:k, :k]) for j, k in zip(jacobians, sizes)]
@@ -440,9 +443,7 @@ def stable_eta(price, cost, stage, alive, params: MarketParams, n_stages: int) -
     sum is not below 1 (``price`` is not an equilibrium); ``inf`` for a stage whose Jacobian
     vanishes."""
     blocks = stage_blocks(stage, alive, n_stages)
-    valid = blocks.index >= 0
-    gather = jnp.where(valid, blocks.index, 0)
-    q, c = jnp.where(valid, jnp.asarray(price)[gather], 0.0), jnp.where(valid, jnp.asarray(cost)[gather], 1.0)
+    valid, q, c = _block_arrays(price, cost, blocks)
     matrices, secular = jax.vmap(_symmetric_gradient_jacobian, in_axes=(0, 0, 0, None))(q, c, valid, params)
     if np.any(np.asarray(secular) >= 1.0):
         return 0.0
@@ -649,9 +650,7 @@ def sensitivities(price, cost, stage, alive, params: MarketParams, n_stages: int
     """
     price, cost = jnp.asarray(price, dtype=float), jnp.asarray(cost, dtype=float)
     blocks = stage_blocks(stage, alive, n_stages)
-    valid = blocks.index >= 0
-    gather = jnp.where(valid, blocks.index, 0)
-    q, c = jnp.where(valid, price[gather], 0.0), jnp.where(valid, cost[gather], 1.0)
+    valid, q, c = _block_arrays(price, cost, blocks)
 
     def foc(q_s, c_s, valid_s, alpha, temperature):
         return _stage_foc(q_s, c_s, valid_s, params._replace(alpha=alpha, temperature=temperature))

@@ -234,8 +234,7 @@ class P2PLLMModel(mesa.Model):
         )
 
     def _market_ticks(self, ticks: int, first_step: int) -> None:
-        options = dict(rule=self.config.market.update_rule, routing=self.config.clients.routing,
-                       n_stages=self.peers.n_stages)
+        options = self._tick_options()
         start = self._state
         if self.ledger is None:
             self._state = run_ticks(self._state, self._environment, ticks, **options)
@@ -256,8 +255,7 @@ class P2PLLMModel(mesa.Model):
         (:func:`~p2pllm_abm.config.most_extreme_field`) in one line. Nothing non-finite is recorded."""
         if np.isfinite(np.asarray(state.price)).all() and np.isfinite(np.asarray(state.revenue)).all():
             return
-        options = dict(rule=self.config.market.update_rule, routing=self.config.clients.routing,
-                       n_stages=self.peers.n_stages)
+        options = self._tick_options()
         probe, step = start, first_step
         for step in range(first_step, first_step + ticks):
             probe = run_ticks(probe, self._environment, 1, **options)
@@ -271,6 +269,11 @@ class P2PLLMModel(mesa.Model):
                           f"{int(self.peers.stage[peer])}) became {values[peer]} at step {step}, its previous "
                           f"record is the last one kept; {field} is the market scale furthest from its default")
 
+    def _tick_options(self) -> dict:
+        """The static arguments of the jitted ticks: price rule, routing, number of stages."""
+        return dict(rule=self.config.market.update_rule, routing=self.config.clients.routing,
+                    n_stages=self.peers.n_stages)
+
     def _sync_peers(self) -> None:
         self.peers.price = np.asarray(self._state.price)
         self.peers.revenue = np.asarray(self._state.revenue)
@@ -283,8 +286,7 @@ class P2PLLMModel(mesa.Model):
         ``k``, the market is recomputed from the chunk's start to step ``k`` (same results as
         stepping) and the rest of the chunk is dropped; returns the steps done."""
         start, env = self._state, self._environment
-        options = dict(rule=self.config.market.update_rule, routing=self.config.clients.routing,
-                       n_stages=self.peers.n_stages)
+        options = self._tick_options()
         final, paid, before = run_paid_ticks(start, env, ticks, length=self._chunk_length, **options)
         self._guard_finite(start, final, self.steps + 1, ticks)
         paid, before = np.asarray(paid), np.asarray(before)

@@ -20,9 +20,8 @@ the run would not fit.
 from __future__ import annotations
 
 import os
-from typing import Any
 
-from .config import Config, ConfigError, initial_distribution
+from .config import Config, ConfigError, field_value, initial_distribution
 
 BASE_BYTES = 600 * 2**20
 PEER_BYTES = 1024
@@ -88,12 +87,8 @@ def check_memory(cfg: Config, available: int | None = None) -> None:
         field, remedy = "network.peers", "fewer peers (every part grows with them)"
     gib = 2.0**30
     breakdown = ", ".join(f"{name} {size / gib:,.1f}" for name, size in parts.items() if size)
-    raise ConfigError(field, _value(cfg, field),
+    raise ConfigError(field, field_value(cfg, field),
                       f"a run that fits in memory: this one needs about {total / gib:,.1f} GiB ({breakdown}) and "
                       f"{available / gib:,.1f} GiB are available; use {remedy} (run.memory_check=false skips "
                       "this check)")
 
-
-def _value(cfg: Config, field: str) -> Any:
-    section, key = field.split(".")
-    return getattr(getattr(cfg, section), key)

@@ -102,14 +102,16 @@ def welfare(price: Array, cost: Array, stage: Array, alive: Array, params: Marke
     markup = price - unit_cost(cost, params)
     elasticity = -(params.alpha / params.temperature) * price * (1.0 - probs)
     demand = params.demand
-    total = social_welfare(price, cost, stage, alive, params, n_stages)
+    surplus = consumer_surplus(price, cost, stage, alive, params, n_stages)
+    producer = demand * per_stage(probs * markup)
+    total = surplus + producer  # social_welfare at price, from the terms already computed
     best = social_welfare(planner_price(cost, params), cost, stage, alive, params, n_stages)
     with_outside = jnp.isfinite(jnp.asarray(params.outside_weight, dtype=float))
     return Welfare(
-        consumer_surplus=consumer_surplus(price, cost, stage, alive, params, n_stages),
+        consumer_surplus=surplus,
         compute_time_bought=demand * per_stage(probs * cost),
         revenue=demand * per_stage(probs * price),
-        producer_surplus=demand * per_stage(probs * markup),
+        producer_surplus=producer,
         social_welfare=total,
         planner_welfare=best,
         deadweight_loss=jnp.maximum(best - total, 0.0),
