@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench bench-equilibrium bench-routing bench-sweeps bench-ledger verify welfare learning security clean
+.PHONY: run test bench bench-equilibrium bench-routing bench-sweeps bench-ledger bench-dynamics verify welfare learning security petals clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -21,8 +21,9 @@ run: $(STAMP)
 		market.eta allocation.move_fraction --fixed market.alpha=0.5 --out outputs/paper_table1/calibration \
 		--reproduce outputs/paper_table1_calibrated
 
+# -n auto: one pytest worker per core (pytest-xdist); slow tests are marked and deselected (make test-slow)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.core
@@ -39,6 +40,9 @@ bench-sweeps: $(STAMP)
 bench-ledger: $(STAMP)
 	$(BIN)/python -m benchmarks.ledger
 
+bench-dynamics: $(STAMP)
+	$(BIN)/python -m benchmarks.network_dynamics
+
 # The equilibrium verification experiment (table + figures in outputs/equilibrium_verification).
 verify: $(STAMP)
 	$(BIN)/python -m experiments.equilibrium_verification
@@ -54,6 +58,10 @@ learning: $(STAMP)
 # The security experiment (tables + figures in outputs/security).
 security: $(STAMP)
 	$(BIN)/python -m experiments.security
+
+# The paper's market against Petals' rules under load, churn and failures (outputs/petals_baseline).
+petals: $(STAMP)
+	$(BIN)/python -m experiments.petals_baseline
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

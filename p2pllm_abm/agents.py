@@ -1,7 +1,8 @@
 """Mesa agents: thin handles into the model's arrays.
 
 A :class:`PeerAgent` is an index into ``model.peers`` (a :class:`~p2pllm_abm.network.PeerTable`)
-and a :class:`ClientAgent` an index into ``model.client_alpha``. They give researchers Mesa's
+and a :class:`ClientAgent` an index into ``model.client_alpha``. With churn, peer agents are
+created when their peers join and removed when they leave (``model.agents`` holds the present ones). They give researchers Mesa's
 vocabulary (``model.agents``, ``model.agents_by_type[PeerAgent]``, AgentSet selection, agent
 reporters) while the step phases run vectorised over the arrays.
 """
@@ -17,6 +18,11 @@ class PeerAgent(mesa.Agent):
     def __init__(self, model: mesa.Model, index: int) -> None:
         super().__init__(model)
         self.index = index
+
+    @property
+    def peer_id(self) -> int:
+        """The peer's id for the whole run (``events.parquet``, ``peers.parquet``; rows are reused)."""
+        return int(self.model.peers.peer_id[self.index])
 
     @property
     def stage(self) -> int:
@@ -41,6 +47,7 @@ class PeerAgent(mesa.Agent):
 
     @property
     def alive(self) -> bool:
+        """Serving now (False while down after a failure or reloading after a move)."""
         return bool(self.model.peers.alive[self.index])
 
     @property

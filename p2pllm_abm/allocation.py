@@ -22,7 +22,8 @@ TIE_TOLERANCE = 1e-12
 
 
 def share_weight(cost: np.ndarray, reading: str = "compute_share") -> np.ndarray:
-    """What a peer counts in eq. 7: ``1/c_i`` (``"compute_share"``) or 1 (``"head_count"``)."""
+    """What a peer counts in eq. 7: ``1/c_i`` (``"compute_share"``) or 1 (``"head_count"``). ``cost``
+    is per peer ``(n,)`` or, for stage-dependent costs, per peer and stage ``(n, m)``: ``c_i(s)``."""
     cost = np.asarray(cost, dtype=float)
     if reading == "compute_share":
         return 1.0 / cost
@@ -31,21 +32,37 @@ def share_weight(cost: np.ndarray, reading: str = "compute_share") -> np.ndarray
     raise ValueError(f"reading = {reading!r} is invalid: allowed 'compute_share' or 'head_count'")
 
 
+def current_cost(cost: np.ndarray, stage: np.ndarray) -> np.ndarray:
+    """Each peer's cost where it is: ``cost`` itself, or ``c_i(stage_i)`` of stage costs ``(n, m)``."""
+    cost = np.asarray(cost, dtype=float)
+    return cost if cost.ndim == 1 else cost[np.arange(len(cost)), stage]
+
+
 def stage_capacity(cost: np.ndarray, stage: np.ndarray, alive: np.ndarray, n_stages: int,
                    reading: str = "compute_share") -> np.ndarray:
     """Capacity ``sum_{j in l}`` of the share weights (``1/c_j``, or 1 per peer) of every stage ``l``
-    (live peers only)."""
-    return np.bincount(stage[alive], weights=share_weight(cost, reading)[alive], minlength=n_stages)
+    (live peers only; ``cost`` per peer, or per peer and stage)."""
+    weight = share_weight(current_cost(cost, stage), reading)
+    return np.bincount(stage[alive], weights=weight[alive], minlength=n_stages)
 
 
 def candidate_shares(inverse_cost: np.ndarray, current: np.ndarray, capacity: np.ndarray) -> np.ndarray:
-    """Eq. 7 for peers (inverse costs ``inverse_cost``, stages ``current``) in every stage: the
+    """Eq. 7 for peers (share weights ``inverse_cost``, stages ``current``) in every stage: the
     share where they are, and the share they would have after moving anywhere else (counting
-    themselves there). Shape ``inverse_cost.shape + (n_stages,)``."""
+    themselves there). ``inverse_cost`` has the shape of ``current`` (one weight per peer) or one
+    more axis of stages (stage-dependent costs). Shape ``current.shape + (n_stages,)``."""
     inverse_cost, current = np.asarray(inverse_cost, dtype=float), np.asarray(current)
-    joined = capacity + inverse_cost[..., None]
+    if inverse_cost.ndim == current.ndim:
+        inverse_cost = np.repeat(inverse_cost[..., None], len(capacity), axis=-1)
+    joined = capacity + inverse_cost
     np.put_along_axis(joined, current[..., None], capacity[current][..., None], axis=-1)
-    return inverse_cost[..., None] / joined
+    return inverse_cost / joined
+
+
+def joining_stage(weight: np.ndarray, capacity: np.ndarray) -> int:
+    """Eq. 8 for a peer joining the network: the stage where its share ``w_l / (C_l + w_l)`` (its
+    share weights ``w`` per stage, counting itself) is largest."""
+    return int(np.argmax(weight / (capacity + weight)))
 
 
 def share_gains(cost: np.ndarray, stage: np.ndarray, alive: np.ndarray, n_stages: int,
@@ -55,7 +72,7 @@ def share_gains(cost: np.ndarray, stage: np.ndarray, alive: np.ndarray, n_stages
     :data:`TIE_TOLERANCE`, and for dead peers)."""
     shares = candidate_shares(share_weight(cost, reading), stage, stage_capacity(cost, stage, alive, n_stages, reading))
     best = np.argmax(shares, axis=1)
-    rows = np.arange(len(cost))
+    rows = np.arange(len(stage))
     current = shares[rows, stage]
     gain = np.where(alive & (shares[rows, best] > current * (1.0 + TIE_TOLERANCE)), shares[rows, best] - current, 0.0)
     return np.where(gain > 0, best, stage), gain
@@ -73,21 +90,24 @@ def reallocate(
     """Let ``candidates`` (live peer indices, in the order given) move one after another.
 
     A candidate moves to its eq.-8 optimal stage when the share there exceeds its current share
-    by more than the factor ``1 + hysteresis`` (and more than rounding, :data:`TIE_TOLERANCE`); every move updates the capacities the next
-    candidate sees. Returns the new stage array and the moves as ``(peer, from, to)``.
+    by more than the factor ``1 + hysteresis`` (and more than rounding, :data:`TIE_TOLERANCE`); every
+    move updates the capacities the next candidate sees. ``cost`` is per peer, or per peer and stage
+    (``c_i(s)``: a peer's cost, and so its weight, changes with the stage it moves to). Returns the
+    new stage array and the moves as ``(peer, from, to)``.
     """
     stage = stage.copy()
     capacity = stage_capacity(cost, stage, alive, n_stages, reading)
     weight = share_weight(cost, reading)
+    if weight.ndim == 1:
+        weight = np.repeat(weight[:, None], n_stages, axis=1)
     moves = []
     for peer in candidates.tolist():
-        inverse = float(weight[peer])
         current = int(stage[peer])
-        shares = candidate_shares(inverse, current, capacity)
+        shares = candidate_shares(weight[peer], current, capacity)
         target = int(np.argmax(shares))
         if shares[target] > shares[current] * (1.0 + hysteresis) * (1.0 + TIE_TOLERANCE):
-            capacity[current] -= inverse
-            capacity[target] += inverse
+            capacity[current] -= weight[peer, current]
+            capacity[target] += weight[peer, target]
             stage[peer] = target
             moves.append((peer, current, target))
     return stage, moves
@@ -98,3 +118,71 @@ def move_candidates(alive: np.ndarray, move_fraction: float, rng: np.random.Gene
     live = np.flatnonzero(alive)
     count = int(np.ceil(move_fraction * len(live)))
     return rng.permutation(live)[:count]
+
+
+# -- Petals' block selection (allocation.rule = petals; PETALS_NOTES section 2) -------------------
+#: Petals' bias against moving: a server removes itself with (1 + eps) of its throughput when it looks
+#: for a better place, so that float error never makes it chase its own shadow
+PETALS_EPS = 1e-3
+#: greedy re-placement passes at most (Petals loops until no server moves; the bias makes that finite)
+MAX_PASSES = 100
+
+
+def block_throughput(start: np.ndarray, end: np.ndarray, throughput: np.ndarray, counted: np.ndarray,
+                     n_stages: int) -> np.ndarray:
+    """The swarm's throughput per stage (block), ``T[b] = sum of throughput_i over counted servers
+    with start_i <= b < end_i``."""
+    delta = np.zeros(n_stages + 1)
+    np.add.at(delta, start[counted], throughput[counted])
+    np.add.at(delta, end[counted], -throughput[counted])
+    return np.cumsum(delta)[:n_stages]
+
+
+def choose_best_start(throughput: np.ndarray, length: int) -> int:
+    """Petals' ``_choose_best_start``: of the windows of ``length`` blocks, the one whose sorted
+    throughputs are lexicographically smallest (the window holding the weakest block; ties go to
+    the next-weakest block, then to the smallest start)."""
+    windows = np.lib.stride_tricks.sliding_window_view(np.asarray(throughput, dtype=float), length)
+    keys = np.sort(windows, axis=1)
+    return int(np.lexsort((np.arange(len(keys)), *keys.T[::-1]))[0])
+
+
+def petals_should_move(peer: int, start: np.ndarray, end: np.ndarray, throughput: np.ndarray, counted: np.ndarray,
+                       n_stages: int, balance_quality: float, rng: np.random.Generator) -> int | None:
+    """Petals' ``should_choose_other_blocks`` for server ``peer``: the start it would move to, or
+    None when it stays. It removes itself, picks its best start; then it simulates a greedy
+    re-placement of every counted server (passes in random order until nobody moves) and moves only
+    when that lifts the swarm's weakest block from ``T0`` to ``T1`` with ``T0 / T1 < balance_quality
+    - eps`` (never when a gap would open, or ``T1 < T0``)."""
+    eps = PETALS_EPS
+    length = end - start
+    current = block_throughput(start, end, throughput, counted, n_stages)
+    initial = current.min()
+    own = throughput[peer]
+    current[start[peer]:end[peer]] -= own * (1 + eps)
+    if initial > eps and current.min() <= 0:
+        return None  # leaving would make the swarm disjoint
+    target = choose_best_start(current, int(length[peer]))
+    if target == start[peer]:
+        return None
+    simulated = start.copy()
+    current[start[peer]:end[peer]] += own * eps
+    simulated[peer] = target
+    current[target:target + length[peer]] += own
+    servers = np.flatnonzero(counted)
+    for _ in range(MAX_PASSES):
+        moved = False
+        for server in rng.permutation(servers).tolist():
+            first, size, rate = simulated[server], int(length[server]), throughput[server]
+            current[first:first + size] -= rate * (1 + eps)
+            best = choose_best_start(current, size)
+            current[first:first + size] += rate * eps
+            if best != first:
+                simulated[server], moved = best, True
+            current[best:best + size] += rate
+        if not moved:
+            break
+    final = current.min()
+    if final < initial or final < eps:
+        return None
+    return target if initial / final < balance_quality - eps else None

@@ -28,7 +28,9 @@ UPDATE_RULES = ("gradient", "best_response", "sequential_best_response", "fixed_
 #: price rules of a run: the equilibrium rules above, and "observed" (learned from realised revenue)
 PRICE_RULES = (*UPDATE_RULES, "observed")
 ALPHA_DISTRIBUTIONS = ("fixed", "uniform", "beta")
-ROUTINGS = ("stage", "path")
+ROUTINGS = ("stage", "path", "petals")
+#: how peers choose their stages: the paper's eq. 7-8 ("market") or Petals' bottleneck rule ("petals")
+ALLOCATION_RULES = ("market", "petals")
 #: the market's scales (prices, step size, demand, T and 1/T, costs) stay within [1/SCALE, SCALE]: the
 #: equilibrium's price differences are of order T/alpha, and float64 resolves them next to prices,
 #: costs and their products only while those stay within a few orders of magnitude of each other
@@ -74,6 +76,11 @@ class NetworkConfig:
     device_mix: dict[str, float] = field(default_factory=lambda: {PROFILED: 1.0, **dict.fromkeys(devices(), 0.0)})
     latency_range: list[float] = field(default_factory=lambda: [1.0, 20.0])  #: l_ij in [lo, hi], ms
     initial_price: float = 1.0  #: p_i at step 0
+    #: the wall-clock length of a step in ms; set, it gives peers a capacity (p2pllm_abm/load.py): peer i
+    #: serves at most step_ms / c_i requests per step, the rest wait in its queue; null: unlimited (the paper)
+    step_ms: Optional[float] = None
+    #: requests per step every peer serves at most, set directly instead of step_ms / c_i (needs step_ms)
+    capacity: Optional[float] = None
 
 
 @dataclass
@@ -108,6 +115,13 @@ class AllocationConfig:
     #: what a peer's share of a stage counts (eq. 7): "compute_share" (inverse compute cost, the
     #: paper's eq. 7 as written) or "head_count" (one per peer: peers balance numbers per stage)
     reading: str = "compute_share"
+    #: "market" (eq. 7-8: joiners and movers take the stage of largest share) or "petals" (Petals'
+    #: block selection: the span that most raises the weakest stage's throughput; a server moves only when a
+    #: simulated swarm-wide rebalance lifts that minimum by more than 1 / balance_quality)
+    rule: str = "market"
+    balance_quality: float = 0.75  #: Petals' threshold (allocation.rule = petals); 0 never rebalances
+    reload_steps: int = 0  #: steps a peer that moved is offline, loading its new layers
+    switch_fee: float = 0.0  #: price units a move costs the peer (subtracted from its earnings)
 
 
 @dataclass
@@ -123,9 +137,31 @@ class ClientsConfig:
     #: how a request picks its peers: "stage" (the paper's market: per stage, the smallest eq.-1
     #: weight plus Gumbel noise of scale T; latency ignored) or "path" (the whole path with the
     #: smallest sum of noisy weights plus (1 - alpha) x latencies, client endpoints included)
+    #: or "petals" (Petals' min-latency routing: the path of least compute time + latencies + a per-hop
+    #: overhead, no price, no noise, no load)
     routing: str = "stage"
+    load_aware: bool = False  #: clients add each peer's expected queue wait (ms) to its cost in eq. 1
+    hop_overhead_ms: float = 18.0  #: routing = petals: Petals' per-hop serialisation overhead
     #: realised path price and time are recorded per request class: equal-width bins of client alpha
     request_classes: int = 4
+
+
+@dataclass
+class ChurnConfig:
+    """Peers joining and leaving during a run (p2pllm_abm/churn.py)."""
+
+    join_rate: float = 0.0  #: expected peers joining per step (Poisson arrivals)
+    leave_rate: float = 0.0  #: per-step probability that a peer leaves for good (geometric sessions)
+    headroom: float = 0.25  #: spare rows in the peer arrays, as a share of network.peers (joins fill them)
+
+
+@dataclass
+class FailuresConfig:
+    """Peers failing mid-request, and clients failing over (p2pllm_abm/load.py)."""
+
+    rate: float = 0.0  #: per-step probability that a live peer fails (its requests of that step fail over)
+    downtime: Optional[int] = 10  #: steps a failed peer stays down; null: it never comes back
+    max_retries: Optional[int] = None  #: failovers a request may make before it is dropped (null: Petals' no cap)
 
 
 @dataclass
@@ -233,6 +269,8 @@ class Config:
     market: MarketConfig = field(default_factory=MarketConfig)
     allocation: AllocationConfig = field(default_factory=AllocationConfig)
     clients: ClientsConfig = field(default_factory=ClientsConfig)
+    churn: ChurnConfig = field(default_factory=ChurnConfig)
+    failures: FailuresConfig = field(default_factory=FailuresConfig)
     run: RunConfig = field(default_factory=RunConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
@@ -439,12 +477,16 @@ def validate(cfg: Config) -> Config:
              mkt.outside_option, "null with clients.routing = 'path' (the outside option is a per-stage choice)")
 
     single_stage = all(q == 0 for q in probs[1:])
-    _require(not alloc.enabled or net.cost_source != "profile", "allocation.enabled", alloc.enabled,
-             "false with network.cost_source = 'profile' (a profiled cost depends on the stage, and eq. 7-8 "
-             "move peers at a fixed cost)")
-    _require(not alloc.enabled or single_stage, "allocation.enabled", alloc.enabled,
-             "false when network.span_length_probs allows spans longer than one stage "
-             "(eq. 7-8 move peers between single stages)")
+    _require(alloc.rule in ALLOCATION_RULES, "allocation.rule", alloc.rule, f"one of {ALLOCATION_RULES}")
+    _require(not alloc.enabled or alloc.rule == "petals" or single_stage, "allocation.enabled", alloc.enabled,
+             "false, or allocation.rule = 'petals', when network.span_length_probs allows spans longer than one "
+             "stage (eq. 7-8 move peers between single stages)")
+    _require(_finite(alloc.balance_quality) and 0 <= alloc.balance_quality <= 1, "allocation.balance_quality",
+             alloc.balance_quality, "0 <= quality <= 1 (0: never rebalance; Petals uses 0.75)")
+    _require(isinstance(alloc.reload_steps, int) and 0 <= alloc.reload_steps <= 10**6, "allocation.reload_steps",
+             alloc.reload_steps, "an integer from 0 to 10^6")
+    _require(_finite(alloc.switch_fee) and 0 <= alloc.switch_fee <= SCALE, "allocation.switch_fee", alloc.switch_fee,
+             f"0 <= fee <= {SCALE:g}")
     _require(alloc.period >= 1, "allocation.period", alloc.period, "an integer >= 1")
     _require(_finite(alloc.move_fraction) and 0.0 < alloc.move_fraction <= 1.0,
              "allocation.move_fraction", alloc.move_fraction, "0 < move_fraction <= 1")
@@ -457,8 +499,11 @@ def validate(cfg: Config) -> Config:
     _require(_finite(cli.request_rate) and 0.0 < cli.request_rate <= 1.0, "clients.request_rate",
              cli.request_rate, "0 < rate <= 1 (probability of one request per client per step)")
     _require(cli.routing in ROUTINGS, "clients.routing", cli.routing, f"one of {ROUTINGS}")
-    _require(cli.routing == "path" or single_stage, "clients.routing", cli.routing,
-             "'path' when network.span_length_probs allows spans longer than one stage")
+    _require(cli.routing != "stage" or single_stage, "clients.routing", cli.routing,
+             "'path' or 'petals' when network.span_length_probs allows spans longer than one stage")
+    _require(_finite(cli.hop_overhead_ms) and 0 <= cli.hop_overhead_ms <= SCALE, "clients.hop_overhead_ms",
+             cli.hop_overhead_ms, f"0 <= overhead <= {SCALE:g} ms")
+    _validate_load(cfg)
     _require(1 <= cli.request_classes <= MAX_CLASSES, "clients.request_classes", cli.request_classes,
              f"an integer from 1 to {MAX_CLASSES} (equal-width bins of client alpha)")
     _require(cli.alpha_distribution in ALPHA_DISTRIBUTIONS, "clients.alpha_distribution",
@@ -490,6 +535,34 @@ def validate(cfg: Config) -> Config:
     _validate_ledger(cfg)
     _validate_security(cfg)
     return cfg
+
+
+def _validate_load(cfg: Config) -> None:
+    """Capacity and queues, churn and failures (p2pllm_abm/load.py, p2pllm_abm/churn.py)."""
+    net, churn, fail = cfg.network, cfg.churn, cfg.failures
+    _require(net.step_ms is None or (_finite(net.step_ms) and 0 < net.step_ms <= SCALE), "network.step_ms",
+             net.step_ms, f"null (unlimited capacity, the paper) or 0 < step_ms <= {SCALE:g} ms")
+    _require(net.capacity is None or (_finite(net.capacity) and 0 < net.capacity <= SCALE), "network.capacity",
+             net.capacity, f"null (step_ms / c_i) or 0 < requests per step <= {SCALE:g}")
+    _require(net.capacity is None or net.step_ms is not None, "network.capacity", net.capacity,
+             "null unless network.step_ms is set (a queue's wait is counted in steps of step_ms)")
+    _require(not cfg.clients.load_aware or net.step_ms is not None, "clients.load_aware", cfg.clients.load_aware,
+             "false unless network.step_ms is set (without capacity there is no queue to see)")
+    _require(_finite(churn.join_rate) and 0 <= churn.join_rate <= SCALE, "churn.join_rate", churn.join_rate,
+             f"0 <= expected joins per step <= {SCALE:g}")
+    _require(_finite(churn.leave_rate) and 0 <= churn.leave_rate < 1, "churn.leave_rate", churn.leave_rate,
+             "0 <= probability per step < 1")
+    _require(_finite(churn.headroom) and 0 <= churn.headroom <= 100, "churn.headroom", churn.headroom,
+             "0 <= share of network.peers <= 100")
+    _require(_finite(fail.rate) and 0 <= fail.rate < 1, "failures.rate", fail.rate, "0 <= probability per step < 1")
+    _require(fail.downtime is None or (isinstance(fail.downtime, int) and 1 <= fail.downtime <= 10**6),
+             "failures.downtime", fail.downtime, "null (a failed peer never returns) or an integer from 1 to 10^6")
+    _require(fail.max_retries is None or (isinstance(fail.max_retries, int) and fail.max_retries >= 0),
+             "failures.max_retries", fail.max_retries, "null (no cap) or an integer >= 0")
+    security = cfg.adversary.fraction > 0 or cfg.verification.mechanism != "none"
+    _require(not security or (churn.join_rate == 0 and churn.leave_rate == 0), "churn.join_rate", churn.join_rate,
+             "0 (and churn.leave_rate 0) with adversaries or verification (behaviours are drawn once, for the "
+             "peers at start)")
 
 
 def _validate_security(cfg: Config) -> None:

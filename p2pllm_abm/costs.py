@@ -139,7 +139,15 @@ def span_costs(profile: dict[str, Any], start: np.ndarray, end: np.ndarray, devi
     """Cost of each peer serving ``[start, end)`` on its ``device`` (names)."""
     cost = np.zeros(len(start))
     for name in np.unique(device):
-        cumulative = np.concatenate([[0.0], np.cumsum(stage_times(profile, str(name), metric))])
         mine = device == name
-        cost[mine] = cumulative[end[mine]] - cumulative[start[mine]]
+        times = np.broadcast_to(stage_times(profile, str(name), metric), (int(mine.sum()), len(profile["stages"])))
+        cost[mine] = span_sum(times, start[mine], end[mine])
     return cost
+
+
+def span_sum(stage_cost: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """The cost of serving ``[start, end)`` for rows of stage costs ``(k, n_stages)``: the sum of
+    ``c_i(s)`` over the span (one stage: exactly ``c_i(s)``)."""
+    stages = np.arange(stage_cost.shape[1])
+    inside = (stages >= np.asarray(start)[:, None]) & (stages < np.asarray(end)[:, None])
+    return np.where(inside, stage_cost, 0.0).sum(axis=1)

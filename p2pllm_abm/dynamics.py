@@ -30,6 +30,7 @@ from jax import Array
 
 from .economics import MarketParams, choice_logits, outside_logit, stage_logsumexp, unit_cost
 from .equilibrium import StageBlocks, price_update
+from .load import (OUTCOMES, SAMPLE_TICKS, expected_wait, first_failed_column, hop_waits, serve, splice_paths)
 from .network import latency
 
 
@@ -48,6 +49,14 @@ class MarketState(NamedTuple):
     class_price: Array  #: sum of their paths' total prices
     class_time: Array  #: sum of their paths' total times (compute costs + latencies)
     baseline: Array  #: the "observed" rule's running mean of each peer's observed revenue
+    backlog: Array  #: requests queued at each peer (p2pllm_abm.load; 0 without capacity)
+    window_served: Array  #: requests each peer served since the model last recorded
+    window_capacity: Array  #: the capacity each peer offered (live) since the model last recorded
+    window_ticks: Array  #: ticks since the model last recorded
+    outcomes: Array  #: cumulative requests per outcome (p2pllm_abm.load.OUTCOMES)
+    request_samples: Array  #: (SAMPLE_TICKS, clients) request times in ms of the last ticks (NaN: none)
+    hop_samples: Array  #: (SAMPLE_TICKS, clients, n_stages) time spent in each stage (NaN: none)
+    sample_count: Array  #: ticks sampled since the model last recorded
 
 
 class Geometry(NamedTuple):
@@ -74,11 +83,55 @@ class Environment(NamedTuple):
     geometry: Geometry
     exploration: float = 0.0  #: the "observed" rule's price perturbation delta
     baseline_rate: float = 0.0  #: the "observed" rule's baseline update rate
+    capacity: Array | None = None  #: requests per step each peer serves (None: unlimited, no queues)
+    step_ms: float = 0.0  #: a step's length in ms (queue waits)
+    failing: Array | None = None  #: peers failing mid-request this tick (None: no failures)
+    max_retries: float = float("inf")  #: failovers a request may make
+    hop_overhead: float = 0.0  #: Petals routing's per-hop overhead in ms
 
 
-def initial_state(price: Array, key: Array, classes: int) -> MarketState:
+def initial_state(price: Array, key: Array, classes: int, clients: int = 0, n_stages: int = 1) -> MarketState:
+    """A market at ``price`` with nothing served yet, and empty request-time samples for ``clients``
+    clients over ``n_stages`` stages."""
     zeros, per_class = jnp.zeros_like(price), jnp.zeros(classes, dtype=price.dtype)
-    return MarketState(price, key, zeros, zeros, zeros, zeros, zeros, per_class, per_class, per_class, zeros)
+    return MarketState(price, key, zeros, zeros, zeros, zeros, zeros, per_class, per_class, per_class, zeros,
+                       backlog=zeros, window_served=zeros, window_capacity=zeros, window_ticks=jnp.zeros((), jnp.int32),
+                       outcomes=jnp.zeros(len(OUTCOMES), dtype=price.dtype),
+                       request_samples=jnp.full((SAMPLE_TICKS, clients), jnp.nan, dtype=price.dtype),
+                       hop_samples=jnp.full((SAMPLE_TICKS, clients, n_stages), jnp.nan, dtype=price.dtype),
+                       sample_count=jnp.zeros((), jnp.int32))
+
+
+def reset_window(state: MarketState) -> MarketState:
+    """The state with the per-record windows (class sums, served counts, samples) emptied."""
+    zeros = jnp.zeros_like(state.class_requests)
+    return state._replace(class_requests=zeros, class_price=zeros, class_time=zeros,
+                          window_served=jnp.zeros_like(state.window_served),
+                          window_capacity=jnp.zeros_like(state.window_capacity), window_ticks=jnp.zeros_like(state.window_ticks),
+                          request_samples=jnp.full_like(state.request_samples, jnp.nan),
+                          hop_samples=jnp.full_like(state.hop_samples, jnp.nan), sample_count=jnp.zeros_like(state.sample_count))
+
+
+#: the state's per-peer arrays (one entry per row of the PeerTable)
+PEER_FIELDS = ("price", "revenue", "requests", "expected_requests", "tick_revenue", "tick_expected_revenue", "baseline",
+               "backlog", "window_served", "window_capacity")
+
+
+@partial(jax.jit, static_argnames=("fields",))
+def reset_rows(state: MarketState, rows: Array, price: Array, fields: tuple[str, ...] = PEER_FIELDS) -> MarketState:
+    """The state with the ``fields`` of the rows in mask ``rows`` zeroed (``price`` set to ``price``):
+    peers that just joined, or (``fields=("backlog",)``) whose queue was lost. A mask, not indices,
+    so that the call compiles once per table size."""
+    fresh = {name: jnp.where(rows, 0.0, getattr(state, name)) for name in fields}
+    if "price" in fields:
+        fresh["price"] = jnp.where(rows, price, state.price)
+    return state._replace(**fresh)
+
+
+def grow_state(state: MarketState, rows: int) -> MarketState:
+    """The state with ``rows`` more (free) rows in every per-peer array."""
+    return state._replace(**{name: jnp.concatenate([getattr(state, name), jnp.zeros(rows, state.price.dtype)])
+                             for name in PEER_FIELDS})
 
 
 def _client_probabilities(env: Environment, price: Array, alpha: Array, n_stages: int) -> tuple[Array, Array]:
@@ -95,19 +148,27 @@ def _gumbel(key: Array, env: Environment, price: Array) -> Array:
     return noise.astype(price.dtype)
 
 
-def logit_choices(key: Array, env: Environment, price: Array, n_stages: int) -> tuple[Array, Array]:
+def logit_choices(key: Array, env: Environment, price: Array, n_stages: int,
+                  exclude: Array | None = None) -> tuple[Array, Array]:
     """Each client's chosen peer per stage, shape ``(clients, n_stages)``, by Gumbel-max
     (``argmin_i w_ci + T G_i`` within each stage), and the Boltzmann probabilities ``(clients, n)``
     that this choice realises. With an outside option, a stage where ``w_0 + T G_0`` beats every
     peer is left unbought (``-1``); its noise comes from a key folded off ``key``, so the peers'
-    noise, and every run without an outside option, stay as they are."""
+    noise, and every run without an outside option, stay as they are.
+
+    ``exclude`` (peers that failed) makes the failover choice: the same noise, those peers left
+    out, and no walking away (the client already bought in the stage); ``-1`` where no peer is left."""
     peers = jnp.arange(price.shape[0])
     walk_away = outside_logit(env.params) + jax.random.gumbel(
         jax.random.fold_in(key, 1), (env.client_alpha.shape[0], n_stages), dtype=price.dtype)
+    if exclude is not None:
+        walk_away = jnp.full_like(walk_away, -jnp.inf)
 
     def one_client(alpha: Array, noise: Array, outside: Array) -> tuple[Array, Array]:
         logits, probs = _client_probabilities(env, price, alpha, n_stages)
         perturbed = logits + noise
+        if exclude is not None:
+            perturbed = jnp.where(exclude, -jnp.inf, perturbed)
         best = jax.ops.segment_max(perturbed, env.stage, num_segments=n_stages)
         winner = jnp.where(perturbed == best[env.stage], peers, -1)
         chosen = jax.ops.segment_max(winner, env.stage, num_segments=n_stages)
@@ -116,19 +177,42 @@ def logit_choices(key: Array, env: Environment, price: Array, n_stages: int) -> 
     return jax.vmap(one_client)(env.client_alpha, _gumbel(key, env, price), walk_away)
 
 
-def path_choices(key: Array, env: Environment, price: Array, n_stages: int) -> tuple[Array, Array]:
+def path_scores(key: Array, env: Environment, price: Array, n_stages: int) -> tuple[Array, Array, Array]:
+    """The ``path`` routing's node scores ``w_v - T G_v`` per client ``(clients, n)`` (inf for dead
+    peers), its latency weights ``1 - alpha`` per client, and the Boltzmann probabilities of eq. 3."""
+
+    def one_client(alpha: Array, noise: Array) -> tuple[Array, Array]:
+        logits, probs = _client_probabilities(env, price, alpha, n_stages)
+        return -env.params.temperature * (logits + noise), probs
+
+    score, probs = jax.vmap(one_client)(env.client_alpha, _gumbel(key, env, price))
+    return score, 1.0 - env.client_alpha, probs
+
+
+def petals_scores(env: Environment, price: Array, n_stages: int) -> tuple[Array, Array, Array]:
+    """Petals' ``min_latency`` routing (PETALS_NOTES 1b) as node scores: compute time plus the
+    per-hop overhead (inf for dead peers), latency weight 1, no price and no noise, the same for
+    every client; and the market's Boltzmann probabilities of eq. 3 (what the market would expect)."""
+    clients = env.client_alpha.shape[0]
+    score = jnp.where(env.alive, env.cost + env.hop_overhead, jnp.inf)
+    probs = jax.vmap(lambda alpha: _client_probabilities(env, price, alpha, n_stages)[1])(env.client_alpha)
+    return jnp.broadcast_to(score, (clients, score.shape[0])), jnp.ones(clients, dtype=price.dtype), probs
+
+
+def best_paths(env: Environment, score: Array, weight: Array, n_stages: int,
+               origin: Array | None = None) -> Array:
     """Each client's path, shape ``(clients, n_stages)``, peers in order and right-aligned (``-1``
     pads a path of spans shorter than ``n_stages``; a row of ``-1`` when no path exists): the path
-    minimising ``sum (w_v - T G_v) + (1 - alpha) sum latencies`` by Alg. 2 over the boundaries.
-    Also the Boltzmann probabilities of eq. 3, as :func:`logit_choices` returns them."""
-    n = price.shape[0]
+    minimising ``sum score_v + weight * sum latencies`` (client endpoints included) by Alg. 2 over
+    the boundaries. ``origin`` (per client; default the client itself, node ``n``) starts the path
+    after that peer instead: the rest of a path whose prefix ends at ``origin`` (failover)."""
+    n = score.shape[1]
     geo = env.geometry
     low, high = geo.latency_range
     source_row = jnp.full(geo.ends.shape[1], -1).at[0].set(n)  # the client, as node n
+    origin = jnp.full(score.shape[0], n) if origin is None else origin
 
-    def one_client(alpha: Array, noise: Array, home: Array) -> tuple[Array, Array]:
-        logits, probs = _client_probabilities(env, price, alpha, n_stages)
-        score = -env.params.temperature * (logits + noise)  # w_v - T G_v; inf for dead peers
+    def one_client(score: Array, weight: Array, home: Array, start: Array) -> Array:
         position = jnp.concatenate([geo.position, home[None, :]])
 
         def relax(boundary, carry):
@@ -136,30 +220,37 @@ def path_choices(key: Array, env: Environment, price: Array, n_stages: int) -> t
             heads = env.blocks.index[boundary]
             tails = jnp.where(boundary == 0, source_row, geo.ends[boundary])
             h, t = jnp.maximum(heads, 0), jnp.where(tails >= 0, tails, n)
-            hop = (1.0 - alpha) * latency(position[t][None, :, :], position[h][:, None, :], (low, high))
+            hop = weight * latency(position[t][None, :, :], position[h][:, None, :], (low, high))
             candidates = jnp.where(tails[None, :] >= 0, dist[t][None, :] + hop, jnp.inf)
             best = jnp.argmin(candidates, axis=1)
             arrival = jnp.take_along_axis(candidates, best[:, None], axis=1)[:, 0] + score[h]
             target = jnp.where(heads >= 0, heads, n + 1)
-            return dist.at[target].set(arrival, mode="drop"), previous.at[target].set(t[best], mode="drop")
+            return dist.at[target].min(arrival, mode="drop"), previous.at[target].set(t[best], mode="drop")
 
-        dist = jnp.full(n + 1, jnp.inf).at[n].set(0.0)
+        dist = jnp.full(n + 1, jnp.inf).at[start].set(0.0)
         dist, previous = jax.lax.fori_loop(0, n_stages, relax, (dist, jnp.full(n, n)))
         last = geo.ends[n_stages]
         ended = jnp.maximum(last, 0)
-        totals = jnp.where(last >= 0, dist[ended] + (1.0 - alpha) * latency(position[ended], home, (low, high)),
-                           jnp.inf)
+        totals = jnp.where(last >= 0, dist[ended] + weight * latency(position[ended], home, (low, high)), jnp.inf)
         node = jnp.where(jnp.isfinite(jnp.min(totals)), ended[jnp.argmin(totals)], n)
 
         def trace(k, carry):
             node, path = carry
-            on_path = node < n
+            on_path = (node < n) & (node != start)
             path = path.at[n_stages - 1 - k].set(jnp.where(on_path, node, -1))
             return jnp.where(on_path, previous[jnp.minimum(node, n - 1)], n), path
 
-        return jax.lax.fori_loop(0, n_stages, trace, (node, jnp.full(n_stages, -1)))[1], probs
+        return jax.lax.fori_loop(0, n_stages, trace, (node, jnp.full(n_stages, -1)))[1]
 
-    return jax.vmap(one_client)(env.client_alpha, _gumbel(key, env, price), geo.client_position)
+    return jax.vmap(one_client)(score, weight, geo.client_position, origin)
+
+
+def path_choices(key: Array, env: Environment, price: Array, n_stages: int) -> tuple[Array, Array]:
+    """Each client's path, shape ``(clients, n_stages)`` (:func:`best_paths`): the path minimising
+    ``sum (w_v - T G_v) + (1 - alpha) sum latencies``, and the Boltzmann probabilities of eq. 3, as
+    :func:`logit_choices` returns them."""
+    score, weight, probs = path_scores(key, env, price, n_stages)
+    return best_paths(env, score, weight, n_stages), probs
 
 
 def path_totals(paths: Array, env: Environment, price: Array) -> tuple[Array, Array, Array]:
@@ -180,34 +271,131 @@ def path_totals(paths: Array, env: Environment, price: Array) -> tuple[Array, Ar
     return jax.vmap(one)(paths, geo.client_position)
 
 
+class Routed(NamedTuple):
+    """One tick's requests after routing and failover (every array per client, or per client and hop)."""
+
+    hops: Array  #: (clients, n_stages) the peers that served each request (-1: none)
+    probs: Array  #: (clients, n) Boltzmann probabilities of eq. 3
+    complete: Array  #: the request bought a whole path
+    no_path: Array  #: no live path existed
+    walked: Array  #: a stage's outside option won (per-stage routing)
+    failed: Array  #: (clients, n_stages) the peers it reached that failed (-1: none)
+    retries: Array  #: failovers it made
+
+
+def route_requests(key: Array, env: Environment, price: Array, routing: str, n_stages: int) -> Routed:
+    """Phase 1's choice (``clients.routing``) and, with failures, the failover (:mod:`p2pllm_abm.load`)."""
+    n = price.shape[0]
+    if routing == "stage":
+        chosen, probs = logit_choices(key, env, price, n_stages)
+        served_stage = jax.ops.segment_sum(env.alive.astype(jnp.int32), env.stage, num_segments=n_stages) > 0
+        no_path = jnp.broadcast_to(~jnp.all(served_stage), chosen.shape[:1])
+        walked = jnp.any(chosen < 0, axis=1)
+    else:
+        score, weight, probs = (path_scores(key, env, price, n_stages) if routing == "path"
+                                else petals_scores(env, price, n_stages))
+        chosen = best_paths(env, score, weight, n_stages)
+        no_path = jnp.all(chosen < 0, axis=1)
+        walked = jnp.zeros_like(no_path)
+    if env.failing is None:
+        complete = jnp.all(chosen >= 0, axis=1) if routing == "stage" else ~no_path
+        none = jnp.full_like(chosen, -1)
+        return Routed(chosen, probs, complete, no_path, walked, none, jnp.zeros(chosen.shape[0], jnp.int32))
+    if routing == "stage":
+        hit = (chosen >= 0) & env.failing[jnp.maximum(chosen, 0)]
+        replacement = logit_choices(key, env, price, n_stages, exclude=env.failing)[0]
+        hops = jnp.where(hit, replacement, chosen)
+        retries = jnp.sum(hit, axis=1)
+        complete = jnp.all(hops >= 0, axis=1)
+    else:
+        any_hit, first = first_failed_column(chosen, env.failing)
+        before = jnp.take_along_axis(chosen, jnp.maximum(first - 1, 0)[:, None], axis=1)[:, 0]
+        origin = jnp.where((first > 0) & (before >= 0), before, n)
+        suffix = best_paths(env, jnp.where(env.failing[None, :], jnp.inf, score), weight, n_stages, origin)
+        hops = jnp.where(any_hit[:, None], splice_paths(chosen, first, suffix), chosen)
+        hit = any_hit[:, None] & (jnp.arange(n_stages)[None, :] == first[:, None])
+        retries = any_hit.astype(jnp.int32)
+        complete = jnp.any(hops >= 0, axis=1)
+    return Routed(hops, probs, complete, no_path, walked, jnp.where(hit, chosen, -1), retries)
+
+
+def stage_sums(hops: Array, values: Array, stage: Array, n_stages: int) -> tuple[Array, Array]:
+    """``values`` of hops ``(clients, width)`` summed per client and stage ``(clients, n_stages)`` (a
+    hop counts in its peer's first stage), and whether the client has a hop there."""
+    on = hops >= 0
+    where = jnp.where(on, stage[jnp.maximum(hops, 0)], n_stages)
+    rows = jnp.broadcast_to(jnp.arange(hops.shape[0])[:, None], hops.shape)
+    total = jnp.zeros((hops.shape[0], n_stages + 1), values.dtype).at[rows, where].add(jnp.where(on, values, 0.0))
+    count = jnp.zeros((hops.shape[0], n_stages + 1), jnp.int32).at[rows, where].add(on.astype(jnp.int32))
+    return total[:, :n_stages], count[:, :n_stages] > 0
+
+
 def paid_tick(state: MarketState, env: Environment, quoted: Array, rule: str, routing: str,
-              n_stages: int) -> tuple[MarketState, Array]:
+              n_stages: int, load_aware: bool = False) -> tuple[MarketState, Array, Array]:
     """One tick in which requests see and pay the ``quoted`` prices (the live ones, or the
     ledger's confirmed registry) while peers update their own live prices by ``rule``. Also
     returns the paid hops, ``(clients, n_stages)`` peer ids with ``-1`` where a client sent no
-    request (or its path has no hop there), for the ledger to settle."""
+    request (or its path has no hop there), for the ledger to settle, and the failed hops (the
+    failing peers requests reached, ``-1`` elsewhere), whose SLAs the ledger penalises.
+
+    With capacity (``env.capacity``) requests queue and wait (``load_aware``: clients add the
+    expected wait to a peer's cost when they choose); with ``env.failing`` hops at failing peers fail
+    over; every request sent is counted under one of :data:`~p2pllm_abm.load.OUTCOMES`."""
     if rule != "observed":
         new_price = price_update(rule, state.price, env.cost, env.stage, env.alive, env.params, n_stages,
                                  env.blocks, env.damping)
     if env.client_alpha.shape[0] == 0:  # no clients, no requests (decided when tracing; refused for "observed")
-        return state._replace(price=new_price), jnp.zeros((0, n_stages), dtype=jnp.int32)
+        none = jnp.zeros((0, n_stages), dtype=jnp.int32)
+        return state._replace(price=new_price), none, none
     key, request_key, noise_key = jax.random.split(state.key, 3)
     active = jax.random.bernoulli(request_key, env.request_rate, env.client_alpha.shape)
-    choose = path_choices if routing == "path" else logit_choices
-    chosen, probs = choose(noise_key, env, quoted, n_stages)
+    seen = env
+    if env.capacity is not None and load_aware:
+        seen = env._replace(cost=env.cost + expected_wait(state.backlog, env.capacity, env.step_ms))
+    routed = route_requests(noise_key, seen, quoted, routing, n_stages)
+    no_path = active & routed.no_path
+    walked = active & ~routed.no_path & routed.walked
+    lost = active & ~no_path & ~walked & ~routed.complete  # a failed hop found no live replacement
+    over = active & ~no_path & ~walked & ~lost & (routed.retries > env.max_retries)
+    keep = active & ~lost & ~over
+    counted = keep & routed.complete & ~walked & ~no_path
+    paid = jnp.where(keep[:, None], routed.hops, -1)
+    failed = jnp.where(keep[:, None], routed.failed, -1)
     dtype = state.price.dtype
-    weight = jnp.broadcast_to(active[:, None], chosen.shape).astype(dtype)
-    served = jnp.zeros_like(state.price).at[jnp.where(chosen >= 0, chosen, state.price.shape[0]).ravel()].add(
-        weight.ravel(), mode="drop")
-    expected = active.astype(dtype) @ probs
-    routed, path_price, path_time = path_totals(chosen, env, quoted)
-    if routing == "stage":  # a request that walked away in some stage bought no whole path
-        routed = routed & jnp.all(chosen >= 0, axis=1)
-    counted = (active & routed).astype(dtype)
+    served = jnp.zeros_like(state.price).at[jnp.where(paid >= 0, paid, state.price.shape[0]).ravel()].add(
+        1.0, mode="drop")
+    expected = active.astype(dtype) @ routed.probs
+    _, path_price, path_time = path_totals(routed.hops, env, quoted)
+    request_time = path_time
+    hop_time = jnp.where(paid >= 0, env.cost[jnp.maximum(paid, 0)], 0.0)
+    backlog, window_served, window_capacity = state.backlog, state.window_served + served, state.window_capacity
+    if env.capacity is not None:
+        queue_key = jax.random.fold_in(request_key, 1)
+        wait = hop_waits(paid, queue_key, state.backlog, env.capacity, env.step_ms)
+        request_time, hop_time = request_time + jnp.sum(wait, axis=1), hop_time + wait
+        done, backlog = serve(state.backlog, served, env.capacity, env.failing)
+        window_served = state.window_served + done
+        window_capacity = state.window_capacity + jnp.where(env.alive, env.capacity, 0.0)
+    if routing == "stage":  # column s is stage s
+        stage_time, reached = hop_time, paid >= 0
+    else:
+        stage_time, reached = stage_sums(paid, hop_time, env.stage, n_stages)
+    if env.failing is not None:  # the time lost at failed peers, in their stages
+        lost_time = jnp.where(failed >= 0, env.cost[jnp.maximum(failed, 0)], 0.0)
+        if env.capacity is not None:
+            lost_time = lost_time + hop_waits(failed, jax.random.fold_in(queue_key, 1), state.backlog, env.capacity,
+                                              env.step_ms)
+        request_time = request_time + jnp.sum(lost_time, axis=1)
+        stage_lost, reached_failed = stage_sums(failed, lost_time, env.stage, n_stages)
+        stage_time, reached = stage_time + stage_lost, reached | reached_failed
+    row = state.sample_count % SAMPLE_TICKS
+    outcomes = jnp.stack([counted & (routed.retries == 0), counted & (routed.retries > 0), walked, no_path,
+                          lost, over]).astype(dtype).sum(axis=1)
     tick_revenue = quoted * served
     baseline = state.baseline
     if rule == "observed":
         new_price, baseline = observed_update(state, env, quoted, served)
+    counted = counted.astype(dtype)
     new_state = MarketState(
         price=new_price,
         key=key,
@@ -218,10 +406,18 @@ def paid_tick(state: MarketState, env: Environment, quoted: Array, rule: str, ro
         tick_expected_revenue=quoted * expected,
         class_requests=state.class_requests + counted @ env.geometry.client_class,
         class_price=state.class_price + (counted * path_price) @ env.geometry.client_class,
-        class_time=state.class_time + (counted * path_time) @ env.geometry.client_class,
+        class_time=state.class_time + (counted * request_time) @ env.geometry.client_class,
         baseline=baseline,
+        backlog=backlog,
+        window_served=window_served,
+        window_capacity=window_capacity,
+        window_ticks=state.window_ticks + 1,
+        outcomes=state.outcomes + outcomes,
+        request_samples=state.request_samples.at[row].set(jnp.where(counted > 0, request_time, jnp.nan)),
+        hop_samples=state.hop_samples.at[row].set(jnp.where(reached, stage_time, jnp.nan)),
+        sample_count=state.sample_count + 1,
     )
-    return new_state, jnp.where(active[:, None], chosen, -1)
+    return new_state, paid, failed
 
 
 def exploration_direction(state: MarketState) -> Array:
@@ -256,26 +452,31 @@ def observed_update(state: MarketState, env: Environment, quoted: Array, served:
     return price, baseline
 
 
-def tick(state: MarketState, env: Environment, rule: str, routing: str, n_stages: int) -> MarketState:
+def tick(state: MarketState, env: Environment, rule: str, routing: str, n_stages: int,
+         load_aware: bool = False) -> MarketState:
     """One tick: requests routed (``routing``) and paid at the posted prices, then the price update
     ``rule``."""
-    return paid_tick(state, env, posted_prices(state, env, rule), rule, routing, n_stages)[0]
+    return paid_tick(state, env, posted_prices(state, env, rule), rule, routing, n_stages, load_aware)[0]
 
 
-@partial(jax.jit, static_argnames=("rule", "routing", "n_stages"))
+TICK_OPTIONS = ("rule", "routing", "n_stages", "load_aware")  #: the ticks' static arguments
+
+
+@partial(jax.jit, static_argnames=TICK_OPTIONS)
 def run_ticks(state: MarketState, env: Environment, n_ticks: Array, rule: str, routing: str,
-              n_stages: int) -> MarketState:
+              n_stages: int, load_aware: bool = False) -> MarketState:
     """``n_ticks`` consecutive ticks in one compiled loop (the trip count is traced: no recompile)."""
-    return jax.lax.fori_loop(0, n_ticks, lambda _, s: tick(s, env, rule, routing, n_stages), state)
+    return jax.lax.fori_loop(0, n_ticks, lambda _, s: tick(s, env, rule, routing, n_stages, load_aware), state)
 
 
-#: one tick that also returns the paid hops (a step with the ledger on and the confirmed registry)
-paid_tick_jit = jax.jit(paid_tick, static_argnames=("rule", "routing", "n_stages"))
+#: one tick that also returns the paid and failed hops (a step with the ledger on and the confirmed
+#: registry, or with failures)
+paid_tick_jit = jax.jit(paid_tick, static_argnames=TICK_OPTIONS)
 
 
-@partial(jax.jit, static_argnames=("rule", "routing", "n_stages", "length"))
+@partial(jax.jit, static_argnames=(*TICK_OPTIONS, "length"))
 def run_paid_ticks(state: MarketState, env: Environment, n_ticks: Array, rule: str, routing: str, n_stages: int,
-                   length: int) -> tuple[MarketState, Array, Array]:
+                   length: int, load_aware: bool = False) -> tuple[MarketState, Array, Array]:
     """``n_ticks <= length`` live-priced ticks in one compiled scan, for the ledger to settle one by
     one afterwards: the final state, each tick's paid hops ``(length, clients, n_stages)`` and the
     prices each tick started from ``(length, n)`` (rows past ``n_ticks`` are padding). ``length``
@@ -283,7 +484,7 @@ def run_paid_ticks(state: MarketState, env: Environment, n_ticks: Array, rule: s
 
     def one(state: MarketState, i: Array):
         def advance(state):
-            new_state, paid = paid_tick(state, env, state.price, rule, routing, n_stages)
+            new_state, paid, _ = paid_tick(state, env, state.price, rule, routing, n_stages, load_aware)
             return new_state, paid.astype(jnp.int32)
 
         def idle(state):

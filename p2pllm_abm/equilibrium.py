@@ -173,13 +173,14 @@ class StageBlocks(NamedTuple):
     index: Array  #: int (n_stages, max_stage_size)
 
 
-def stage_blocks(stage, alive, n_stages: int) -> StageBlocks:
+def stage_blocks(stage, alive, n_stages: int, min_width: int = 1) -> StageBlocks:
     """Build :class:`StageBlocks` from numpy arrays (outside jit: the block width is static). The
-    width is the largest stage's size rounded up to a power of two, so that reallocation, which
-    changes stage sizes, rarely changes the shape (and so rarely recompiles the jitted steps)."""
+    width is the largest stage's size rounded up to a power of two (at least ``min_width``), so that
+    reallocation and churn, which change stage sizes, rarely change the shape (and so rarely
+    recompile the jitted steps)."""
     stage, alive = np.asarray(stage), np.asarray(alive)
     counts = np.bincount(stage[alive], minlength=n_stages)
-    width = 1 << max(int(counts.max(initial=0)) - 1, 0).bit_length()
+    width = max(1 << max(int(counts.max(initial=0)) - 1, 0).bit_length(), min_width)
     index = np.full((n_stages, width), -1, dtype=np.int64)
     for s in range(n_stages):
         members = np.flatnonzero(alive & (stage == s))

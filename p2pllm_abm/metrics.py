@@ -5,8 +5,13 @@ Files written by :func:`write_run_outputs` (analysis reads only these):
 - ``metrics.parquet``: tidy, one row per recorded step and stage (``scope = "stage"``,
   :data:`STAGE_METRICS`) and one per recorded step and request class (``scope =
   "request_class"``, :data:`CLASS_METRICS`); the other scope's columns are null;
-- ``peers.parquet``: one row per peer per recorded step (:data:`PEER_COLUMNS`);
-- ``summary.json``: the config, final per-stage counts and mean prices, allocation status, timing.
+- ``peers.parquet``: one row per present peer per recorded step (:data:`PEER_COLUMNS`; with capacity
+  also ``utilisation``);
+- ``events.parquet``: joins, leaves, failures, recoveries and moves, one row per peer and event
+  (``step, event, peer_id, stage``; :data:`EVENT_KINDS`);
+- ``summary.json``: the config, final per-stage counts and mean prices, allocation status, the
+  ``requests`` block (sent = served + failed_over + dropped, with the reasons), the ``churn``
+  block (events by kind), timing.
 
 With the ledger on, ``metrics.parquet`` also has ``scope = "shard"`` and ``scope = "chain"`` rows
 (:data:`SHARD_METRICS`, :data:`CHAIN_METRICS`), ``peers.parquet`` the
@@ -17,6 +22,7 @@ With the ledger on, ``metrics.parquet`` also has ``scope = "shard"`` and ``scope
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -29,6 +35,7 @@ from omegaconf import OmegaConf
 
 from .allocation import stage_capacity
 from .equilibrium import NashGap, allocation_equilibrium
+from .load import OUTCOMES
 from .network import PeerTable
 from .paths import atomic_path, write_text_atomic
 from .welfare import WELFARE_METRICS, Welfare, welfare_summary
@@ -36,6 +43,20 @@ from .welfare import WELFARE_METRICS, Welfare, welfare_summary
 if TYPE_CHECKING:
     from .ledger import MarketLedger
     from .model import P2PLLMModel
+
+#: per-stage load columns (p2pllm_abm.load), over the steps since the previous record
+LOAD_METRICS = (
+    "throughput",  # requests the stage's peers served per step
+    "utilisation",  # served / capacity of the stage's live peers (null without capacity)
+    "queued",  # requests waiting in the stage's queues at the record
+    "hop_time_p50",  # percentiles of the time a request spent in the stage (wait + compute, + a failed
+    "hop_time_p95",  # attempt's), in ms, over the last SAMPLE_TICKS steps before the record
+    "hop_time_p99",
+)
+#: per-request-class load columns
+REQUEST_LOAD_METRICS = ("request_throughput", "request_time_p50", "request_time_p95", "request_time_p99")
+#: the kinds of events.parquet rows
+EVENT_KINDS = ("join", "leave", "fail", "recover", "move")
 
 #: per-stage columns of metrics.parquet (besides ``step`` and ``stage``)
 STAGE_METRICS = (
@@ -51,6 +72,7 @@ STAGE_METRICS = (
     "expected_requests",  # cumulative expected requests (Boltzmann probabilities)
     "nash_gap",  # max revenue a peer of the stage would gain by best-responding (eq. 6 epsilon)
     "relative_nash_gap",  # the same relative to that peer's best-response revenue
+    *LOAD_METRICS,  # p2pllm_abm.load: throughput, utilisation, queue, hop-time percentiles
     *WELFARE_METRICS,  # p2pllm_abm.welfare: surplus, planner's benchmark, HHI, markup, elasticity (null at alpha = 0)
 )
 
@@ -62,7 +84,8 @@ CLASS_METRICS = (
     "clients",
     "path_requests",  # requests routed since the previous record
     "path_price",  # their mean total price
-    "path_time",  # their mean total time: compute costs + latencies (client endpoints included)
+    "path_time",  # their mean total time: compute costs + latencies (client endpoints included) + waits
+    *REQUEST_LOAD_METRICS,  # requests completed per step, request-time percentiles
 )
 
 #: columns of peers.parquet (besides ``step`` and ``agent_id``)
@@ -90,8 +113,10 @@ def peer_columns(peers: PeerTable) -> dict[str, np.ndarray]:
     ledger = {} if peers.balance is None else {name: getattr(peers, name) for name in LEDGER_PEER_COLUMNS}
     if peers.behaviour is not None:
         ledger["behaviour"] = peers.behaviour
+    if peers.utilisation is not None:
+        ledger["utilisation"] = peers.utilisation
     return {**ledger,
-        "peer_id": np.arange(len(peers)),
+        "peer_id": peers.peer_id,
         "stage": peers.stage,
         "stage_start": peers.stage_start,
         "stage_end": peers.stage_end,
@@ -140,7 +165,44 @@ def stage_statistics(peers: PeerTable, tick_revenue: np.ndarray, tick_expected_r
     for name in WELFARE_METRICS:
         values = np.asarray(getattr(welfare, name)) if welfare is not None else np.full(peers.n_stages, np.nan)
         stats[name] = pd.array(values, dtype="Float64")  # null, not NaN, where undefined
+    for name in LOAD_METRICS:  # filled in by load_statistics
+        stats[name] = pd.array(np.full(peers.n_stages, np.nan), dtype="Float64")
     return stats.reset_index()[["stage", *STAGE_METRICS]]
+
+
+def _percentiles(samples: np.ndarray, axis: int) -> list[np.ndarray]:
+    """p50, p95 and p99 of ``samples`` along ``axis`` ignoring NaN (NaN where none)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: no request there
+        return list(np.nanpercentile(samples, [50, 95, 99], axis=axis))
+
+
+def load_statistics(peers: PeerTable, state, capacity: bool,
+                    classes: RequestClasses) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The load columns since the previous record from the market ``state`` (a
+    :class:`~p2pllm_abm.dynamics.MarketState`): per stage :data:`LOAD_METRICS`, per request class
+    :data:`REQUEST_LOAD_METRICS` (nullable floats: null where there was nothing to measure; utilisation
+    null without ``capacity``)."""
+    ticks = max(int(state.window_ticks), 1)
+    stage, m = peers.stage, peers.n_stages  # every row: peers down or gone now served before
+    served = np.bincount(stage, weights=np.asarray(state.window_served), minlength=m)
+    queue = np.bincount(stage, weights=np.asarray(state.backlog), minlength=m)
+    if not capacity:
+        utilisation = np.full(m, np.nan)
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            utilisation = served / np.bincount(stage, weights=np.asarray(state.window_capacity), minlength=m)
+    rows = min(int(state.sample_count), np.asarray(state.request_samples).shape[0])
+    hop = _percentiles(np.asarray(state.hop_samples)[:rows].reshape(-1, m), axis=0) if rows else [np.full(m, np.nan)] * 3
+    times = np.asarray(state.request_samples)[:rows]
+    per_class = [times[:, classes.one_hot[:, k] > 0].ravel() for k in range(classes.count)]
+    request = np.array([_percentiles(values, 0) if len(values) else [np.nan] * 3 for values in per_class]).T
+    nullable = lambda values: pd.array(np.asarray(values, dtype=float), dtype="Float64")  # noqa: E731
+    stage_columns = {"throughput": nullable(served / ticks), "utilisation": nullable(utilisation),
+                     "queued": nullable(queue), **{f"hop_time_p{q}": nullable(v) for q, v in zip((50, 95, 99), hop)}}
+    class_columns = {"request_throughput": nullable(np.asarray(state.class_requests) / ticks),
+                     **{f"request_time_p{q}": nullable(v) for q, v in zip((50, 95, 99), request)}}
+    return stage_columns, class_columns
 
 
 @dataclass(frozen=True)
@@ -167,6 +229,7 @@ class RequestClasses:
             # null (not NaN) for a class without requests: no path to average
             "path_price": pd.array(np.where(requests > 0, price, np.nan), dtype="Float64"),
             "path_time": pd.array(np.where(requests > 0, time, np.nan), dtype="Float64"),
+            **{name: pd.array(np.full(self.count, np.nan), dtype="Float64") for name in REQUEST_LOAD_METRICS},
         })
 
 
@@ -233,9 +296,10 @@ class PeerTableCollector(mesa.DataCollector):
         super().__init__(model_reporters=model_reporters, agent_reporters={name: name for name in columns})
 
     def _record_agents(self, model: P2PLLMModel):
+        present = model.peers.present  # free rows and peers that left have no agent
         columns = peer_columns(model.peers)
-        return zip(repeat(model.steps), model.peer_unique_ids.tolist(),
-                   *(columns[name].tolist() for name in self.agent_reporters))
+        return zip(repeat(model.steps), model.peer_unique_ids[present].tolist(),
+                   *(columns[name][present].tolist() for name in self.agent_reporters))
 
 
 def model_reporters(n_stages: int, n_classes: int) -> dict[str, Any]:
@@ -309,6 +373,16 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def request_summary(outcomes: np.ndarray) -> dict[str, Any]:
+    """The ``requests`` block of summary.json from the cumulative outcome counts
+    (:data:`~p2pllm_abm.load.OUTCOMES`): ``sent = served + failed_over + dropped``."""
+    count = dict(zip(OUTCOMES, np.asarray(outcomes).round().astype(np.int64).tolist()))
+    reasons = {name.removeprefix("dropped_"): count[name] for name in OUTCOMES if name.startswith("dropped_")}
+    dropped = sum(reasons.values())
+    return {"sent": count["served"] + count["failed_over"] + dropped, "served": count["served"],
+            "failed_over": count["failed_over"], "dropped": dropped, "dropped_by_reason": reasons}
+
+
 def summary(model: P2PLLMModel, wall_time_s: float) -> dict[str, Any]:
     final = model.stage_stats
     ledger = {"ledger": model.ledger.summary()} if model.ledger is not None else {}
@@ -325,7 +399,13 @@ def summary(model: P2PLLMModel, wall_time_s: float) -> dict[str, Any]:
             "relative_nash_gap_per_stage": final["relative_nash_gap"].tolist(),
             "path_price_per_class": model.class_stats["path_price"].tolist(),
             "path_time_per_class": model.class_stats["path_time"].tolist(),
+            "throughput_per_stage": model.stage_stats["throughput"].tolist(),
+            "utilisation_per_stage": model.stage_stats["utilisation"].tolist(),
+            "request_time_p95_per_class": model.class_stats["request_time_p95"].tolist(),
         },
+        "requests": request_summary(model._state.outcomes),
+        "churn": {**model.churn_counts, "peers_present": int(model.peers.present.sum()),
+                  "peers_alive": int(model.peers.alive.sum()), "rows": len(model.peers)},
         "allocation": allocation_status(model.peers, model.config.allocation.reading),
         "welfare": (welfare_summary(model.welfare, model.market_params) if model.welfare is not None else
                     {"note": "market.alpha = 0: clients ignore prices, so surplus has no money scale"}),
@@ -341,9 +421,10 @@ def write_run_outputs(model: P2PLLMModel, outdir: Path, wall_time_s: float) -> d
     as ledger.parquet) into ``outdir``; return their paths."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    paths = {name: outdir / name for name in ("metrics.parquet", "peers.parquet", "summary.json")}
+    paths = {name: outdir / name for name in ("metrics.parquet", "peers.parquet", "events.parquet", "summary.json")}
     write_parquet(model.metrics_frame(), paths["metrics.parquet"])
     write_parquet(model.peers_frame(), paths["peers.parquet"])
+    write_parquet(model.events_frame(), paths["events.parquet"])
     write_text_atomic(paths["summary.json"], json.dumps(strict_json(summary(model, wall_time_s)), indent=2,
                                                          allow_nan=False))
     if model.ledger is not None:

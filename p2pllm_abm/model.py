@@ -1,12 +1,16 @@
 """The P2P-LLM network as a Mesa model (paper section 5.1).
 
-Each step runs the paper's phases in order:
+Each step runs the paper's phases in order, after a membership phase (with churn or failures:
+peers back from downtime, leaving, joining, and those that will fail mid-request drawn;
+:mod:`p2pllm_abm.churn`):
 
-1. requests: every client's request is routed (``clients.routing``: per-stage logit choice, or
-   whole paths with latency) and pays the chosen peers;
+1. requests: every client's request is routed (``clients.routing``: per-stage logit choice, whole
+   paths with latency, or Petals' min-latency paths), queues at peers with capacity, fails over
+   from peers that fail, and pays the peers that served it (:mod:`p2pllm_abm.load`);
 2. prices: every peer updates its price (``market.update_rule``; by default the paper's
    gradient ascent, eq. 5);
-3. reallocation, every ``allocation.period`` steps (eq. 7-8);
+3. reallocation, every ``allocation.period`` steps (eq. 7-8, or Petals' rebalancing; a mover is
+   offline ``allocation.reload_steps`` steps);
 4. contracts, with ``ledger.enabled``: the step's payments settled on the ledger (SLA terms,
    escrows or channel updates), moved prices posted, the slot's blocks produced
    (:class:`~p2pllm_abm.ledger.phase.MarketLedger`); peers whose stake fell below the minimum
@@ -21,7 +25,8 @@ bit, as calling :meth:`~P2PLLMModel.step` repeatedly. With the ledger on, the fu
 returns every tick's paid hops and the contracts phase settles them step by step afterwards
 (:meth:`~P2PLLMModel._settled_ticks`; a peer leaving the market mid-chunk makes it recompute the
 market up to that step, so results still equal stepping); with ``ledger.registry_view=confirmed``
-every tick reads the registry the previous step's blocks left, so ticks run one at a time.
+every tick reads the registry the previous step's blocks left, and with churn or failures peers
+change every step, so ticks run one at a time.
 """
 
 from __future__ import annotations
@@ -36,20 +41,35 @@ from tqdm.auto import tqdm
 
 from .agents import ClientAgent, PeerAgent
 from .behaviours import Behaviours, assign
-from .allocation import move_candidates, reallocate
+from .allocation import move_candidates, petals_should_move, reallocate
+from .churn import failing, joining_starts, leaving, newcomers
 from .config import ClientsConfig, Config, ConfigError, most_extreme_field, to_config
-from .dynamics import Environment, Geometry, MarketState, initial_state, paid_tick_jit, run_paid_ticks, run_ticks
+from .dynamics import (Environment, Geometry, MarketState, grow_state, initial_state, paid_tick_jit, reset_rows,
+                       reset_window, run_paid_ticks, run_ticks)
+from .load import OUTCOMES, peer_capacity
 from .economics import market_params
 from .equilibrium import certify, stage_blocks
 from .ledger import MarketLedger
-from .metrics import (LEDGER_PEER_COLUMNS, PEER_COLUMNS, PeerTableCollector, RequestClasses, ledger_metric_rows,
-                      metric_rows, model_reporters, stage_statistics)
+from .metrics import (EVENT_KINDS, LEDGER_PEER_COLUMNS, PEER_COLUMNS, PeerTableCollector, RequestClasses,
+                      ledger_metric_rows, load_statistics, metric_rows, model_reporters, stage_statistics)
 from .network import PeerTable
 from .pareto import ParetoFrontier, pareto_paths
 from .resources import check_memory
 from .routing import best_path
 from .security import SecurityPhase
 from .welfare import stage_welfare
+
+
+def spare_rows(cfg: Config) -> int:
+    """Rows beyond ``network.peers`` for joining peers: ``churn.headroom`` of the peers (the table grows
+    by half when they run out); with the ledger on, whose accounts are opened at genesis, also
+    enough for the run's expected joins plus six standard deviations (joins beyond are refused and
+    counted as ``joins_refused``)."""
+    rows = int(np.ceil(cfg.churn.headroom * cfg.network.peers))
+    if cfg.ledger.enabled:
+        expected = cfg.churn.join_rate * cfg.run.steps
+        rows = max(rows, int(np.ceil(expected + 6 * np.sqrt(expected))) + 16)
+    return rows
 
 
 def draw_client_alpha(clients: ClientsConfig, market_alpha: float, rng: np.random.Generator) -> np.ndarray:
@@ -76,18 +96,33 @@ class P2PLLMModel(mesa.Model):
     def __init__(self, config: Config | DictConfig | None = None) -> None:
         cfg = to_config(config if config is not None else Config())
         check_memory(cfg)  # before anything is allocated
-        seeds = np.random.SeedSequence(cfg.seed).spawn(6)
-        network_seed, dynamics_seed, client_seed, noise_seed, ledger_seed, adversary_seed = seeds
+        seeds = np.random.SeedSequence(cfg.seed).spawn(7)
+        network_seed, dynamics_seed, client_seed, noise_seed, ledger_seed, adversary_seed, churn_seed = seeds
         super().__init__(rng=np.random.default_rng(dynamics_seed))
         self.config = cfg
         self.peers = PeerTable.from_config(cfg.network, np.random.default_rng(network_seed))
+        self.churn_rng = np.random.default_rng(churn_seed)  #: joins, leaves and failures
+        if cfg.churn.join_rate > 0:  # spare rows, so that joins rarely change the arrays' shapes
+            self.peers.grow(spare_rows(cfg))
         client_rng = np.random.default_rng(client_seed)
         self.client_alpha = draw_client_alpha(cfg.clients, cfg.market.alpha, client_rng)
         self.client_position = client_rng.uniform(0.0, 1.0, size=(cfg.clients.count, 2))
         self.request_classes = RequestClasses.from_alpha(self.client_alpha, cfg.clients.request_classes)
-        peer_agents = PeerAgent.create_agents(self, len(self.peers), index=list(range(len(self.peers))))
+        rows = np.flatnonzero(self.peers.present)
+        peer_agents = PeerAgent.create_agents(self, len(rows), index=rows.tolist())
         ClientAgent.create_agents(self, cfg.clients.count, index=list(range(cfg.clients.count)))
-        self.peer_unique_ids = np.array([agent.unique_id for agent in peer_agents])
+        #: each row's PeerAgent (-1: a free row)
+        self.peer_unique_ids = np.full(len(self.peers), -1, dtype=np.int64)
+        self.peer_unique_ids[rows] = [agent.unique_id for agent in peer_agents]
+        self._agents_by_row = dict(zip(rows.tolist(), peer_agents))
+        self._next_peer_id = len(rows)
+        #: peers reloading after a move (down, but counted by Petals' block selection as joining)
+        self.reloading = np.zeros(len(self.peers), dtype=bool)
+        self.failing = None if cfg.failures.rate == 0 else np.zeros(len(self.peers), dtype=bool)
+        self._block_width = 1  #: the widest stage block so far (churn: the jitted step's shapes only grow)
+        self._events: list[tuple[int, str, np.ndarray, np.ndarray]] = []  #: (step, kind, peer ids, stages)
+        self.switch_fees = np.zeros(len(self.peers))  #: cumulative allocation.switch_fee paid per row
+        self.churn_counts = dict.fromkeys((*EVENT_KINDS, "joins_refused"), 0)  #: events so far, by kind
 
         #: who is dishonest and how (None in an honest run without verification)
         self.behaviours: Behaviours | None = None
@@ -95,18 +130,17 @@ class P2PLLMModel(mesa.Model):
         adversary_rng = np.random.default_rng(adversary_seed)
         if cfg.adversary.fraction > 0 or cfg.verification.mechanism != "none":
             self.behaviours = assign(cfg.adversary, len(self.peers), cfg.clients.count, adversary_rng)
-        #: the c_i clients weigh (eq. 1) and peers register: overclaimers' claims
-        self.claimed_cost = (self.peers.cost if self.behaviours is None
-                             else self.behaviours.claimed_cost(self.peers.cost, cfg.adversary.overclaim_factor))
 
         mkt = cfg.market
         self.market_params = market_params(mkt)
         key = jax.random.key(int(noise_seed.generate_state(1)[0]))
-        self._state = initial_state(jnp.asarray(self.peers.price), key, self.request_classes.count)
+        self._state = initial_state(jnp.asarray(self.peers.price), key, self.request_classes.count,
+                                    cfg.clients.count, self.peers.n_stages)
         self._environment = self._make_environment()
         self.moves = 0  #: peers moved by reallocation so far
         self.ledger: MarketLedger | None = None  #: the cryptoeconomic layer (ledger.enabled)
         self._paid = None  #: the last tick's paid hops and quoted prices, for the contracts phase
+        self._failed_hops = None  #: the last tick's failed hops (with failures and the ledger on)
         if cfg.ledger.enabled:
             led = cfg.ledger
             self.ledger = MarketLedger(
@@ -124,29 +158,106 @@ class P2PLLMModel(mesa.Model):
         if self.behaviours is not None:
             self.peers.behaviour = self.behaviours.names()
         columns = (PEER_COLUMNS + (LEDGER_PEER_COLUMNS if self.ledger else ())
-                   + (("behaviour",) if self.behaviours is not None else ()))
+                   + (("behaviour",) if self.behaviours is not None else ())
+                   + (("utilisation",) if cfg.network.step_ms is not None else ()))
         self.datacollector = PeerTableCollector(model_reporters(self.peers.n_stages, self.request_classes.count),
                                                 columns)
         self._metric_rows: list[pd.DataFrame] = []
         self._record()
 
+    @property
+    def claimed_cost(self) -> np.ndarray:
+        """The c_i clients weigh (eq. 1) and peers register: overclaimers' claims, else the true cost."""
+        if self.behaviours is None:
+            return self.peers.cost
+        return self.behaviours.claimed_cost(self.peers.cost, self.config.adversary.overclaim_factor)
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether peers join, leave or fail (then every step runs the membership phase)."""
+        churn = self.config.churn
+        return churn.join_rate > 0 or churn.leave_rate > 0 or self.failing is not None
+
     # -- phases ---------------------------------------------------------------------------------
     def step(self) -> None:
-        """One step: requests and prices, then reallocation, contracts and metrics when due."""
+        """One step: membership (joins, leaves, failures; :mod:`p2pllm_abm.churn`), requests and
+        prices, then reallocation, contracts and metrics when due."""
+        self.membership_phase()
         self._market_ticks(1, first_step=self.steps)  # Mesa has counted this step already
+        self._after_tick()
         self._after_market()
 
-    def reallocation_phase(self) -> None:
-        """Phase 3 (eq. 7-8): a seeded random share of live peers move, one after another."""
-        alloc = self.config.allocation
-        candidates = move_candidates(self.peers.alive, alloc.move_fraction, self.rng)
-        stage, moves = reallocate(self.peers.cost, self.peers.stage, self.peers.alive, candidates,
-                                  alloc.hysteresis, self.peers.n_stages, alloc.reading)
-        if moves:
-            self.peers.stage_start = stage
-            self.peers.stage_end = stage + 1
+    def membership_phase(self) -> None:
+        """Before the step's requests: down peers whose time has come are back, peers leave (churn),
+        newcomers join and take their stages, and the peers that will fail during this step's
+        requests are drawn. Only rebuilds the market's environment when something changed."""
+        peers, cfg = self.peers, self.config
+        back = np.flatnonzero(peers.present & ~peers.alive & (peers.down_until > 0) & (peers.down_until <= self.steps))
+        if len(back):
+            peers.alive[back], peers.down_until[back], self.reloading[back] = True, 0, False
+            self._log("recover", back)
+        changed = len(back) > 0
+        if self.dynamic:
+            gone = leaving(peers.present, cfg.churn.leave_rate, self.churn_rng)
+            if len(gone):
+                self._remove_peers(gone, "leave")
+            arrivals = newcomers(cfg, self.churn_rng)
+            if len(arrivals.length):
+                self._add_peers(arrivals)
+            changed = changed or len(gone) > 0 or len(arrivals.length) > 0
+        if self.failing is not None:
+            self.failing = failing(peers.alive, cfg.failures.rate, self.churn_rng)
+            changed = True
+        if changed:
             self._environment = self._make_environment()
-            self.moves += len(moves)
+
+    def reallocation_phase(self) -> None:
+        """Phase 3: a seeded random share of live peers consider a move, one after another: to their
+        eq.-8 stage (``allocation.rule = market``; with stage-dependent costs, eq. 7-8 with
+        ``c_i(s)``), or where Petals' rebalancing check sends them (``petals``). A peer that moved
+        is offline ``allocation.reload_steps`` steps and pays ``allocation.switch_fee``."""
+        alloc, peers = self.config.allocation, self.peers
+        candidates = move_candidates(peers.alive, alloc.move_fraction, self.rng)
+        if alloc.rule == "petals":
+            moves = self._petals_moves(candidates)
+        else:
+            stage_dependent = self.config.network.cost_source == "profile"  # c_i(s) differ between stages
+            stage, moves = reallocate(peers.stage_cost if stage_dependent else peers.cost, peers.stage,
+                                      peers.alive, candidates, alloc.hysteresis, peers.n_stages, alloc.reading)
+        if not moves:
+            return
+        moved = np.array([peer for peer, _, _ in moves])
+        target = np.array([to for _, _, to in moves])
+        length = peers.stage_end[moved] - peers.stage_start[moved]
+        peers.stage_start[moved], peers.stage_end[moved] = target, target + length
+        peers.cost[moved] = peers.span_cost(target, target + length, moved)
+        self.switch_fees[moved] += alloc.switch_fee
+        if alloc.reload_steps > 0:
+            peers.alive[moved], peers.down_until[moved] = False, self.steps + alloc.reload_steps + 1
+            self.reloading[moved] = True
+            self._state = reset_rows(self._state, self._mask(moved), 0.0, fields=("backlog",))
+        self._log("move", moved)
+        self._environment = self._make_environment()
+        self.moves += len(moves)
+
+    def _petals_moves(self, candidates: np.ndarray) -> list[tuple[int, int, int]]:
+        """Petals' rebalancing for each candidate in turn (:func:`~p2pllm_abm.allocation.petals_should_move`):
+        joining (reloading) servers count, as in Petals; the moves as ``(peer, from, to)``."""
+        peers, alloc = self.peers, self.config.allocation
+        start, end = peers.stage_start.copy(), peers.stage_end.copy()
+        counted = peers.alive | self.reloading
+        throughput = 1.0 / peers.cost
+        moves = []
+        for peer in candidates.tolist():
+            target = petals_should_move(peer, start, end, throughput, counted, peers.n_stages,
+                                        alloc.balance_quality, self.rng)
+            if target is not None:
+                length = end[peer] - start[peer]
+                moves.append((peer, int(start[peer]), target))
+                start[peer], end[peer] = target, target + length
+                throughput[peer] = 1.0 / peers.span_cost(np.array([target]), np.array([target + length]),
+                                                         np.array([peer]))[0]
+        return moves
 
     def contracts_phase(self) -> bool:
         """Phase 4 (paper 5.1, "create new contracts"): with the ledger on, settle this step's paid
@@ -161,11 +272,113 @@ class P2PLLMModel(mesa.Model):
             position = column - (paid < 0).sum(axis=1)[client]  # paths are right-aligned
             failed, commitments = self.security.step(self.steps, client, position, peer, self.peers)
         self.ledger.settle(self.steps, paid, quoted, self.peers, self.client_position, failed, commitments)
+        if self._failed_hops is not None:
+            self.ledger.penalise_failed(self.steps, self._failed_hops, quoted, self.peers)
         exited = self.ledger.advance(self.peers.price, self.peers.alive)
         if len(exited):
-            self.peers.alive[exited] = False
+            self.peers.alive[exited], self.peers.down_until[exited] = False, 0  # out of the market for good
             self._environment = self._make_environment()
         return len(exited) > 0
+
+    # -- membership -----------------------------------------------------------------------------
+    def _add_peers(self, arrivals) -> None:
+        """Newcomers take free rows (the arrays grow by half when none is left), their stages by
+        the allocation rule, a PeerAgent each, and fresh market state at ``network.initial_price``."""
+        peers, cfg = self.peers, self.config
+        free = self._free_rows()
+        if len(free) < len(arrivals.length) and self.ledger is None:
+            self._grow(max(len(arrivals.length) - len(free), len(peers) // 2))
+            free = self._free_rows()
+        if len(free) < len(arrivals.length):  # the ledger's accounts are fixed: no more rows
+            self.churn_counts["joins_refused"] += len(arrivals.length) - len(free)
+            arrivals = type(arrivals)(*(values[: len(free)] for values in arrivals))
+        rows = free[: len(arrivals.length)]
+        if not len(rows):
+            return
+        start = joining_starts(cfg, arrivals, peers.stage_start, peers.stage_end, peers.cost,
+                               peers.alive | self.reloading, self.churn_rng)
+        length = np.minimum(arrivals.length, peers.n_stages - start)
+        peers.stage_cost[rows] = arrivals.stage_cost
+        peers.stage_start[rows], peers.stage_end[rows] = start, start + length
+        peers.cost[rows] = peers.span_cost(start, start + length, rows)
+        peers.position[rows] = arrivals.position
+        peers.present[rows], peers.alive[rows], peers.down_until[rows] = True, True, 0
+        peers.peer_id[rows] = self._next_peer_id + np.arange(len(rows))
+        self._next_peer_id += len(rows)
+        self.switch_fees[rows] = 0.0
+        for row, agent in zip(rows.tolist(), PeerAgent.create_agents(self, len(rows), index=rows.tolist())):
+            self.peer_unique_ids[row] = agent.unique_id
+            self._agents_by_row[row] = agent
+        self._state = reset_rows(self._state, self._mask(rows), float(cfg.network.initial_price))
+        self._sync_peers()  # price, revenue and requests of the newcomers' rows
+        if self.ledger is not None:
+            self.ledger.join(rows, peers)
+        self._log("join", rows)
+
+    def _mask(self, rows: np.ndarray) -> jax.Array:
+        """Rows ``rows`` as a mask over the table."""
+        mask = np.zeros(len(self.peers), dtype=bool)
+        mask[rows] = True
+        return jnp.asarray(mask)
+
+    def _free_rows(self) -> np.ndarray:
+        """Rows a newcomer may take: any row without a peer, or with the ledger on (a row is a ledger
+        account) only rows no peer has held yet."""
+        free = ~self.peers.present
+        return np.flatnonzero(free & (self.peers.peer_id < 0) if self.ledger is not None else free)
+
+    def _remove_peers(self, rows: np.ndarray, kind: str) -> None:
+        """Peers ``rows`` leave for good: out of the market, their agents removed, their rows free."""
+        self._log(kind, rows)
+        if self.ledger is not None:
+            self.ledger.leave(rows)
+        self.peers.present[rows], self.peers.alive[rows], self.peers.down_until[rows] = False, False, 0
+        self.reloading[rows] = False
+        for row in rows.tolist():
+            self._agents_by_row.pop(row).remove()
+        self.peer_unique_ids[rows] = -1
+        self._state = reset_rows(self._state, self._mask(rows), 0.0, fields=("backlog",))
+
+    def _grow(self, rows: int) -> None:
+        """Add ``rows`` free rows to the table, the model's per-peer arrays and the market state (a
+        new array shape: the jitted step compiles once more)."""
+        self.peers.grow(rows)
+        pad = lambda values, fill: np.concatenate([values, np.full(rows, fill, dtype=values.dtype)])  # noqa: E731
+        self.peer_unique_ids, self.reloading = pad(self.peer_unique_ids, -1), pad(self.reloading, False)
+        self.switch_fees = pad(self.switch_fees, 0.0)
+        if self.failing is not None:
+            self.failing = pad(self.failing, False)
+        self._state = grow_state(self._state, rows)
+
+    def _after_tick(self) -> None:
+        """Peers that failed during this step's requests go down (for good with ``failures.downtime``
+        null)."""
+        if self.failing is None or not self.failing.any():
+            return
+        failed = np.flatnonzero(self.failing)
+        downtime = self.config.failures.downtime
+        if downtime is None:
+            self._remove_peers(failed, "fail")
+        else:
+            self._log("fail", failed)
+            self.peers.alive[failed], self.peers.down_until[failed] = False, self.steps + downtime + 1
+        self.failing = np.zeros(len(self.peers), dtype=bool)
+        self._environment = self._make_environment()
+
+    def _log(self, kind: str, rows: np.ndarray) -> None:
+        """Record events ``kind`` (:data:`~p2pllm_abm.metrics.EVENT_KINDS`) of peers ``rows`` at this step."""
+        self.churn_counts[kind] += len(rows)
+        self._events.append((self.steps, kind, self.peers.peer_id[rows].copy(), self.peers.stage[rows].copy()))
+
+    def events_frame(self) -> pd.DataFrame:
+        """Joins, leaves, failures, recoveries and moves: one row per peer and event (``step``,
+        ``event``, ``peer_id``, ``stage`` where it was or went)."""
+        step, kind, peer, stage = zip(*self._events) if self._events else ((), (), (), ())
+        sizes = [len(ids) for ids in peer]
+        return pd.DataFrame({"step": np.repeat(np.asarray(step, dtype=np.int64), sizes),
+                             "event": np.repeat(np.asarray(kind, dtype=object), sizes),
+                             "peer_id": np.concatenate([np.zeros(0, np.int64), *peer]).astype(np.int64),
+                             "stage": np.concatenate([np.zeros(0, np.int64), *stage]).astype(np.int64)})
 
     # -- running --------------------------------------------------------------------------------
     def run(self, steps: int, progress: bool = False) -> None:
@@ -213,6 +426,13 @@ class P2PLLMModel(mesa.Model):
 
     # -- internals ------------------------------------------------------------------------------
     def _make_environment(self) -> Environment:
+        net = self.config.network
+        capacity = peer_capacity(self.peers.cost, net.step_ms, net.capacity)
+        # widths only grow while peers come and go: a shape seen once is not compiled again
+        width = self._block_width if self.dynamic else 1
+        blocks = stage_blocks(self.peers.stage, self.peers.alive, self.peers.n_stages, width)
+        ends = stage_blocks(self.peers.stage_end, self.peers.alive, self.peers.n_stages + 1, width)
+        self._block_width = max(blocks.index.shape[1], ends.index.shape[1]) if self.dynamic else 1
         return Environment(
             cost=jnp.asarray(self.claimed_cost),
             stage=jnp.asarray(self.peers.stage),
@@ -220,7 +440,7 @@ class P2PLLMModel(mesa.Model):
             client_alpha=jnp.asarray(self.client_alpha),
             request_rate=self.config.clients.request_rate,
             params=self.market_params,
-            blocks=stage_blocks(self.peers.stage, self.peers.alive, self.peers.n_stages),
+            blocks=blocks,
             damping=self.config.market.damping,
             exploration=self.config.market.exploration,
             baseline_rate=self.config.market.baseline_rate,
@@ -228,9 +448,14 @@ class P2PLLMModel(mesa.Model):
                 position=jnp.asarray(self.peers.position),
                 client_position=jnp.asarray(self.client_position),
                 latency_range=self.peers.latency_range,
-                ends=stage_blocks(self.peers.stage_end, self.peers.alive, self.peers.n_stages + 1).index,
+                ends=ends.index,
                 client_class=jnp.asarray(self.request_classes.one_hot),
             ),
+            capacity=None if capacity is None else jnp.asarray(capacity),
+            step_ms=0.0 if net.step_ms is None else float(net.step_ms),
+            failing=None if self.failing is None else jnp.asarray(self.failing),
+            max_retries=float("inf") if self.config.failures.max_retries is None else float(self.config.failures.max_retries),
+            hop_overhead=float(self.config.clients.hop_overhead_ms),
         )
 
     def _market_ticks(self, ticks: int, first_step: int) -> None:
@@ -238,10 +463,13 @@ class P2PLLMModel(mesa.Model):
         start = self._state
         if self.ledger is None:
             self._state = run_ticks(self._state, self._environment, ticks, **options)
-        elif self.config.ledger.registry_view == "confirmed":  # requests see the registry's prices
-            quoted = self.ledger.registry.posted_price.copy()
-            self._state, paid = paid_tick_jit(self._state, self._environment, jnp.asarray(quoted), **options)
+        elif self.config.ledger.registry_view == "confirmed" or self.failing is not None:
+            # requests see the registry's prices, or failed hops go to the ledger too
+            confirmed = self.config.ledger.registry_view == "confirmed"
+            quoted = self.ledger.registry.posted_price.copy() if confirmed else self.peers.price.copy()
+            self._state, paid, failed = paid_tick_jit(self._state, self._environment, jnp.asarray(quoted), **options)
             self._paid = (np.asarray(paid), quoted)
+            self._failed_hops = np.asarray(failed) if self.failing is not None else None
         else:  # the chunk's compiled scan, one tick long
             self._state, paid, before = run_paid_ticks(self._state, self._environment, 1,
                                                        length=self._chunk_length, **options)
@@ -270,9 +498,10 @@ class P2PLLMModel(mesa.Model):
                           f"record is the last one kept; {field} is the market scale furthest from its default")
 
     def _tick_options(self) -> dict:
-        """The static arguments of the jitted ticks: price rule, routing, number of stages."""
+        """The static arguments of the jitted ticks: price rule, routing, number of stages, load-aware
+        choice."""
         return dict(rule=self.config.market.update_rule, routing=self.config.clients.routing,
-                    n_stages=self.peers.n_stages)
+                    n_stages=self.peers.n_stages, load_aware=self.config.clients.load_aware)
 
     def _sync_peers(self) -> None:
         self.peers.price = np.asarray(self._state.price)
@@ -312,12 +541,15 @@ class P2PLLMModel(mesa.Model):
 
     def _steps_to_next_event(self, end: int) -> int:
         """Steps until (and including) the next one that reallocates or records, or ``end``."""
-        if self.ledger is not None and self.config.ledger.registry_view == "confirmed":
-            return 1  # every tick reads the registry the previous step's blocks left
+        if self.ledger is not None and self.config.ledger.registry_view == "confirmed" or self.dynamic:
+            return 1  # every tick reads the registry the previous step's blocks left, or peers come and go
         periods = [self.config.run.record_interval]
         if self.config.allocation.enabled:
             periods.append(self.config.allocation.period)
         next_event = min(self.steps + p - self.steps % p for p in periods)
+        down = self.peers.down_until[self.peers.present & (self.peers.down_until > self.steps)]
+        if len(down):  # a reloading peer comes back at the start of that step
+            next_event = min(next_event, int(down.min()))
         return min(next_event, end) - self.steps
 
     def _record(self) -> None:
@@ -333,8 +565,13 @@ class P2PLLMModel(mesa.Model):
         state = self._state
         self.class_stats = self.request_classes.statistics(
             np.asarray(state.class_requests), np.asarray(state.class_price), np.asarray(state.class_time))
-        zeros = jnp.zeros_like(state.class_requests)
-        self._state = state._replace(class_requests=zeros, class_price=zeros, class_time=zeros)
+        load = load_statistics(self.peers, state, self._environment.capacity is not None, self.request_classes)
+        if self._environment.capacity is not None:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                self.peers.utilisation = np.asarray(state.window_served) / np.asarray(state.window_capacity)
+        self.stage_stats = self.stage_stats.assign(**load[0])
+        self.class_stats = self.class_stats.assign(**load[1])
+        self._state = reset_window(state)
         self._metric_rows.append(metric_rows(self.steps, self.stage_stats, self.class_stats))
         if self.ledger is not None:
             self.peers.update_ledger_columns(self.ledger.peer_columns())

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import NetworkConfig, initial_distribution
-from .costs import load_profile, span_costs
+from .costs import load_profile, span_sum, stage_times
 
 #: the unit square's diameter, the largest distance between two positions
 _MAX_DISTANCE = float(np.sqrt(2.0))
@@ -44,12 +44,31 @@ class PeerTable:
     escrowed: np.ndarray | None = None
     #: str, each peer's behaviour name, with adversaries or verification on (else None)
     behaviour: np.ndarray | None = None
+    #: int, a peer's id for the whole run (a row freed by a peer that left is reused by a joiner); default
+    #: the row index
+    peer_id: np.ndarray | None = None
+    #: bool, the row holds a member of the network (False: a free row, or a peer that left)
+    present: np.ndarray | None = None
+    #: int, a peer down (failed, or reloading after a move) is back at this step; 0: not down
+    down_until: np.ndarray | None = None
+    #: float (n, n_stages), c_i(s): the peer's cost for one stage s (its device's time for that stage's
+    #: layers); a span costs the sum over its stages. Default: cost / span length in every stage
+    stage_cost: np.ndarray | None = None
+    #: float, with capacity on (else None), as of the model's last record: requests served over
+    #: capacity offered since the record before
+    utilisation: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.cost)
         for name in ("revenue", "requests", "expected_requests"):
             if getattr(self, name) is None:
                 setattr(self, name, np.zeros(n))
+        if self.peer_id is None:
+            self.peer_id = np.arange(n)
+        if self.present is None:
+            self.present = np.ones(n, dtype=bool)
+        if self.down_until is None:
+            self.down_until = np.zeros(n, dtype=np.int64)
         for name in ("stage_start", "stage_end", "price", "alive", "revenue", "requests", "expected_requests"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"PeerTable.{name} has {len(getattr(self, name))} entries, expected {n}")
@@ -63,6 +82,9 @@ class PeerTable:
                 f"peer {bad} serves [{self.stage_start[bad]}, {self.stage_end[bad]}): "
                 f"allowed 0 <= start < end <= n_stages = {self.n_stages}"
             )
+        if self.stage_cost is None:
+            length = self.stage_end - self.stage_start
+            self.stage_cost = np.repeat((np.asarray(self.cost, dtype=float) / length)[:, None], self.n_stages, axis=1)
 
     def check_values(self) -> None:
         """Raise ``ValueError`` naming the column, the first bad peer and its value when a cost or
@@ -85,6 +107,26 @@ class PeerTable:
 
     def __len__(self) -> int:
         return len(self.cost)
+
+    def span_cost(self, start: np.ndarray, end: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """What peers ``rows`` would cost serving ``[start, end)``: the sum of their stage costs."""
+        return span_sum(self.stage_cost[rows], start, end)
+
+    def grow(self, rows: int) -> None:
+        """Append ``rows`` free rows (not present, not alive) to every column."""
+        def pad(values: np.ndarray, fill) -> np.ndarray:
+            extra = np.full((rows, *values.shape[1:]), fill, dtype=values.dtype)
+            return np.concatenate([values, extra])
+
+        self.stage_start, self.stage_end = pad(self.stage_start, 0), pad(self.stage_end, 1)
+        self.cost, self.price = pad(self.cost, 1.0), pad(self.price, 0.0)
+        self.position, self.alive, self.present = pad(self.position, 0.0), pad(self.alive, False), pad(self.present, False)
+        for name in ("revenue", "requests", "expected_requests"):
+            setattr(self, name, pad(getattr(self, name), 0.0))
+        self.peer_id, self.down_until = pad(self.peer_id, -1), pad(self.down_until, 0)
+        self.stage_cost = pad(self.stage_cost, 1.0)
+        if self.utilisation is not None:
+            self.utilisation = pad(self.utilisation, np.nan)
 
     def update_ledger_columns(self, columns: dict[str, np.ndarray]) -> None:
         """Set ``balance``, ``stake`` and ``escrowed`` from the ledger."""
@@ -109,19 +151,24 @@ class PeerTable:
         length = draw_span_lengths(start, network.stages, network.span_length_probs, rng)
         position = rng.uniform(0.0, 1.0, size=(n, 2))
         if network.cost_source == "profile":
-            cost = profiled_costs(network, start, start + length, rng)
+            stage_cost = profiled_stage_costs(network, len(start), rng)
         else:
-            cost = cost * length
-        return cls(
+            stage_cost = np.repeat(cost[:, None], network.stages, axis=1)
+        table = cls(
             stage_start=start,
             stage_end=start + length,
-            cost=cost,
+            cost=np.zeros(n),
             price=np.full(n, float(network.initial_price)),
             position=position,
             alive=np.ones(n, dtype=bool),
             n_stages=network.stages,
             latency_range=(float(network.latency_range[0]), float(network.latency_range[1])),
+            stage_cost=stage_cost,
         )
+        # uniform costs as the paper draws them (length x U exactly); profiled spans sum their stages
+        table.cost = cost * length if network.cost_source != "profile" else table.span_cost(start, start + length,
+                                                                                               np.arange(n))
+        return table
 
     def stage_counts(self) -> np.ndarray:
         """Live peers per stage."""
@@ -137,13 +184,16 @@ class PeerTable:
         return latency(self.position[u], client, self.latency_range)
 
 
-def profiled_costs(network: NetworkConfig, start: np.ndarray, end: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Costs from ``network.cost_profile``: each peer's device drawn from ``network.device_mix``,
-    its cost the profiled time of its span on that device (:mod:`p2pllm_abm.costs`)."""
+def profiled_stage_costs(network: NetworkConfig, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Stage costs ``c_i(s)`` ``(n, n_stages)`` from ``network.cost_profile``: each peer's device
+    drawn from ``network.device_mix``, its cost in stage ``s`` the profiled time of that stage's
+    layers on that device (:mod:`p2pllm_abm.costs`)."""
     names = list(network.device_mix)
     weights = np.array([network.device_mix[name] for name in names], dtype=float)
-    device = np.asarray(names)[rng.choice(len(names), size=len(start), p=weights / weights.sum())]
-    return span_costs(load_profile(network.cost_profile), start, end, device, network.cost_metric)
+    device = np.asarray(names)[rng.choice(len(names), size=n, p=weights / weights.sum())]
+    profile = load_profile(network.cost_profile)
+    times = {name: stage_times(profile, str(name), network.cost_metric) for name in np.unique(device)}
+    return np.array([times[name] for name in device]).reshape(n, network.stages)
 
 
 def draw_span_lengths(start: np.ndarray, n_stages: int, probs: list[float], rng: np.random.Generator) -> np.ndarray:

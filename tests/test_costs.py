@@ -70,7 +70,6 @@ def test_grounded_costs_experiment_draws_devices_from_the_mix():
     ("network.stages=3", "network.cost_profile"),
     ("network.device_mix={rtx4090: -1.0}", "network.device_mix"),
     ("network.cost_metric=energy", "network.cost_metric"),
-    ("allocation.enabled=true", "allocation.enabled"),
     ("network.cost_source=magic", "network.cost_source"),
 ])
 def test_bad_cost_settings_are_rejected(override, field):
@@ -85,3 +84,24 @@ def test_unknown_device_is_rejected():
     config.network.device_mix = {"tpu_v9": 1.0}
     with pytest.raises(ConfigError, match="network.device_mix"):
         validate(config)
+
+
+def test_reallocation_with_stage_dependent_costs():
+    """Profiled costs depend on the stage (c_i(s), a device's time for that stage's layers):
+    reallocation runs eq. 7-8 with c_i(s), every peer's cost is its device's time where it now is,
+    and no peer can raise its eq.-7 share c_i(l)^-1 / (C_l + c_i(l)^-1) by more than rounding."""
+    model = P2PLLMModel(load_config("grounded_costs", overrides=[
+        "allocation.enabled=true", "allocation.move_fraction=1.0", "network.device_mix={rtx4090: 1.0, profiled: 1.0}",
+        "run.steps=60"]))
+    stage_cost = model.peers.stage_cost.copy()
+    assert not np.allclose(stage_cost, stage_cost[:, :1])  # the stages really differ
+    model.run(60)
+    peers = model.peers
+    assert model.moves > 0
+    np.testing.assert_array_equal(peers.cost, stage_cost[np.arange(len(peers)), peers.stage])
+    capacity = np.bincount(peers.stage, weights=1 / peers.cost, minlength=peers.n_stages)
+    for i in range(len(peers)):
+        mine = 1 / stage_cost[i]
+        shares = mine / (capacity + mine)
+        shares[peers.stage[i]] = mine[peers.stage[i]] / capacity[peers.stage[i]]
+        assert shares.max() <= shares[peers.stage[i]] * (1 + 1e-9)

@@ -85,9 +85,12 @@ class MarketLedger:
                                  max_effective_stake=config.max_effective_stake,
                                  unbonding_delay=config.unbonding_delay,
                                  whistleblower_share=config.whistleblower_share, price_tick=config.price_tick)
-        self.registry.register_genesis(np.arange(n), np.full(n, config.initial_stake, np.int64) if stake is None
-                                       else stake, peers.price, peers.cost if claimed_cost is None else claimed_cost,
-                                       np.stack([peers.stage_start, peers.stage_end], axis=1), peers.position)
+        members = np.flatnonzero(peers.present)  # spare rows (churn) register when a peer joins
+        stake = np.full(n, config.initial_stake, np.int64) if stake is None else stake
+        claimed = peers.cost if claimed_cost is None else claimed_cost
+        self.registry.register_genesis(members, stake[members], peers.price[members], claimed[members],
+                                       np.stack([peers.stage_start, peers.stage_end], axis=1)[members],
+                                       peers.position[members])
         self.sla = SlaBook(ledger, self.chain, self.registry, client_accounts, client_home, n,
                            term=config.sla_term, penalty=config.sla_penalty)
         self.channels = None
@@ -100,6 +103,7 @@ class MarketLedger:
         self.requests = 0  #: paid requests (at least one hop) so far
         self.hops = 0  #: paid hops so far
         self.unpaid_hops = 0  #: hops not paid (a zero price, or a violated SLA)
+        self.failed_hops = 0  #: hops whose peer failed mid-request (penalised, not paid)
         self._window_requests = 0
 
     # -- the phase ------------------------------------------------------------------------------
@@ -151,6 +155,37 @@ class MarketLedger:
         self.channels.pay(client[kept], peer[kept], price[kept], step)
         self.sla.penalise(client[~kept], peer[~kept], price[~kept], promised[~kept], delivered[~kept], step,
                           None if root is None else root[~kept])
+
+    def join(self, rows: np.ndarray, peers: PeerTable) -> None:
+        """Peers ``rows`` join (churn): registered with their price, cost, span and position now,
+        their ``initial_stake`` bonded by a transaction in their home shard's next block."""
+        registry = self.registry
+        if self.config.sharding == "stage":
+            registry.home_shard[rows] = peers.stage_start[rows]  # the channels read the same array
+        registry.registered[rows] = True
+        registry.posted_price[rows] = registry.sent_price[rows] = peers.price[rows]
+        registry.cost[rows] = peers.cost[rows]
+        registry.span[rows] = np.stack([peers.stage_start[rows], peers.stage_end[rows]], axis=1)
+        registry.position[rows] = peers.position[rows]
+        registry.submit_bond(rows, np.full(len(rows), self.config.initial_stake, np.int64))
+
+    def leave(self, rows: np.ndarray) -> None:
+        """Peers ``rows`` leave (churn): deregistered, their bond unbonding."""
+        for row in rows.tolist():
+            self.registry.force_exit(row)
+
+    def penalise_failed(self, step: int, failed: np.ndarray, quoted: np.ndarray, peers: PeerTable) -> None:
+        """Hops whose peer failed mid-request (``failed``: ``(clients, n_stages)`` peer ids, ``-1``
+        elsewhere; the client failed over and paid the replacement): each settles as a violated SLA,
+        nothing paid to the failed peer and ``sla_penalty`` times its price taken from its stake."""
+        client, _, peer = self.paid_hops(failed)
+        if not len(peer):
+            return
+        price = self.sla.quote(client, peer, np.floor(quoted[peer] * self.config.unit).astype(np.int64), step)
+        priced = price > 0
+        self.failed_hops += len(peer)
+        client, peer, price = client[priced], peer[priced], price[priced]
+        self.sla.penalise(client, peer, price, self.registry.cost[peer], np.full(len(peer), np.inf), step)
 
     def advance(self, price: np.ndarray, alive: np.ndarray) -> np.ndarray:
         """Post moved prices, watch channels, produce this slot's blocks and pay out matured
@@ -210,6 +245,7 @@ class MarketLedger:
             "registry_view": self.config.registry_view,
             "journal_rows": self.ledger.journal.rows,
             "requests_paid": self.requests, "hops_paid": self.hops, "unpaid_hops": self.unpaid_hops,
+            "failed_hops": self.failed_hops,
             "transactions_submitted": int(chain.total_submitted),
             "transactions_included": int(chain.total_included),
             "transactions_failed": int(chain.total_failed),
