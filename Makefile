@@ -21,7 +21,7 @@ run: $(STAMP)
 		market.eta allocation.move_fraction --fixed market.alpha=0.5 --out outputs/paper_table1/calibration \
 		--reproduce outputs/paper_table1_calibrated
 
-# -n auto: one pytest worker per core (pytest-xdist); slow tests are marked and deselected (make test-slow)
+# -n auto: one pytest worker per core (pytest-xdist)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto
 

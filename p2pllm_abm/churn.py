@@ -19,6 +19,7 @@ state (:meth:`~p2pllm_abm.model.P2PLLMModel.membership_phase`).
 
 from __future__ import annotations
 
+import heapq
 from typing import NamedTuple
 
 import numpy as np
@@ -68,6 +69,20 @@ def newcomers(cfg: Config, rng: np.random.Generator) -> Newcomers:
     return Newcomers(stage_cost, length, rng.uniform(0.0, 1.0, size=(count, 2)))
 
 
+def least_capacity_stages(capacity: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Eq. 8 for newcomers whose share weight ``w_j`` is the same in every stage, one after another:
+    ``w / (C_l + w)`` is largest where ``C_l`` is smallest, so each takes the stage of least capacity
+    (the first on ties, as ``argmax``) and adds its weight there; a heap makes it O(k log m)."""
+    heap = [(float(c), stage) for stage, c in enumerate(capacity)]
+    heapq.heapify(heap)
+    starts = np.empty(len(weight), dtype=np.int64)
+    for j, w in enumerate(weight.tolist()):
+        c, stage = heapq.heappop(heap)
+        starts[j] = stage
+        heapq.heappush(heap, (c + w, stage))
+    return starts
+
+
 def joining_starts(cfg: Config, arrivals: Newcomers, stage_start: np.ndarray, stage_end: np.ndarray,
                    cost: np.ndarray, counted: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The first stage of each newcomer, one after another (each sees the ones placed before it):
@@ -85,6 +100,8 @@ def joining_starts(cfg: Config, arrivals: Newcomers, stage_start: np.ndarray, st
     if alloc.rule == "market":  # one stage per peer (validated)
         capacity = stage_capacity(cost, stage_start, counted, n_stages, alloc.reading)
         weight = share_weight(arrivals.stage_cost, alloc.reading)
+        if (weight == weight[:, :1]).all():  # the same weight everywhere: eq. 8 picks the least capacity
+            return least_capacity_stages(capacity, weight[:, 0])
         for j in range(k):
             starts[j] = joining_stage(weight[j], capacity)
             capacity[starts[j]] += weight[j, starts[j]]

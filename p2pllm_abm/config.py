@@ -152,7 +152,9 @@ class ChurnConfig:
 
     join_rate: float = 0.0  #: expected peers joining per step (Poisson arrivals)
     leave_rate: float = 0.0  #: per-step probability that a peer leaves for good (geometric sessions)
-    headroom: float = 0.25  #: spare rows in the peer arrays, as a share of network.peers (joins fill them)
+    #: spare rows in the peer arrays, as a share of network.peers (joins fill them; the arrays grow by a tenth,
+    #: and the jitted step compiles again, when they run out)
+    headroom: float = 0.1
 
 
 @dataclass

@@ -148,33 +148,45 @@ def _gumbel(key: Array, env: Environment, price: Array) -> Array:
     return noise.astype(price.dtype)
 
 
-def logit_choices(key: Array, env: Environment, price: Array, n_stages: int,
-                  exclude: Array | None = None) -> tuple[Array, Array]:
+def perturbed_logits(key: Array, env: Environment, price: Array, n_stages: int) -> tuple[Array, Array]:
+    """Every client's logits plus its Gumbel noise, ``-w_ci / T + G_ci`` ``(clients, n)``, and the
+    Boltzmann probabilities of eq. 3 ``(clients, n)``."""
+
+    def one_client(alpha: Array, noise: Array) -> tuple[Array, Array]:
+        logits, probs = _client_probabilities(env, price, alpha, n_stages)
+        return logits + noise, probs
+
+    return jax.vmap(one_client)(env.client_alpha, _gumbel(key, env, price))
+
+
+def stage_winners(perturbed: Array, stage: Array, outside: Array, n_stages: int) -> Array:
+    """Per client and stage the peer with the largest perturbed logit, ``-1`` where the outside
+    option's ``outside`` beats it (or no peer is left)."""
+    peers = jnp.arange(perturbed.shape[1])
+
+    def one_client(perturbed: Array, outside: Array) -> Array:
+        best = jax.ops.segment_max(perturbed, stage, num_segments=n_stages)
+        winner = jnp.where(perturbed == best[stage], peers, -1)
+        chosen = jax.ops.segment_max(winner, stage, num_segments=n_stages)
+        return jnp.where(best > outside, chosen, -1)
+
+    return jax.vmap(one_client)(perturbed, outside)
+
+
+def walk_away_logits(key: Array, env: Environment, n_stages: int, dtype) -> Array:
+    """The outside option's perturbed logit per client and stage, from a key folded off ``key`` (so
+    the peers' noise, and every run without an outside option, stay as they are)."""
+    return outside_logit(env.params) + jax.random.gumbel(jax.random.fold_in(key, 1),
+                                                         (env.client_alpha.shape[0], n_stages), dtype=dtype)
+
+
+def logit_choices(key: Array, env: Environment, price: Array, n_stages: int) -> tuple[Array, Array]:
     """Each client's chosen peer per stage, shape ``(clients, n_stages)``, by Gumbel-max
     (``argmin_i w_ci + T G_i`` within each stage), and the Boltzmann probabilities ``(clients, n)``
     that this choice realises. With an outside option, a stage where ``w_0 + T G_0`` beats every
-    peer is left unbought (``-1``); its noise comes from a key folded off ``key``, so the peers'
-    noise, and every run without an outside option, stay as they are.
-
-    ``exclude`` (peers that failed) makes the failover choice: the same noise, those peers left
-    out, and no walking away (the client already bought in the stage); ``-1`` where no peer is left."""
-    peers = jnp.arange(price.shape[0])
-    walk_away = outside_logit(env.params) + jax.random.gumbel(
-        jax.random.fold_in(key, 1), (env.client_alpha.shape[0], n_stages), dtype=price.dtype)
-    if exclude is not None:
-        walk_away = jnp.full_like(walk_away, -jnp.inf)
-
-    def one_client(alpha: Array, noise: Array, outside: Array) -> tuple[Array, Array]:
-        logits, probs = _client_probabilities(env, price, alpha, n_stages)
-        perturbed = logits + noise
-        if exclude is not None:
-            perturbed = jnp.where(exclude, -jnp.inf, perturbed)
-        best = jax.ops.segment_max(perturbed, env.stage, num_segments=n_stages)
-        winner = jnp.where(perturbed == best[env.stage], peers, -1)
-        chosen = jax.ops.segment_max(winner, env.stage, num_segments=n_stages)
-        return jnp.where(best > outside, chosen, -1), probs
-
-    return jax.vmap(one_client)(env.client_alpha, _gumbel(key, env, price), walk_away)
+    peer is left unbought (``-1``)."""
+    perturbed, probs = perturbed_logits(key, env, price, n_stages)
+    return stage_winners(perturbed, env.stage, walk_away_logits(key, env, n_stages, price.dtype), n_stages), probs
 
 
 def path_scores(key: Array, env: Environment, price: Array, n_stages: int) -> tuple[Array, Array, Array]:
@@ -287,7 +299,8 @@ def route_requests(key: Array, env: Environment, price: Array, routing: str, n_s
     """Phase 1's choice (``clients.routing``) and, with failures, the failover (:mod:`p2pllm_abm.load`)."""
     n = price.shape[0]
     if routing == "stage":
-        chosen, probs = logit_choices(key, env, price, n_stages)
+        perturbed, probs = perturbed_logits(key, env, price, n_stages)
+        chosen = stage_winners(perturbed, env.stage, walk_away_logits(key, env, n_stages, price.dtype), n_stages)
         served_stage = jax.ops.segment_sum(env.alive.astype(jnp.int32), env.stage, num_segments=n_stages) > 0
         no_path = jnp.broadcast_to(~jnp.all(served_stage), chosen.shape[:1])
         walked = jnp.any(chosen < 0, axis=1)
@@ -303,7 +316,10 @@ def route_requests(key: Array, env: Environment, price: Array, routing: str, n_s
         return Routed(chosen, probs, complete, no_path, walked, none, jnp.zeros(chosen.shape[0], jnp.int32))
     if routing == "stage":
         hit = (chosen >= 0) & env.failing[jnp.maximum(chosen, 0)]
-        replacement = logit_choices(key, env, price, n_stages, exclude=env.failing)[0]
+        # the failover choice: the same noise without the failed peers, and no walking away (the
+        # client already bought in the stage)
+        replacement = stage_winners(jnp.where(env.failing, -jnp.inf, perturbed), env.stage,
+                                    jnp.full(chosen.shape, -jnp.inf, price.dtype), n_stages)
         hops = jnp.where(hit, replacement, chosen)
         retries = jnp.sum(hit, axis=1)
         complete = jnp.all(hops >= 0, axis=1)

@@ -182,9 +182,11 @@ def stage_blocks(stage, alive, n_stages: int, min_width: int = 1) -> StageBlocks
     counts = np.bincount(stage[alive], minlength=n_stages)
     width = max(1 << max(int(counts.max(initial=0)) - 1, 0).bit_length(), min_width)
     index = np.full((n_stages, width), -1, dtype=np.int64)
-    for s in range(n_stages):
-        members = np.flatnonzero(alive & (stage == s))
-        index[s, : len(members)] = members
+    members = np.flatnonzero(alive)
+    members = members[np.argsort(stage[members], kind="stable")]  # by stage, then by index
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    place = np.arange(len(members)) - np.repeat(first, counts)
+    index[stage[members], place] = members
     return StageBlocks(jnp.asarray(index))
 
 

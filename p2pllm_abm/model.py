@@ -62,7 +62,7 @@ from .welfare import stage_welfare
 
 def spare_rows(cfg: Config) -> int:
     """Rows beyond ``network.peers`` for joining peers: ``churn.headroom`` of the peers (the table grows
-    by half when they run out); with the ledger on, whose accounts are opened at genesis, also
+    by a tenth when they run out); with the ledger on, whose accounts are opened at genesis, also
     enough for the run's expected joins plus six standard deviations (joins beyond are refused and
     counted as ``joins_refused``)."""
     rows = int(np.ceil(cfg.churn.headroom * cfg.network.peers))
@@ -136,7 +136,7 @@ class P2PLLMModel(mesa.Model):
         key = jax.random.key(int(noise_seed.generate_state(1)[0]))
         self._state = initial_state(jnp.asarray(self.peers.price), key, self.request_classes.count,
                                     cfg.clients.count, self.peers.n_stages)
-        self._environment = self._make_environment()
+        self._environment: Environment | None = self._make_environment()  #: None: stale (see environment)
         self.moves = 0  #: peers moved by reallocation so far
         self.ledger: MarketLedger | None = None  #: the cryptoeconomic layer (ledger.enabled)
         self._paid = None  #: the last tick's paid hops and quoted prices, for the contracts phase
@@ -209,7 +209,7 @@ class P2PLLMModel(mesa.Model):
             self.failing = failing(peers.alive, cfg.failures.rate, self.churn_rng)
             changed = True
         if changed:
-            self._environment = self._make_environment()
+            self._environment = None  # rebuilt when next needed
 
     def reallocation_phase(self) -> None:
         """Phase 3: a seeded random share of live peers consider a move, one after another: to their
@@ -235,9 +235,10 @@ class P2PLLMModel(mesa.Model):
         if alloc.reload_steps > 0:
             peers.alive[moved], peers.down_until[moved] = False, self.steps + alloc.reload_steps + 1
             self.reloading[moved] = True
-            self._state = reset_rows(self._state, self._mask(moved), 0.0, fields=("backlog",))
+            if self.config.network.step_ms is not None:  # their queues are lost
+                self._state = reset_rows(self._state, self._mask(moved), 0.0, fields=("backlog",))
         self._log("move", moved)
-        self._environment = self._make_environment()
+        self._environment = None  # rebuilt when next needed
         self.moves += len(moves)
 
     def _petals_moves(self, candidates: np.ndarray) -> list[tuple[int, int, int]]:
@@ -277,17 +278,17 @@ class P2PLLMModel(mesa.Model):
         exited = self.ledger.advance(self.peers.price, self.peers.alive)
         if len(exited):
             self.peers.alive[exited], self.peers.down_until[exited] = False, 0  # out of the market for good
-            self._environment = self._make_environment()
+            self._environment = None  # rebuilt when next needed
         return len(exited) > 0
 
     # -- membership -----------------------------------------------------------------------------
     def _add_peers(self, arrivals) -> None:
-        """Newcomers take free rows (the arrays grow by half when none is left), their stages by
+        """Newcomers take free rows (the arrays grow by a tenth when none is left), their stages by
         the allocation rule, a PeerAgent each, and fresh market state at ``network.initial_price``."""
         peers, cfg = self.peers, self.config
         free = self._free_rows()
         if len(free) < len(arrivals.length) and self.ledger is None:
-            self._grow(max(len(arrivals.length) - len(free), len(peers) // 2))
+            self._grow(max(len(arrivals.length) - len(free), int(np.ceil(0.1 * len(peers)))))
             free = self._free_rows()
         if len(free) < len(arrivals.length):  # the ledger's accounts are fixed: no more rows
             self.churn_counts["joins_refused"] += len(arrivals.length) - len(free)
@@ -310,8 +311,8 @@ class P2PLLMModel(mesa.Model):
             self.peer_unique_ids[row] = agent.unique_id
             self._agents_by_row[row] = agent
         self._state = reset_rows(self._state, self._mask(rows), float(cfg.network.initial_price))
-        self._sync_peers()  # price, revenue and requests of the newcomers' rows
         if self.ledger is not None:
+            self._sync_peers()  # the newcomers' prices, which they register
             self.ledger.join(rows, peers)
         self._log("join", rows)
 
@@ -337,7 +338,8 @@ class P2PLLMModel(mesa.Model):
         for row in rows.tolist():
             self._agents_by_row.pop(row).remove()
         self.peer_unique_ids[rows] = -1
-        self._state = reset_rows(self._state, self._mask(rows), 0.0, fields=("backlog",))
+        if self.config.network.step_ms is not None:  # their queues are lost
+            self._state = reset_rows(self._state, self._mask(rows), 0.0, fields=("backlog",))
 
     def _grow(self, rows: int) -> None:
         """Add ``rows`` free rows to the table, the model's per-peer arrays and the market state (a
@@ -363,7 +365,7 @@ class P2PLLMModel(mesa.Model):
             self._log("fail", failed)
             self.peers.alive[failed], self.peers.down_until[failed] = False, self.steps + downtime + 1
         self.failing = np.zeros(len(self.peers), dtype=bool)
-        self._environment = self._make_environment()
+        self._environment = None  # rebuilt when next needed
 
     def _log(self, kind: str, rows: np.ndarray) -> None:
         """Record events ``kind`` (:data:`~p2pllm_abm.metrics.EVENT_KINDS`) of peers ``rows`` at this step."""
@@ -425,6 +427,14 @@ class P2PLLMModel(mesa.Model):
         return frame.rename(columns={"Step": "step", "AgentID": "agent_id"})
 
     # -- internals ------------------------------------------------------------------------------
+    @property
+    def environment(self) -> Environment:
+        """What the jitted ticks read (costs, stages, who is alive, capacities, who fails), rebuilt
+        from the table after the phases that change it."""
+        if self._environment is None:
+            self._environment = self._make_environment()
+        return self._environment
+
     def _make_environment(self) -> Environment:
         net = self.config.network
         capacity = peer_capacity(self.peers.cost, net.step_ms, net.capacity)
@@ -434,9 +444,11 @@ class P2PLLMModel(mesa.Model):
         ends = stage_blocks(self.peers.stage_end, self.peers.alive, self.peers.n_stages + 1, width)
         self._block_width = max(blocks.index.shape[1], ends.index.shape[1]) if self.dynamic else 1
         return Environment(
-            cost=jnp.asarray(self.claimed_cost),
-            stage=jnp.asarray(self.peers.stage),
-            alive=jnp.asarray(self.peers.alive),
+            # host copies: JAX copies a numpy array to the device asynchronously, and the table's columns
+            # change in place while a dispatched tick may not have read them yet
+            cost=jnp.asarray(self.claimed_cost.copy()),
+            stage=jnp.asarray(self.peers.stage.copy()),
+            alive=jnp.asarray(self.peers.alive.copy()),
             client_alpha=jnp.asarray(self.client_alpha),
             request_rate=self.config.clients.request_rate,
             params=self.market_params,
@@ -445,7 +457,7 @@ class P2PLLMModel(mesa.Model):
             exploration=self.config.market.exploration,
             baseline_rate=self.config.market.baseline_rate,
             geometry=Geometry(
-                position=jnp.asarray(self.peers.position),
+                position=jnp.asarray(self.peers.position.copy()),
                 client_position=jnp.asarray(self.client_position),
                 latency_range=self.peers.latency_range,
                 ends=ends.index,
@@ -453,7 +465,7 @@ class P2PLLMModel(mesa.Model):
             ),
             capacity=None if capacity is None else jnp.asarray(capacity),
             step_ms=0.0 if net.step_ms is None else float(net.step_ms),
-            failing=None if self.failing is None else jnp.asarray(self.failing),
+            failing=None if self.failing is None else jnp.asarray(self.failing.copy()),
             max_retries=float("inf") if self.config.failures.max_retries is None else float(self.config.failures.max_retries),
             hop_overhead=float(self.config.clients.hop_overhead_ms),
         )
@@ -462,31 +474,33 @@ class P2PLLMModel(mesa.Model):
         options = self._tick_options()
         start = self._state
         if self.ledger is None:
-            self._state = run_ticks(self._state, self._environment, ticks, **options)
+            self._state = run_ticks(self._state, self.environment, ticks, **options)
         elif self.config.ledger.registry_view == "confirmed" or self.failing is not None:
             # requests see the registry's prices, or failed hops go to the ledger too
             confirmed = self.config.ledger.registry_view == "confirmed"
             quoted = self.ledger.registry.posted_price.copy() if confirmed else self.peers.price.copy()
-            self._state, paid, failed = paid_tick_jit(self._state, self._environment, jnp.asarray(quoted), **options)
+            self._state, paid, failed = paid_tick_jit(self._state, self.environment, jnp.asarray(quoted), **options)
             self._paid = (np.asarray(paid), quoted)
             self._failed_hops = np.asarray(failed) if self.failing is not None else None
         else:  # the chunk's compiled scan, one tick long
-            self._state, paid, before = run_paid_ticks(self._state, self._environment, 1,
+            self._state, paid, before = run_paid_ticks(self._state, self.environment, 1,
                                                        length=self._chunk_length, **options)
             self._paid = (np.asarray(paid)[0], np.asarray(before)[0])
-        self._guard_finite(start, self._state, first_step, ticks)
+        self._guard_finite(start, self._state, first_step, ticks, self.environment)
         self._sync_peers()
 
-    def _guard_finite(self, start: MarketState, state: MarketState, first_step: int, ticks: int) -> None:
+    def _guard_finite(self, start: MarketState, state: MarketState, first_step: int, ticks: int,
+                      env: Environment) -> None:
         """Stop at the first non-finite price or revenue: replay the chunk from ``start`` one tick
-        at a time to find its step and peer, and refuse the market scale most likely to blame
-        (:func:`~p2pllm_abm.config.most_extreme_field`) in one line. Nothing non-finite is recorded."""
+        at a time (under ``env``, the chunk's environment) to find its step and peer, and refuse the
+        market scale most likely to blame (:func:`~p2pllm_abm.config.most_extreme_field`) in one line.
+        Nothing non-finite is recorded."""
         if np.isfinite(np.asarray(state.price)).all() and np.isfinite(np.asarray(state.revenue)).all():
             return
         options = self._tick_options()
         probe, step = start, first_step
         for step in range(first_step, first_step + ticks):
-            probe = run_ticks(probe, self._environment, 1, **options)
+            probe = run_ticks(probe, env, 1, **options)
             if not (np.isfinite(np.asarray(probe.price)).all() and np.isfinite(np.asarray(probe.revenue)).all()):
                 break
         quantity = "price" if not np.isfinite(np.asarray(probe.price)).all() else "revenue"
@@ -514,10 +528,10 @@ class P2PLLMModel(mesa.Model):
         step's contracts phase in order. If the ledger takes a peer out of the market at step
         ``k``, the market is recomputed from the chunk's start to step ``k`` (same results as
         stepping) and the rest of the chunk is dropped; returns the steps done."""
-        start, env = self._state, self._environment
+        start, env = self._state, self.environment
         options = self._tick_options()
         final, paid, before = run_paid_ticks(start, env, ticks, length=self._chunk_length, **options)
-        self._guard_finite(start, final, self.steps + 1, ticks)
+        self._guard_finite(start, final, self.steps + 1, ticks, env)
         paid, before = np.asarray(paid), np.asarray(before)
         for k in range(ticks):
             self.steps += 1
@@ -553,7 +567,7 @@ class P2PLLMModel(mesa.Model):
         return min(next_event, end) - self.steps
 
     def _record(self) -> None:
-        env = self._environment
+        env = self.environment
         self.certificate = certify(self._state.price, env.cost, env.stage, env.alive, self.market_params,
                                    n_stages=self.peers.n_stages)
         #: per-stage welfare at the recorded prices (p2pllm_abm.welfare; None at alpha = 0)
@@ -565,8 +579,8 @@ class P2PLLMModel(mesa.Model):
         state = self._state
         self.class_stats = self.request_classes.statistics(
             np.asarray(state.class_requests), np.asarray(state.class_price), np.asarray(state.class_time))
-        load = load_statistics(self.peers, state, self._environment.capacity is not None, self.request_classes)
-        if self._environment.capacity is not None:
+        load = load_statistics(self.peers, state, env.capacity is not None, self.request_classes)
+        if env.capacity is not None:
             with np.errstate(invalid="ignore", divide="ignore"):
                 self.peers.utilisation = np.asarray(state.window_served) / np.asarray(state.window_capacity)
         self.stage_stats = self.stage_stats.assign(**load[0])

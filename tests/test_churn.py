@@ -159,3 +159,34 @@ def test_joins_rarely_recompile_the_jitted_step():
     model.run(60)
     compiles = run_ticks._cache_size() - before
     assert model.churn_counts["join"] >= 80 and compiles <= 4
+
+
+@given(capacity=st.lists(st.floats(0.0, 10.0), min_size=1, max_size=8),
+       weight=st.lists(st.floats(0.01, 5.0), min_size=0, max_size=30))
+def test_newcomers_by_least_capacity_equal_eq8_one_by_one(capacity, weight):
+    """The heap shortcut for stage-independent weights places every newcomer where eq. 8, applied
+    one newcomer after another, does."""
+    from p2pllm_abm.allocation import joining_stage
+    from p2pllm_abm.churn import least_capacity_stages
+
+    capacity, weight = np.array(capacity), np.array(weight)
+    expected, running = [], capacity.copy()
+    for w in weight:
+        stage = joining_stage(np.full(len(capacity), w), running)
+        expected.append(stage)
+        running[stage] += w
+    assert least_capacity_stages(capacity, weight).tolist() == expected
+
+
+def test_run_with_churn_equals_stepping():
+    """run() gives the results of calling step() (the environment JAX reads is a copy of the table,
+    whose columns churn changes in place)."""
+    overrides = ["churn.join_rate=2", "churn.leave_rate=0.05", "failures.rate=0.1", "network.step_ms=20", *FAST]
+    stepped, ran = (P2PLLMModel(load_config("paper_28", overrides=overrides)) for _ in range(2))
+    for _ in range(25):
+        stepped.step()
+    ran.run(25)
+    np.testing.assert_array_equal(stepped.peers.price, ran.peers.price)
+    np.testing.assert_array_equal(stepped.peers.revenue, ran.peers.revenue)
+    assert stepped.events_frame().equals(ran.events_frame())
+    assert stepped.metrics_frame().equals(ran.metrics_frame().iloc[: len(stepped.metrics_frame())])

@@ -16,7 +16,7 @@ LEARNING = ["allocation.enabled=false", "network.cost_range=[1.0,5.0]", "clients
 
 def test_observed_rule_learns_the_equilibrium_without_choice_probabilities():
     model = P2PLLMModel(load_config("paper_28", overrides=LEARNING))
-    env = model._environment
+    env = model.environment
     target = solve_equilibrium("newton", np.full(28, 2.0), env.cost, env.stage, env.alive, model.market_params, 4)
     start = float(np.mean(np.abs(model.peers.price - np.asarray(target.price)) / np.asarray(target.price)))
     model.run(3000)
@@ -29,10 +29,10 @@ def test_observed_rule_learns_the_equilibrium_without_choice_probabilities():
 def test_requests_see_each_peer_price_moved_by_plus_or_minus_delta():
     model = P2PLLMModel(load_config("paper_28", overrides=LEARNING))
     state = model._state._replace(price=jnp.full(28, 3.0))
-    posted = np.asarray(posted_prices(state, model._environment, "observed"))
+    posted = np.asarray(posted_prices(state, model.environment, "observed"))
     np.testing.assert_allclose(np.abs(posted - 3.0), 0.3, rtol=1e-12)
     assert 0 < np.sum(posted > 3.0) < 28
-    assert np.array_equal(np.asarray(posted_prices(state, model._environment, "gradient")), np.full(28, 3.0))
+    assert np.array_equal(np.asarray(posted_prices(state, model.environment, "gradient")), np.full(28, 3.0))
 
 
 @pytest.mark.parametrize("overrides, field", [
