@@ -64,7 +64,7 @@ def gini(values: np.ndarray) -> float:
 
 def measure(model: P2PLLMModel, burn_in: int) -> tuple[dict[str, float], pd.DataFrame]:
     """One run's measures (:data:`MEASURES`) and its p95 request time per record."""
-    requests = request_summary(model._state.outcomes)
+    requests = request_summary(model.outcomes)
     stages = stage_rows(model.metrics_frame())
     served = stages[stages["step"] >= burn_in].groupby("step")["throughput"].min().astype(float)
     classes = class_rows(model.metrics_frame())

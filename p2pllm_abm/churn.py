@@ -72,7 +72,8 @@ def newcomers(cfg: Config, rng: np.random.Generator) -> Newcomers:
 def least_capacity_stages(capacity: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """Eq. 8 for newcomers whose share weight ``w_j`` is the same in every stage, one after another:
     ``w / (C_l + w)`` is largest where ``C_l`` is smallest, so each takes the stage of least capacity
-    (the first on ties, as ``argmax``) and adds its weight there; a heap makes it O(k log m)."""
+    (the first on ties) and adds its weight there; a heap makes it O(k log m). Capacities are
+    compared, not shares: two shares of nearly equal capacities can round to the same float."""
     heap = [(float(c), stage) for stage, c in enumerate(capacity)]
     heapq.heapify(heap)
     starts = np.empty(len(weight), dtype=np.int64)

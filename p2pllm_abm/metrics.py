@@ -403,7 +403,7 @@ def summary(model: P2PLLMModel, wall_time_s: float) -> dict[str, Any]:
             "utilisation_per_stage": model.stage_stats["utilisation"].tolist(),
             "request_time_p95_per_class": model.class_stats["request_time_p95"].tolist(),
         },
-        "requests": request_summary(model._state.outcomes),
+        "requests": request_summary(model.outcomes),
         "churn": {**model.churn_counts, "peers_present": int(model.peers.present.sum()),
                   "peers_alive": int(model.peers.alive.sum()), "rows": len(model.peers)},
         "allocation": allocation_status(model.peers, model.config.allocation.reading),

@@ -46,7 +46,7 @@ from .churn import failing, joining_starts, leaving, newcomers
 from .config import ClientsConfig, Config, ConfigError, most_extreme_field, to_config
 from .dynamics import (Environment, Geometry, MarketState, grow_state, initial_state, paid_tick_jit, reset_rows,
                        reset_window, run_paid_ticks, run_ticks)
-from .load import OUTCOMES, peer_capacity
+from .load import peer_capacity
 from .economics import market_params
 from .equilibrium import certify, stage_blocks
 from .ledger import MarketLedger
@@ -283,12 +283,12 @@ class P2PLLMModel(mesa.Model):
 
     # -- membership -----------------------------------------------------------------------------
     def _add_peers(self, arrivals) -> None:
-        """Newcomers take free rows (the arrays grow by a tenth when none is left), their stages by
-        the allocation rule, a PeerAgent each, and fresh market state at ``network.initial_price``."""
+        """Newcomers take free rows (the arrays grow by a tenth, at least 16 rows, when none is left),
+        their stages by the allocation rule, a PeerAgent each, and fresh market state at ``network.initial_price``."""
         peers, cfg = self.peers, self.config
         free = self._free_rows()
         if len(free) < len(arrivals.length) and self.ledger is None:
-            self._grow(max(len(arrivals.length) - len(free), int(np.ceil(0.1 * len(peers)))))
+            self._grow(max(len(arrivals.length) - len(free), int(np.ceil(0.1 * len(peers))), 16))
             free = self._free_rows()
         if len(free) < len(arrivals.length):  # the ledger's accounts are fixed: no more rows
             self.churn_counts["joins_refused"] += len(arrivals.length) - len(free)
@@ -585,6 +585,8 @@ class P2PLLMModel(mesa.Model):
                 self.peers.utilisation = np.asarray(state.window_served) / np.asarray(state.window_capacity)
         self.stage_stats = self.stage_stats.assign(**load[0])
         self.class_stats = self.class_stats.assign(**load[1])
+        #: cumulative requests per outcome (p2pllm_abm.load.OUTCOMES) as of this record
+        self.outcomes = np.asarray(state.outcomes).copy()
         self._state = reset_window(state)
         self._metric_rows.append(metric_rows(self.steps, self.stage_stats, self.class_stats))
         if self.ledger is not None:

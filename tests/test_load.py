@@ -200,7 +200,7 @@ def test_request_accounting_closes(name):
                                              *SCENARIOS[name]])
     model = P2PLLMModel(cfg)
     model.run(30)
-    requests = request_summary(model._state.outcomes)
+    requests = request_summary(model.outcomes)
     assert requests["sent"] == cfg.clients.count * 30
     assert requests["served"] + requests["failed_over"] + requests["dropped"] == requests["sent"]
     assert sum(requests["dropped_by_reason"].values()) == requests["dropped"]
