@@ -14,8 +14,6 @@ compared. Writes ``learning.parquet`` (one row per run and record), ``learning.m
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import matplotlib
 
@@ -24,15 +22,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from p2pllm_abm import P2PLLMModel, load_config  # noqa: E402
 from p2pllm_abm.equilibrium import solve_equilibrium  # noqa: E402
 
 from .security import markdown  # noqa: E402
+from .settings import load_settings  # noqa: E402
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 def run(cfg: DictConfig, seed: int, rule: str, eta: float | None) -> pd.DataFrame:
@@ -61,10 +59,7 @@ def run(cfg: DictConfig, seed: int, rule: str, eta: float | None) -> pd.DataFram
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m experiments.learning key=value ...``: overrides of experiments/conf/learning.yaml."""
-    cfg = OmegaConf.merge(OmegaConf.load(CONF_DIR / "learning.yaml"),
-                          OmegaConf.from_dotlist(sys.argv[1:] if argv is None else argv))
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    cfg, out = load_settings("learning", argv)
     plan = [(seed, "gradient", None) for seed in cfg.seeds] + [(seed, "observed", eta) for seed in cfg.seeds
                                                                 for eta in cfg.etas]
     frame = pd.concat([run(cfg, *item) for item in tqdm(plan, desc="learning runs", unit="run")], ignore_index=True)

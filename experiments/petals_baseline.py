@@ -23,7 +23,6 @@ Writes into ``out_dir``: ``comparison.parquet`` (one row per system and seed), `
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -33,15 +32,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from p2pllm_abm import P2PLLMModel, load_config  # noqa: E402
 from p2pllm_abm.metrics import class_rows, request_summary, stage_rows  # noqa: E402
 
 from .security import markdown  # noqa: E402
+from .settings import load_settings  # noqa: E402
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"
 #: the comparison's measures: column, axis label
 MEASURES = {
     "throughput": "requests served per step (bottleneck stage)",
@@ -149,10 +148,7 @@ def plot_over_time(series: pd.DataFrame, path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m experiments.petals_baseline key=value ...``: overrides of experiments/conf/petals_baseline.yaml."""
-    cfg = OmegaConf.merge(OmegaConf.load(CONF_DIR / "petals_baseline.yaml"),
-                          OmegaConf.from_dotlist(sys.argv[1:] if argv is None else argv))
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    cfg, out = load_settings("petals_baseline", argv)
     frame, series = compare(cfg)
     frame.to_parquet(out / "comparison.parquet", index=False)
     text = report(frame, cfg)

@@ -27,13 +27,11 @@ from __future__ import annotations
 
 import itertools
 import json
-from pathlib import Path
 
-import sys
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from p2pllm_abm import P2PLLMModel, load_config
@@ -44,8 +42,8 @@ from p2pllm_abm.metrics import chain_rows
 from p2pllm_abm.verification import Hops, Verifier, fingerprint_rates, minimal_sampling_rate
 
 from .security_figures import plot_all
+from .settings import load_settings
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 def run(overrides: list[str], steps: int) -> tuple[dict, pd.DataFrame]:
@@ -152,11 +150,8 @@ def fingerprint_table() -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> None:
     """``python -m experiments.security key=value ...``: overrides of experiments/conf/security.yaml
     (OmegaConf dot-list; each run composes conf/ through Hydra, so this is no Hydra app itself)."""
-    cfg = OmegaConf.merge(OmegaConf.load(CONF_DIR / "security.yaml"),
-                          OmegaConf.from_dotlist(sys.argv[1:] if argv is None else argv))
+    cfg, out = load_settings("security", argv)
     quiet_library_logs()
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     rows, over_time = [], []
     for run_id, (part, params, overrides, steps) in enumerate(tqdm(grid(cfg), desc="security runs", unit="run")):
         summary, history = run(overrides, steps)

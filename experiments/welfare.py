@@ -16,7 +16,6 @@ paper's setting and the sweep's means) and ``welfare_vs_T_alpha.png``.
 from __future__ import annotations
 
 import itertools
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -26,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from p2pllm_abm import load_config  # noqa: E402
@@ -36,8 +35,8 @@ from p2pllm_abm.equilibrium import solve_equilibrium  # noqa: E402
 from p2pllm_abm.welfare import welfare  # noqa: E402
 
 from .security import markdown  # noqa: E402
+from .settings import load_settings  # noqa: E402
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"
 #: welfare quantities summed over stages; the others are averaged over stages
 TOTALS = ("consumer_surplus", "compute_time_bought", "revenue", "producer_surplus", "social_welfare",
           "planner_welfare", "deadweight_loss")
@@ -118,10 +117,7 @@ def plot(frame: pd.DataFrame, path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m experiments.welfare key=value ...``: overrides of experiments/conf/welfare.yaml."""
-    cfg = OmegaConf.merge(OmegaConf.load(CONF_DIR / "welfare.yaml"),
-                          OmegaConf.from_dotlist(sys.argv[1:] if argv is None else argv))
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    cfg, out = load_settings("welfare", argv)
     frame = sweep(cfg)
     frame.to_parquet(out / "welfare.parquet", index=False)
     text = report(frame, cfg)
