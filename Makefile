@@ -21,9 +21,10 @@ run: $(STAMP)
 		market.eta allocation.move_fraction --fixed market.alpha=0.5 --out outputs/paper_table1/calibration \
 		--reproduce outputs/paper_table1_calibrated
 
-# -n auto: one pytest worker per core (pytest-xdist)
+# -n auto: one pytest worker per core (pytest-xdist); the serial tests (a Ctrl-C sent to a run) then alone
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto
+	$(BIN)/python -m pytest -q -n auto -m "not serial"
+	$(BIN)/python -m pytest -q -m serial
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.core
