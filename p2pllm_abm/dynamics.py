@@ -128,6 +128,13 @@ def reset_rows(state: MarketState, rows: Array, price: Array, fields: tuple[str,
     return state._replace(**fresh)
 
 
+@jax.jit
+def all_finite(state: MarketState) -> Array:
+    """Whether every price and revenue of ``state`` is finite: a scalar on the device, so that
+    asking does not wait for the ticks that compute ``state``."""
+    return jnp.isfinite(state.price).all() & jnp.isfinite(state.revenue).all()
+
+
 def grow_state(state: MarketState, rows: int) -> MarketState:
     """The state with ``rows`` more (free) rows in every per-peer array."""
     return state._replace(**{name: jnp.concatenate([getattr(state, name), jnp.zeros(rows, state.price.dtype)])

@@ -267,6 +267,10 @@ def newton_step(price, cost, stage, alive, params: MarketParams, n_stages: int, 
     return jnp.where(improves[stage], newton, fallback)
 
 
+#: the price rules that read :class:`StageBlocks` (they go through each stage's peers in turn)
+BLOCK_RULES = ("sequential_best_response", "newton")
+
+
 def price_update(rule: str, price, cost, stage, alive, params: MarketParams, n_stages: int,
                  blocks: StageBlocks, damping: float) -> Array:
     """One iteration of update ``rule`` (one of :data:`UPDATE_RULES`) for every stage at once."""

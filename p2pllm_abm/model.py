@@ -31,6 +31,8 @@ change every step, so ticks run one at a time.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import mesa
@@ -44,11 +46,11 @@ from .behaviours import Behaviours, assign
 from .allocation import move_candidates, petals_should_move, reallocate
 from .churn import failing, joining_starts, leaving, newcomers
 from .config import ClientsConfig, Config, ConfigError, most_extreme_field, to_config
-from .dynamics import (Environment, Geometry, MarketState, grow_state, initial_state, paid_tick_jit, reset_rows,
-                       reset_window, run_paid_ticks, run_ticks)
+from .dynamics import (Environment, Geometry, MarketState, all_finite, grow_state, initial_state, paid_tick_jit,
+                       reset_rows, reset_window, run_paid_ticks, run_ticks)
 from .load import peer_capacity
 from .economics import market_params
-from .equilibrium import certify, stage_blocks
+from .equilibrium import BLOCK_RULES, StageBlocks, certify, stage_blocks
 from .ledger import MarketLedger
 from .metrics import (EVENT_KINDS, LEDGER_PEER_COLUMNS, PEER_COLUMNS, PeerTableCollector, RequestClasses,
                       ledger_metric_rows, load_statistics, metric_rows, model_reporters, stage_statistics)
@@ -58,6 +60,20 @@ from .resources import check_memory
 from .routing import best_path
 from .security import SecurityPhase
 from .welfare import stage_welfare
+
+
+#: market ticks dispatched and not yet checked at most (each holds its start state and environment)
+MAX_UNSETTLED = 8
+
+
+class Dispatched(NamedTuple):
+    """Market ticks dispatched but not yet checked (:meth:`P2PLLMModel._settle`)."""
+
+    start: MarketState  #: the state they started from
+    env: Environment  #: what they read
+    first_step: int
+    ticks: int
+    finite: jax.Array  #: whether their final prices and revenues are finite (on the device)
 
 
 def spare_rows(cfg: Config) -> int:
@@ -109,12 +125,12 @@ class P2PLLMModel(mesa.Model):
         self.client_position = client_rng.uniform(0.0, 1.0, size=(cfg.clients.count, 2))
         self.request_classes = RequestClasses.from_alpha(self.client_alpha, cfg.clients.request_classes)
         rows = np.flatnonzero(self.peers.present)
-        peer_agents = PeerAgent.create_agents(self, len(rows), index=rows.tolist())
+        self._peer_unique_ids = np.full(len(self.peers), -1, dtype=np.int64)  #: see peer_unique_ids
+        self._agents_by_row: dict[int, PeerAgent] = {}
+        #: (rows, peer ids) of the peers that joined since the agents were last brought in line
+        self._joined: list[tuple[np.ndarray, np.ndarray]] = [(rows, self.peers.peer_id[rows].copy())]
+        self._sync_agents()
         ClientAgent.create_agents(self, cfg.clients.count, index=list(range(cfg.clients.count)))
-        #: each row's PeerAgent (-1: a free row)
-        self.peer_unique_ids = np.full(len(self.peers), -1, dtype=np.int64)
-        self.peer_unique_ids[rows] = [agent.unique_id for agent in peer_agents]
-        self._agents_by_row = dict(zip(rows.tolist(), peer_agents))
         self._next_peer_id = len(rows)
         #: peers reloading after a move (down, but counted by Petals' block selection as joining)
         self.reloading = np.zeros(len(self.peers), dtype=bool)
@@ -137,6 +153,8 @@ class P2PLLMModel(mesa.Model):
         self._state = initial_state(jnp.asarray(self.peers.price), key, self.request_classes.count,
                                     cfg.clients.count, self.peers.n_stages)
         self._environment: Environment | None = self._make_environment()  #: None: stale (see environment)
+        self._unsettled: list[Dispatched] = []  #: ticks dispatched, not yet checked (see _settle)
+        self._in_run = False  #: inside run(), which settles the dispatched ticks when it ends
         self.moves = 0  #: peers moved by reallocation so far
         self.ledger: MarketLedger | None = None  #: the cryptoeconomic layer (ledger.enabled)
         self._paid = None  #: the last tick's paid hops and quoted prices, for the contracts phase
@@ -186,6 +204,8 @@ class P2PLLMModel(mesa.Model):
         self._market_ticks(1, first_step=self.steps)  # Mesa has counted this step already
         self._after_tick()
         self._after_market()
+        if not self._in_run:  # called on its own: the table shows this step's market
+            self._settle()
 
     def membership_phase(self) -> None:
         """Before the step's requests: down peers whose time has come are back, peers leave (churn),
@@ -307,14 +327,50 @@ class P2PLLMModel(mesa.Model):
         peers.peer_id[rows] = self._next_peer_id + np.arange(len(rows))
         self._next_peer_id += len(rows)
         self.switch_fees[rows] = 0.0
-        for row, agent in zip(rows.tolist(), PeerAgent.create_agents(self, len(rows), index=rows.tolist())):
-            self.peer_unique_ids[row] = agent.unique_id
-            self._agents_by_row[row] = agent
+        self._joined.append((rows, peers.peer_id[rows].copy()))  # their agents: _sync_agents
         self._state = reset_rows(self._state, self._mask(rows), float(cfg.network.initial_price))
         if self.ledger is not None:
             self._sync_peers()  # the newcomers' prices, which they register
             self.ledger.join(rows, peers)
         self._log("join", rows)
+
+    def _sync_agents(self) -> None:
+        """Bring the PeerAgents in line with the table: an agent for every peer that joined since
+        the last call and is still present, in the order they joined. Called whenever agents are
+        looked at (``agents``, ``agents_by_type``, ``peer_unique_ids``, each record), so a peer
+        that joins and leaves unseen costs no Mesa agent; it still takes its ``unique_id``, unused,
+        so that ids do not depend on when anyone looked."""
+        if not self._joined:
+            return
+        rows, peer_ids = (np.concatenate(values) for values in zip(*self._joined))
+        self._joined = []
+        still_here = self.peers.present[rows] & (self.peers.peer_id[rows] == peer_ids)
+        unique_ids = PeerAgent._ids[self]  # Mesa's counter of this model's agent ids
+        for row, here in zip(rows.tolist(), still_here.tolist()):
+            if here:
+                agent = PeerAgent(self, row)
+                self._peer_unique_ids[row] = agent.unique_id
+                self._agents_by_row[row] = agent
+            else:
+                next(unique_ids)
+
+    @property
+    def agents(self) -> mesa.agent.AgentSet:
+        """Mesa's agents: the present peers' PeerAgents and the ClientAgents."""
+        self._sync_agents()
+        return super().agents
+
+    @property
+    def agents_by_type(self) -> dict[type[mesa.Agent], mesa.agent.AgentSet]:
+        """Mesa's agents by type (``model.agents_by_type[PeerAgent]``: the present peers)."""
+        self._sync_agents()
+        return super().agents_by_type
+
+    @property
+    def peer_unique_ids(self) -> np.ndarray:
+        """Each row's PeerAgent's ``unique_id`` (-1: a free row)."""
+        self._sync_agents()
+        return self._peer_unique_ids
 
     def _mask(self, rows: np.ndarray) -> jax.Array:
         """Rows ``rows`` as a mask over the table."""
@@ -336,8 +392,10 @@ class P2PLLMModel(mesa.Model):
         self.peers.present[rows], self.peers.alive[rows], self.peers.down_until[rows] = False, False, 0
         self.reloading[rows] = False
         for row in rows.tolist():
-            self._agents_by_row.pop(row).remove()
-        self.peer_unique_ids[rows] = -1
+            agent = self._agents_by_row.pop(row, None)  # None: joined since the agents were last synced
+            if agent is not None:
+                agent.remove()
+        self._peer_unique_ids[rows] = -1
         if self.config.network.step_ms is not None:  # their queues are lost
             self._state = reset_rows(self._state, self._mask(rows), 0.0, fields=("backlog",))
 
@@ -346,7 +404,7 @@ class P2PLLMModel(mesa.Model):
         new array shape: the jitted step compiles once more)."""
         self.peers.grow(rows)
         pad = lambda values, fill: np.concatenate([values, np.full(rows, fill, dtype=values.dtype)])  # noqa: E731
-        self.peer_unique_ids, self.reloading = pad(self.peer_unique_ids, -1), pad(self.reloading, False)
+        self._peer_unique_ids, self.reloading = pad(self._peer_unique_ids, -1), pad(self.reloading, False)
         self.switch_fees = pad(self.switch_fees, 0.0)
         if self.failing is not None:
             self.failing = pad(self.failing, False)
@@ -389,21 +447,30 @@ class P2PLLMModel(mesa.Model):
         if steps < 0:
             raise ValueError(f"steps = {steps} is invalid: allowed steps >= 0")
         end = self.steps + steps
+        self._in_run = True
         with tqdm(total=steps, disable=not progress, unit="step", desc="p2pllm-sim") as bar:
-            while self.steps < end:
-                ticks = self._steps_to_next_event(end)
-                if ticks > 1 and self.ledger is not None:
-                    done = self._settled_ticks(ticks - 1)
-                    bar.update(done)
-                    if done < ticks - 1:  # a peer left: the market changed mid-chunk
-                        continue
-                elif ticks > 1:
-                    self._market_ticks(ticks - 1, first_step=self.steps + 1)
-                    self.steps += ticks - 1
-                self.step()
-                bar.update(ticks if self.ledger is None else 1)
+            try:
+                self._run_until(end, bar)
+            finally:
+                self._in_run = False
+        self._settle()
         if self._recorded_step != self.steps:
             self._record()
+
+    def _run_until(self, end: int, bar: tqdm) -> None:
+        """:meth:`run`'s loop: fused ticks up to each event, then the event's step."""
+        while self.steps < end:
+            ticks = self._steps_to_next_event(end)
+            if ticks > 1 and self.ledger is not None:
+                done = self._settled_ticks(ticks - 1)
+                bar.update(done)
+                if done < ticks - 1:  # a peer left: the market changed mid-chunk
+                    continue
+            elif ticks > 1:
+                self._market_ticks(ticks - 1, first_step=self.steps + 1)
+                self.steps += ticks - 1
+            self.step()
+            bar.update(ticks if self.ledger is None else 1)
 
     def route(self, alpha: float | None = None, client: np.ndarray | None = None) -> tuple[float, list[int]]:
         """The weighted-sum optimal path (Alg. 2) at current prices for a client with ``alpha``
@@ -438,11 +505,7 @@ class P2PLLMModel(mesa.Model):
     def _make_environment(self) -> Environment:
         net = self.config.network
         capacity = peer_capacity(self.peers.cost, net.step_ms, net.capacity)
-        # widths only grow while peers come and go: a shape seen once is not compiled again
-        width = self._block_width if self.dynamic else 1
-        blocks = stage_blocks(self.peers.stage, self.peers.alive, self.peers.n_stages, width)
-        ends = stage_blocks(self.peers.stage_end, self.peers.alive, self.peers.n_stages + 1, width)
-        self._block_width = max(blocks.index.shape[1], ends.index.shape[1]) if self.dynamic else 1
+        blocks, ends = self._stage_blocks()
         return Environment(
             # host copies: JAX copies a numpy array to the device asynchronously, and the table's columns
             # change in place while a dispatched tick may not have read them yet
@@ -460,7 +523,7 @@ class P2PLLMModel(mesa.Model):
                 position=jnp.asarray(self.peers.position.copy()),
                 client_position=jnp.asarray(self.client_position),
                 latency_range=self.peers.latency_range,
-                ends=ends.index,
+                ends=ends,
                 client_class=jnp.asarray(self.request_classes.one_hot),
             ),
             capacity=None if capacity is None else jnp.asarray(capacity),
@@ -470,38 +533,64 @@ class P2PLLMModel(mesa.Model):
             hop_overhead=float(self.config.clients.hop_overhead_ms),
         )
 
+    def _stage_blocks(self) -> tuple[StageBlocks, jax.Array]:
+        """The live peers by first stage and by end stage, for the ticks that read them (the
+        sequential and Newton price rules, path and Petals routing); a ``(m, 1)`` placeholder of
+        ``-1`` otherwise. With churn widths only grow, so a shape seen once is not compiled again."""
+        net, width = self.peers, self._block_width if self.dynamic else 1
+        by_stage = self.config.market.update_rule in BLOCK_RULES or self.config.clients.routing != "stage"
+        by_end = self.config.clients.routing != "stage"
+        blocks = (stage_blocks(net.stage, net.alive, net.n_stages, width) if by_stage
+                  else StageBlocks(jnp.full((net.n_stages, 1), -1)))
+        ends = (stage_blocks(net.stage_end, net.alive, net.n_stages + 1, width).index if by_end
+                else jnp.full((net.n_stages + 1, 1), -1))
+        if self.dynamic:
+            self._block_width = max(blocks.index.shape[1], ends.shape[1])
+        return blocks, ends
+
     def _market_ticks(self, ticks: int, first_step: int) -> None:
+        """Dispatch ``ticks`` market ticks from ``first_step``. Without the ledger nothing waits for
+        them: the host goes on with the next phases (the next step's joins and leaves run while the
+        ticks compute) until :meth:`_settle` checks them and brings their results to the table."""
         options = self._tick_options()
-        start = self._state
+        start, env = self._state, self.environment
         if self.ledger is None:
-            self._state = run_ticks(self._state, self.environment, ticks, **options)
+            self._state = run_ticks(self._state, env, ticks, **options)
         elif self.config.ledger.registry_view == "confirmed" or self.failing is not None:
             # requests see the registry's prices, or failed hops go to the ledger too
             confirmed = self.config.ledger.registry_view == "confirmed"
             quoted = self.ledger.registry.posted_price.copy() if confirmed else self.peers.price.copy()
-            self._state, paid, failed = paid_tick_jit(self._state, self.environment, jnp.asarray(quoted), **options)
+            self._state, paid, failed = paid_tick_jit(self._state, env, jnp.asarray(quoted), **options)
             self._paid = (np.asarray(paid), quoted)
             self._failed_hops = np.asarray(failed) if self.failing is not None else None
         else:  # the chunk's compiled scan, one tick long
-            self._state, paid, before = run_paid_ticks(self._state, self.environment, 1,
-                                                       length=self._chunk_length, **options)
+            self._state, paid, before = run_paid_ticks(self._state, env, 1, length=self._chunk_length, **options)
             self._paid = (np.asarray(paid)[0], np.asarray(before)[0])
-        self._guard_finite(start, self._state, first_step, ticks, self.environment)
+        self._unsettled.append(Dispatched(start, env, first_step, ticks, all_finite(self._state)))
+        if self.ledger is not None or len(self._unsettled) >= MAX_UNSETTLED:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Wait for the dispatched ticks, stop at the first that left a price or revenue non-finite
+        (:meth:`_refuse_non_finite`), and copy prices, revenues and requests to the table."""
+        if not self._unsettled:
+            return
+        dispatched, self._unsettled = self._unsettled, []
+        finite = np.asarray(jnp.stack([chunk.finite for chunk in dispatched]))
+        if not finite.all():
+            self._refuse_non_finite(dispatched[int(np.argmin(finite))])
         self._sync_peers()
 
-    def _guard_finite(self, start: MarketState, state: MarketState, first_step: int, ticks: int,
-                      env: Environment) -> None:
-        """Stop at the first non-finite price or revenue: replay the chunk from ``start`` one tick
-        at a time (under ``env``, the chunk's environment) to find its step and peer, and refuse the
-        market scale most likely to blame (:func:`~p2pllm_abm.config.most_extreme_field`) in one line.
-        Nothing non-finite is recorded."""
-        if np.isfinite(np.asarray(state.price)).all() and np.isfinite(np.asarray(state.revenue)).all():
-            return
+    def _refuse_non_finite(self, chunk: Dispatched) -> None:
+        """Replay ``chunk`` from its start one tick at a time (under its environment) to find the
+        step and peer where a price or revenue first became non-finite, and refuse the market scale
+        most likely to blame (:func:`~p2pllm_abm.config.most_extreme_field`) in one line. Nothing
+        non-finite is recorded."""
         options = self._tick_options()
-        probe, step = start, first_step
-        for step in range(first_step, first_step + ticks):
-            probe = run_ticks(probe, env, 1, **options)
-            if not (np.isfinite(np.asarray(probe.price)).all() and np.isfinite(np.asarray(probe.revenue)).all()):
+        probe, step = chunk.start, chunk.first_step
+        for step in range(chunk.first_step, chunk.first_step + chunk.ticks):
+            probe = run_ticks(probe, chunk.env, 1, **options)
+            if not bool(all_finite(probe)):
                 break
         quantity = "price" if not np.isfinite(np.asarray(probe.price)).all() else "revenue"
         values = np.asarray(getattr(probe, quantity))
@@ -531,7 +620,8 @@ class P2PLLMModel(mesa.Model):
         start, env = self._state, self.environment
         options = self._tick_options()
         final, paid, before = run_paid_ticks(start, env, ticks, length=self._chunk_length, **options)
-        self._guard_finite(start, final, self.steps + 1, ticks, env)
+        if not bool(all_finite(final)):
+            self._refuse_non_finite(Dispatched(start, env, self.steps + 1, ticks, all_finite(final)))
         paid, before = np.asarray(paid), np.asarray(before)
         for k in range(ticks):
             self.steps += 1
@@ -567,6 +657,7 @@ class P2PLLMModel(mesa.Model):
         return min(next_event, end) - self.steps
 
     def _record(self) -> None:
+        self._settle()
         env = self.environment
         self.certificate = certify(self._state.price, env.cost, env.stage, env.alive, self.market_params,
                                    n_stages=self.peers.n_stages)

@@ -184,12 +184,18 @@ def test_newcomers_by_least_capacity_equal_eq8_one_by_one(capacity, weight):
 
 def test_run_with_churn_equals_stepping():
     """run() gives the results of calling step() (the environment JAX reads is a copy of the table,
-    whose columns churn changes in place)."""
+    whose columns churn changes in place; run() checks the dispatched ticks in batches), and the
+    same agent ids whether or not anyone looked at the agents in between."""
     overrides = ["churn.join_rate=2", "churn.leave_rate=0.05", "failures.rate=0.1", "network.step_ms=20", *FAST]
     stepped, ran = (P2PLLMModel(load_config("paper_28", overrides=overrides)) for _ in range(2))
     for _ in range(25):
         stepped.step()
+        assert len(stepped.agents_by_type[PeerAgent]) == stepped.peers.present.sum()  # looked at every step
     ran.run(25)
+    # agents are made when looked at, and a peer that came and went unseen still takes its id
+    np.testing.assert_array_equal(stepped.peer_unique_ids, ran.peer_unique_ids)
+    assert ({(a.unique_id, a.index) for a in stepped.agents_by_type[PeerAgent]}
+            == {(a.unique_id, a.index) for a in ran.agents_by_type[PeerAgent]})
     np.testing.assert_array_equal(stepped.peers.price, ran.peers.price)
     np.testing.assert_array_equal(stepped.peers.revenue, ran.peers.revenue)
     assert stepped.events_frame().equals(ran.events_frame())
