@@ -14,9 +14,10 @@ reallocation every 10 steps and metrics every 50, it times ``P2PLLMModel.run`` p
 - ``+ petals``: the last with Petals' routing (the path DP) instead of the logit stage choice (200
   peers only: a path DP's cost grows with the square of the stage sizes).
 
-Every figure is the median over repeats of runs started from a warm model (compiled, with its
-spare rows in use). The table ends with the ratio the network-dynamics issue targets: churn and
-failures at 10^4 peers at most 2x the baseline.
+Every figure is the median of 5 repeats (3 with ``--quick``) of runs started from a warm model
+(compiled, with its spare rows in use); the repeats go round the variants in turn, so that the
+machine's drift hits them alike. The table ends with the ratio the network-dynamics issue targets:
+churn and failures at 10^4 peers at most 2x the baseline.
 """
 
 from __future__ import annotations
@@ -46,29 +47,33 @@ def variants(peers: int) -> dict[str, list[str]]:
     return {**runs, "+ petals": ["network.step_ms=20", *dynamics, "clients.routing=petals"]} if peers <= 1000 else runs
 
 
-def seconds_per_step(overrides: list[str], steps: int, repeats: int) -> float:
-    """Median wall time per step of ``run(steps)`` over ``repeats`` runs of one warm model."""
-    model = P2PLLMModel(load_config("paper_table1", overrides=[*overrides, "run.progress=false"]))
-    model.run(steps)  # compiles, and lets churn fill the spare rows
-    times = []
+def seconds_per_step(runs: dict[str, list[str]], steps: int, repeats: int) -> dict[str, float]:
+    """Median wall time per step of ``run(steps)`` for each of ``runs`` (name -> overrides), each a
+    warm model; the repeats go round the runs in turn, so that the machine's drift hits them alike."""
+    models = {}
+    for name, overrides in runs.items():
+        models[name] = P2PLLMModel(load_config("paper_table1", overrides=[*overrides, "run.progress=false"]))
+        models[name].run(steps)  # compiles, and lets churn fill the spare rows
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        started = time.perf_counter()
-        model.run(steps)
-        times.append((time.perf_counter() - started) / steps)
-    return statistics.median(times)
+        for name, model in models.items():
+            started = time.perf_counter()
+            model.run(steps)
+            times[name].append((time.perf_counter() - started) / steps)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="10^4 peers only, half the steps, 2 repeats")
+    parser.add_argument("--quick", action="store_true", help="10^4 peers only, half the steps, 3 repeats")
     args = parser.parse_args()
     sizes = {"10^4 x 16": SIZES["10^4 x 16"]} if args.quick else SIZES
-    repeats = 2 if args.quick else 3
+    repeats = 3 if args.quick else 5
     results = {}
     for label, (overrides, peers, steps) in sizes.items():
         steps = steps // 2 if args.quick else steps
-        for name, extra in variants(peers).items():
-            results[label, name] = seconds_per_step([*overrides, *extra], steps, repeats)
+        timed = seconds_per_step({name: [*overrides, *extra] for name, extra in variants(peers).items()}, steps, repeats)
+        results.update({(label, name): seconds for name, seconds in timed.items()})
     names = list(variants(1))  # every variant (the 200-peer set)
     print(f"| time per step | {' | '.join(names)} |")
     print("|---" * (len(names) + 1) + "|")
