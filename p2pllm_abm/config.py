@@ -12,9 +12,9 @@ from __future__ import annotations
 import difflib
 import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -660,6 +660,58 @@ def to_config(cfg: Config | DictConfig) -> Config:
             raise ConfigError(key, OmegaConf.select(cfg, key, default=None) if key != "config" else None,
                               f"a value of the field's type ({first_line(error)})") from None
     return validate(cfg)
+
+
+@functools.cache
+def parameter_names() -> dict[str, str]:
+    """Mesa-style keyword names of the schema's fields, by dotted name: every field whose name no
+    other section uses (``alpha`` -> ``market.alpha``, ``peers`` -> ``network.peers``,
+    ``update_rule`` -> ``market.update_rule``, ``seed`` -> ``seed``)."""
+    dotted: dict[str, list[str]] = {}
+    for section, kind in get_type_hints(Config).items():
+        for name in [leaf.name for leaf in fields(kind)] if is_dataclass(kind) else [None]:
+            dotted.setdefault(name or section, []).append(f"{section}.{name}" if name else section)
+    return {name: names[0] for name, names in dotted.items() if len(names) == 1}
+
+
+def dotted_name(name: str, value: Any) -> str:
+    """The dotted field a Mesa-style keyword ``name`` sets, or a :class:`ConfigError` naming the
+    choices (a name in several sections) or the nearest field."""
+    names = parameter_names()
+    if name in names:
+        return names[name]
+    if "." in name:
+        check_field_name(name, value)
+        return name
+    sections = sorted(key for key in schema_keys() if key.count(".") == 1 and key.endswith(f".{name}"))
+    if sections:
+        raise ConfigError(name, value, f"a dotted name, one of {sections} (the field is in several sections)")
+    nearest = difflib.get_close_matches(name, sorted(names), n=1, cutoff=0.5)
+    raise ConfigError(name, value, "a field of the schema (" + (f"did you mean {nearest[0]!r}?" if nearest else
+                      "a name such as 'alpha', or a dotted one such as 'market.alpha'") + ")")
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy scalars (``np.linspace``, ``np.arange``) as Python numbers, in lists too."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value.item() if getattr(value, "ndim", None) == 0 else value
+
+
+def with_parameters(cfg: Config, parameters: dict[str, Any]) -> Config:
+    """``cfg`` with Mesa-style keyword ``parameters`` set and validated: field names
+    (:func:`parameter_names`: ``alpha=0.3``, ``peers=500``) or dotted names
+    (``**{"churn.join_rate": 2.0}``, needed where a name is in several sections, e.g. ``enabled``).
+
+    >>> with_parameters(Config(), {"alpha": 0.3, "stages": 8}).network.stages
+    8
+    """
+    merged = OmegaConf.structured(cfg)
+    for name, value in parameters.items():
+        dotted, value = dotted_name(name, value), _plain(value)
+        check_override(dotted, value)
+        OmegaConf.update(merged, dotted, value, merge=False)
+    return to_config(merged)
 
 
 def load_config(experiment: str = "paper_table1", overrides: Sequence[str] = ()) -> Config:

@@ -285,15 +285,29 @@ def class_rows(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 class PeerTableCollector(mesa.DataCollector):
-    """Mesa's DataCollector, with agent reporters read column-wise from the PeerTable.
+    """Mesa's DataCollector, with agent reporters read column-wise from the PeerTable and model
+    variables kept by step.
 
     The stock collector calls every reporter on every agent in Python (about 100 ms per collect at
     10^5 peers); this one zips the table's columns (:data:`PEER_COLUMNS`) in one pass. Agent
-    records cover the peers; ``AgentID`` is the PeerAgent's ``unique_id``.
+    records cover the peers; ``AgentID`` is the PeerAgent's ``unique_id``. A model records every
+    ``run.record_interval`` steps, and ``model_vars[name][k]`` is step ``k``'s record (None at a
+    step not recorded), which is how ``mesa.batch_run`` reads it; the model-variables frame holds
+    the recorded steps, indexed by step.
     """
 
     def __init__(self, model_reporters: dict[str, Any], columns: tuple[str, ...] = PEER_COLUMNS):
         super().__init__(model_reporters=model_reporters, agent_reporters={name: name for name in columns})
+
+    def collect(self, model: P2PLLMModel) -> None:
+        for values in self.model_vars.values():
+            values.extend([None] * (model.steps - len(values)))  # the steps since the last record
+        super().collect(model)
+
+    def get_model_vars_dataframe(self) -> pd.DataFrame:
+        recorded = [k for k, step in enumerate(self.model_vars["step"]) if step is not None]
+        return pd.DataFrame({name: [values[k] for k in recorded] for name, values in self.model_vars.items()},
+                            index=recorded)
 
     def _record_agents(self, model: P2PLLMModel):
         present = model.peers.present  # free rows and peers that left have no agent
@@ -303,9 +317,10 @@ class PeerTableCollector(mesa.DataCollector):
 
 
 def model_reporters(n_stages: int, n_classes: int) -> dict[str, Any]:
-    """Model reporters ``<metric>_stage_<s>`` and ``<metric>_class_<k>`` reading the model's
-    latest stage and request-class statistics."""
-    reporters: dict[str, Any] = {"step": lambda m: m.steps}
+    """Model reporters ``step``, ``seed`` (``mesa.batch_run``'s rows then say which run they come
+    from), ``<metric>_stage_<s>`` and ``<metric>_class_<k>`` reading the model's latest stage and
+    request-class statistics."""
+    reporters: dict[str, Any] = {"step": lambda m: m.steps, "seed": lambda m: m.config.seed}
     for metric in STAGE_METRICS:
         for s in range(n_stages):
             reporters[f"{metric}_stage_{s}"] = lambda m, metric=metric, s=s: m.stage_stats[metric].iat[s]

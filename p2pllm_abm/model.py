@@ -31,7 +31,7 @@ change every step, so ticks run one at a time.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +45,8 @@ from .agents import ClientAgent, PeerAgent
 from .behaviours import Behaviours, assign
 from .allocation import move_candidates, petals_should_move, reallocate
 from .churn import failing, joining_starts, leaving, newcomers
-from .config import ClientsConfig, Config, ConfigError, most_extreme_field, to_config
+from .config import (ClientsConfig, Config, ConfigError, dotted_name, most_extreme_field, to_config,
+                     with_parameters)
 from .dynamics import (Environment, Geometry, MarketState, all_finite, grow_state, initial_state, paid_tick_jit,
                        reset_rows, reset_window, run_paid_ticks, run_ticks)
 from .load import peer_capacity
@@ -98,6 +99,27 @@ def draw_client_alpha(clients: ClientsConfig, market_alpha: float, rng: np.rando
     return rng.beta(params[0], params[1], size=clients.count)
 
 
+def model_config(config: Config | DictConfig | None, rng: Any, parameters: dict[str, Any]) -> Config:
+    """The run's :class:`Config`: ``config`` (default: the schema's defaults) with Mesa-style keyword
+    ``parameters`` (:func:`~p2pllm_abm.config.with_parameters`) and Mesa's ``rng=`` (an int seed,
+    the same as ``seed=``). A model built the Mesa way, without ``config``, records every step
+    unless ``record_interval`` is given (``mesa.batch_run`` reads the DataCollector step by step)
+    and, without ``seed`` or ``rng``, draws its seed from fresh entropy as Mesa's models do (kept
+    in ``config.seed``, so the run can be repeated)."""
+    given = {dotted_name(name, value) for name, value in parameters.items()}
+    if rng is not None:
+        if "seed" in given:
+            raise ConfigError("rng", rng, "either seed= or rng= (the same seed), not both")
+        if isinstance(rng, bool) or not isinstance(rng, (int, np.integer)) or rng < 0:
+            raise ConfigError("rng", rng, "an int seed >= 0 (Mesa's rng=, the same as seed=)")
+        parameters, given = {**parameters, "seed": int(rng)}, given | {"seed"}
+    if config is None:
+        mesa_way = {"run.record_interval": 1, "seed": int(np.random.SeedSequence().generate_state(1)[0])}
+        parameters = {**{name: value for name, value in mesa_way.items() if name not in given}, **parameters}
+    cfg = to_config(config if config is not None else Config())
+    return with_parameters(cfg, parameters) if parameters else cfg
+
+
 class P2PLLMModel(mesa.Model):
     """Peers competing on price per stage and moving between stages; clients routing requests.
 
@@ -105,12 +127,18 @@ class P2PLLMModel(mesa.Model):
     >>> model.run(1000)
     >>> model.datacollector.get_model_vars_dataframe()
 
+    or the Mesa way, with the config's field names as keywords (:func:`model_config`):
+
+    >>> model = P2PLLMModel(alpha=0.3, peers=500, stages=8, seed=1)
+    >>> mesa.batch_run(P2PLLMModel, parameters={"alpha": [0.3, 0.6], "seed": range(4)}, max_steps=100)
+
     One seed (``config.seed``) decides the network, the clients, the request noise and the
     reallocation order.
     """
 
-    def __init__(self, config: Config | DictConfig | None = None) -> None:
-        cfg = to_config(config if config is not None else Config())
+    def __init__(self, config: Config | DictConfig | None = None, *, rng: int | None = None,
+                 **parameters: Any) -> None:
+        cfg = model_config(config, rng, parameters)
         check_memory(cfg)  # before anything is allocated
         seeds = np.random.SeedSequence(cfg.seed).spawn(7)
         network_seed, dynamics_seed, client_seed, noise_seed, ledger_seed, adversary_seed, churn_seed = seeds
