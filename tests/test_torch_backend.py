@@ -109,3 +109,38 @@ def test_referee_catches_a_lazy_hop_and_clears_honest_batches(model):
     for lazy_hop in range(len(path)):
         _, hops = forward_along_path(model, sim.peers, path, request, lazy=frozenset({lazy_hop}))
         assert first_disagreement(model, sim.peers, path, request, hops) == lazy_hop
+
+
+class _Timing:
+    """A stand-in for torch.utils.benchmark.Measurement: median and interquartile range."""
+
+    def __init__(self, median: float, iqr: float):
+        self.median, self.iqr = median, iqr
+
+
+def test_a_spread_timing_is_measured_again_with_a_warning():
+    from torch_backend.profile import MAX_TRIES, least_spread
+
+    timings = iter([_Timing(1.0, 0.5), _Timing(1.0, 0.3), _Timing(1.0, 0.1), _Timing(1.0, 0.0)])
+    with pytest.warns(UserWarning) as caught:
+        kept = least_spread(lambda: next(timings), "stage 0 decode")
+    assert kept.iqr == 0.1 and len(caught) == 2  # the third was steady: no more tries
+    assert "stage 0 decode: the spread is 50% of the median" in str(caught[0].message)
+    always = [_Timing(1.0, 0.4), _Timing(1.0, 0.3), _Timing(1.0, 0.5)]
+    with pytest.warns(UserWarning) as caught:
+        kept = least_spread(iter(always).__next__, "stage 1 prefill")
+    assert kept.iqr == 0.3 and len(caught) == MAX_TRIES
+    assert "keeping the least spread (30%)" in str(caught[-1].message)
+    steady = least_spread(lambda: _Timing(2.0, 0.2), "steady")  # 10%: no warning, one measurement
+    assert steady.median == 2.0
+
+
+def test_a_shipped_profile_is_not_overwritten_without_force(capsys):
+    from torch_backend.profile import PROFILES_DIR, main
+
+    shipped = next(PROFILES_DIR.glob("*.json"))
+    before = shipped.read_bytes()
+    with pytest.raises(SystemExit) as error:
+        main(["--preset", "tiny", "--stages", "2", "--out", str(shipped)])
+    assert error.value.code == 2 and "is a shipped profile" in capsys.readouterr().err
+    assert shipped.read_bytes() == before
