@@ -3,12 +3,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench bench-equilibrium bench-routing bench-sweeps bench-ledger bench-dynamics verify welfare learning security petals clean
+.PHONY: run test dashboard bench bench-equilibrium bench-routing bench-sweeps bench-ledger bench-dynamics verify welfare learning security petals clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,cluster,optuna,evm]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,cluster,optuna,evm,viz]'
 	touch $(STAMP)
 
 # The main job: the paper's Table 1 experiment (200 peers, 4 stages, 5000 iterations) as section
@@ -25,6 +25,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto -m "not serial"
 	$(BIN)/python -m pytest -q -m serial
+
+# The interactive dashboard (Mesa's SolaraViz, p2pllm_abm/app.py) on http://127.0.0.1:8765 (DASHBOARD_PORT).
+DASHBOARD_PORT ?= 8765
+dashboard: $(STAMP)
+	@echo "p2pllm-abm dashboard: open http://127.0.0.1:$(DASHBOARD_PORT) (Ctrl-C stops it)"
+	$(BIN)/solara run p2pllm_abm.app --host 127.0.0.1 --port $(DASHBOARD_PORT) --no-open --production
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.core

@@ -136,9 +136,8 @@ class P2PLLMModel(mesa.Model):
     reallocation order.
     """
 
-    def __init__(self, config: Config | DictConfig | None = None, *, rng: int | None = None,
-                 **parameters: Any) -> None:
-        cfg = model_config(config, rng, parameters)
+    def __init__(self, config: Config | DictConfig | None = None, *, rng: int | None = None, **kwargs: Any) -> None:
+        cfg = model_config(config, rng, kwargs)  # (named kwargs: Mesa's SolaraViz checks for that name)
         check_memory(cfg)  # before anything is allocated
         seeds = np.random.SeedSequence(cfg.seed).spawn(7)
         network_seed, dynamics_seed, client_seed, noise_seed, ledger_seed, adversary_seed, churn_seed = seeds
