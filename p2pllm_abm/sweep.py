@@ -12,7 +12,10 @@ Every job of ``p2pllm-sim -m ...`` goes through :func:`run_job`:
   before the launcher starts its workers, and prints :func:`sweep_summary` at the end; a sweep
   with a failed job then exits with code 1;
 - a launcher's worker exits when the multirun's main process dies (:func:`exit_with_sweep`), so
-  killing a sweep leaves no workers behind; running the same command again resumes it.
+  killing a sweep leaves no workers behind; running the same command again resumes it (a SLURM
+  job is SLURM's to stop: ``scancel``; it may run on another node);
+- with SLURM accounting off, submitit's repeated ``sacct`` warnings are shown once, explained
+  (:class:`SacctWarningOnce`).
 
 The sweep directory is fixed by the sweep, not by the clock (``conf/config.yaml``), and each job's
 subdirectory is named by its overrides, so the same command finds the same directories again.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 import time
@@ -230,6 +234,33 @@ def format_summary(sweep_dir: Path, jobs: dict[str, list[dict[str, Any]]]) -> st
     return "\n".join(lines)
 
 
+def on_slurm(launcher: DictConfig | dict) -> bool:
+    """Whether ``launcher`` (``hydra.launcher``) submits the jobs to SLURM (``submitit_slurm``)."""
+    return "SlurmLauncher" in str(launcher.get("_target_", ""))
+
+
+class SacctWarningOnce(logging.Filter):
+    """submitit asks ``sacct`` for its jobs' states at every poll. Without SLURM accounting (no
+    slurmdbd, as on the local SLURM of ``.ci/local_slurm.sh``) every call fails and submitit warns
+    each time; this lets the first warning through, saying what it means, and drops the repeats."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Bypassing sacct error" not in record.getMessage():
+            return True
+        if self.seen:
+            return False
+        self.seen = True
+        record.msg, record.args = (f"{record.getMessage()} (SLURM accounting is off here: submitit now judges a "
+                                   "job done by the result file it writes; if SLURM kills a job before it writes "
+                                   "one, stop the sweep with Ctrl-C and run it again, finished jobs are skipped; "
+                                   "further sacct warnings are not shown)"), ()
+        return True
+
+
 class SweepCallback(Callback):
     """Hydra callback of every multirun: thread limits for the jobs, then the closing summary.
 
@@ -242,7 +273,13 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.sweep_id = uuid.uuid4().hex
         os.environ[SWEEP_ID] = self.sweep_id  # inherited by the launcher's worker processes
-        os.environ[SWEEP_PID] = str(os.getpid())
+        if on_slurm(config.hydra.launcher):
+            # a SLURM job may run on another node, where this process id means nothing, and outlives
+            # the sweep that submitted it (scancel stops it)
+            os.environ.pop(SWEEP_PID, None)
+            logging.getLogger("submitit").addFilter(SacctWarningOnce())
+        else:
+            os.environ[SWEEP_PID] = str(os.getpid())
         threads = self.threads or threads_per_job(config.hydra.launcher)
         if threads is not None:
             os.environ.update(thread_environment(threads))
