@@ -22,6 +22,7 @@ import seaborn as sns  # noqa: E402
 
 from p2pllm_abm.calibration import calibrated_config, trajectory  # noqa: E402
 from p2pllm_abm.config import load_config  # noqa: E402
+from p2pllm_abm.paper import layer_name  # noqa: E402
 from p2pllm_abm.paths import write_text_atomic  # noqa: E402
 
 FIGURE = "calibration_fit.png"
@@ -46,8 +47,8 @@ def plot_fit(result: dict[str, Any], path: Path) -> Path:
                                   seed=seed)
     runs = pd.concat([trajectory(literal, last).assign(reading="literal (section 5.2)"),
                       trajectory(calibrated_config(result, seed), last).assign(reading="calibrated")])
-    runs["layer"] = runs["stage"].map(lambda s: f"layer {s + 1}")
-    paper = pd.DataFrame([{"step": step, "layer": f"layer {s + 1}", "peers": nodes[s], "mean_price": prices[s]}
+    runs["layer"] = runs["stage"].map(layer_name)
+    paper = pd.DataFrame([{"step": step, "layer": layer_name(s), "peers": nodes[s], "mean_price": prices[s]}
                           for step, nodes, prices in zip(table["steps"], table["paper_nodes"], table["paper_prices"])
                           for s in range(len(nodes))])
     with sns.axes_style("whitegrid"):
@@ -74,7 +75,7 @@ def side_by_side(result: dict[str, Any]) -> pd.DataFrame:
     for k, step in enumerate(fitted["steps"]):
         for metric, key, paper_key, fmt in (("Nodes", "nodes", "paper_nodes", "{:d}"),
                                             ("Avg. Price", "prices", "paper_prices", "{:.2f}")):
-            cells = {f"Layer {s + 1}": f"{fmt.format(literal[key][k][s])} | {fmt.format(fitted[key][k][s])} "
+            cells = {layer_name(s): f"{fmt.format(literal[key][k][s])} | {fmt.format(fitted[key][k][s])} "
                                        f"({fmt.format(fitted[paper_key][k][s])})"
                      for s in range(len(fitted[key][k]))}
             rows.append({"Iteration": step, "Metric": metric, **cells})

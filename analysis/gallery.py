@@ -38,6 +38,7 @@ from p2pllm_abm.config import MarketConfig  # noqa: E402
 from p2pllm_abm.economics import expected_revenue, market_params  # noqa: E402
 from p2pllm_abm.equilibrium import best_response  # noqa: E402
 from p2pllm_abm.metrics import CONVERGENCE_GAP  # noqa: E402
+from p2pllm_abm.paper import layer_name  # noqa: E402
 
 from .collect import Collection  # noqa: E402
 
@@ -57,18 +58,19 @@ def _facet_parameter(collection: Collection) -> str | None:
 
 
 def table1_trajectories(collection: Collection) -> tuple[plt.Figure, str]:
-    steps = collection.steps.assign(layer=lambda f: "layer " + (f["stage"] + 1).astype(str))
+    steps = collection.steps.assign(layer=lambda f: f["stage"].map(layer_name))
     facet = _facet_parameter(collection)
     values = sorted(steps[facet].unique()) if facet else [None]
     fig, axes = plt.subplots(2, len(values), figsize=(3.6 * len(values), 5.5), squeeze=False, sharex=True)
     for column, value in enumerate(values):
         part = steps if facet is None else steps[steps[facet] == value]
-        for row, (metric, label) in enumerate((("peers", "peers serving the stage"), ("mean_price", "mean price"))):
+        for row, (metric, label) in enumerate((("peers", "peers serving the layer"),
+                                                ("mean_price", "mean price (per request)"))):
             ax = axes[row, column]
             sns.lineplot(data=part, x="step", y=metric, hue="layer", errorbar=BAND, ax=ax, legend=row == column == 0)
             ax.set(xlabel="iteration" if row else "", ylabel=label if column == 0 else "",
                    title=f"{facet} = {value}" if facet and row == 0 else "")
-    return fig, "Peers and mean price per stage over the iterations (the paper's Table 1)"
+    return fig, "Peers and mean price per layer over the iterations (the paper's Table 1)"
 
 
 def convergence_vs_eta(collection: Collection) -> tuple[plt.Figure, str]:

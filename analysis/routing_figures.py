@@ -23,7 +23,8 @@ import seaborn as sns  # noqa: E402
 
 from p2pllm_abm import P2PLLMModel, load_config  # noqa: E402
 from p2pllm_abm.network import PeerTable  # noqa: E402
-from p2pllm_abm.pareto import ParetoFrontier, pareto_paths, sample_path_objectives, weighted_sum_sweep  # noqa: E402
+from p2pllm_abm.paper import layer_name  # noqa: E402
+from p2pllm_abm.pareto import pareto_paths, sample_path_objectives, weighted_sum_sweep  # noqa: E402
 from p2pllm_abm.routing import best_path, build_dag  # noqa: E402
 
 #: alphas whose weighted-sum choice is annotated in Figure 2
@@ -136,7 +137,7 @@ def plot_network(peers: PeerTable, alpha: float, client: np.ndarray | None, out_
         for node, text in ((dag.source, "client"), (dag.sink, "client")):
             ax.annotate(text, position[node], xytext=(0, -14), textcoords="offset points", ha="center", fontsize=8)
         fig.colorbar(nodes, ax=ax, label="price")
-        ax.set_xticks(range(peers.n_stages), [f"stage {s + 1}" for s in range(peers.n_stages)])
+        ax.set_xticks(range(peers.n_stages), [layer_name(s) for s in range(peers.n_stages)])
         ax.tick_params(left=False, labelleft=False, bottom=True, labelbottom=True)
         ax.set_title(f"{len(live)} live peers, {note}; path for α = {alpha:g} in red", fontsize=9)
         fig.tight_layout()

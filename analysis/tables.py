@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from p2pllm_abm.paper import layer_name
+
 from .collect import Collection
 
 FORMATS = ("markdown", "latex")
@@ -39,7 +41,7 @@ def table1(collection: Collection, steps: list[int] | None = None, where: dict[s
     for step in steps:
         at = stats.loc[step]
         for metric, label, digits in (("peers", "Nodes", 1), ("mean_price", "Avg. Price", 2)):
-            cells = {f"Layer {stage + 1}": _cell(at.loc[stage, (metric, "mean")], at.loc[stage, (metric, "std")], digits,
+            cells = {layer_name(stage): _cell(at.loc[stage, (metric, "mean")], at.loc[stage, (metric, "std")], digits,
                                                  count=metric == "peers") for stage in at.index}
             rows.append({"Iteration": step, "Metric": label, "Runs": int(counted[step]), **cells})
     return pd.DataFrame(rows).set_index(["Iteration", "Metric", "Runs"]).rename_axis(columns=f"{len(runs)} runs")

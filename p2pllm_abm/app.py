@@ -28,6 +28,7 @@ from mesa.visualization.utils import update_counter
 
 from .config import UPDATE_RULES
 from .model import P2PLLMModel
+from .paper import layer_name
 
 #: the sidebar's controls, passed to the model as keywords on Reset (fixed values need no control)
 MODEL_PARAMS = {
@@ -55,7 +56,7 @@ def initial_parameters() -> dict:
 
 
 def _layers(model: P2PLLMModel) -> list[str]:
-    return [f"Layer {stage + 1}" for stage in range(model.peers.n_stages)]
+    return [layer_name(stage) for stage in range(model.peers.n_stages)]
 
 
 @solara.component

@@ -13,23 +13,22 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from .metrics import stage_rows  # noqa: E402
+from .paper import REFERENCES, layer_name  # noqa: E402
 from .paths import atomic_path  # noqa: E402
 
 #: figure file name -> (metrics.parquet column, y-axis label)
 STAGE_FIGURES = {
-    "nodes_per_stage.png": ("peers", "nodes serving the stage"),
-    "mean_price_per_stage.png": ("mean_price", "mean price"),
+    "nodes_per_stage.png": ("peers", "peers serving the layer"),
+    "mean_price_per_stage.png": ("mean_price", "mean price (per request)"),
 }
 
 
 def published_points(reference: str | None) -> pd.DataFrame:
-    """A published table of :mod:`p2pllm_abm.paper` as rows ``step, stage, peers, mean_price``
+    """A published table of :mod:`p2pllm_abm.paper` as rows ``step, layer, peers, mean_price``
     (empty without a reference)."""
-    from .paper import REFERENCES
-
     if not reference:
-        return pd.DataFrame(columns=["step", "stage", "peers", "mean_price"])
-    return pd.DataFrame([{"step": step, "stage": f"stage {s}", "peers": nodes[s], "mean_price": prices[s]}
+        return pd.DataFrame(columns=["step", "layer", "peers", "mean_price"])
+    return pd.DataFrame([{"step": step, "layer": layer_name(s), "peers": nodes[s], "mean_price": prices[s]}
                          for step, (nodes, prices) in sorted(REFERENCES[reference].items())
                          for s in range(len(nodes))])
 
@@ -39,16 +38,16 @@ def plot_stage_trajectories(metrics: pd.DataFrame, outdir: Path, reference: str 
     ``reference`` (``report.reference``), the published points of that table as crosses."""
     outdir = Path(outdir)
     frame = stage_rows(metrics)
-    frame = frame.assign(stage=frame["stage"].map(lambda s: f"stage {s}"))
+    frame = frame.assign(layer=frame["stage"].map(layer_name))
     paper = published_points(reference)
     paper = paper[paper["step"] <= frame["step"].max()]
     paths = []
     with sns.axes_style("whitegrid"):
         for name, (column, label) in STAGE_FIGURES.items():
             fig, ax = plt.subplots(figsize=(6, 3.5))
-            sns.lineplot(data=frame, x="step", y=column, hue="stage", ax=ax)
+            sns.lineplot(data=frame, x="step", y=column, hue="layer", ax=ax)
             if len(paper):
-                sns.scatterplot(data=paper, x="step", y=column, hue="stage", marker="X", s=60, ax=ax,
+                sns.scatterplot(data=paper, x="step", y=column, hue="layer", marker="X", s=60, ax=ax,
                                 edgecolor="black", legend=False)
                 ax.set_title(f"lines: this run; crosses: {reference} (published)", fontsize=8)
             ax.set(xlabel="iteration", ylabel=label)

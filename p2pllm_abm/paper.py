@@ -22,6 +22,12 @@ PAPER_TABLE1 = {
 REFERENCES = {"paper_table1": PAPER_TABLE1}
 
 
+def layer_name(stage: int) -> str:
+    """The paper's name of stage ``stage`` (0-based in the arrays): ``Layer 1`` .. ``Layer m``, in
+    every table, legend and axis the toolkit draws."""
+    return f"Layer {stage + 1}"
+
+
 def checkpoint_table(metrics: pd.DataFrame, steps: list[int], reference: str | None = None) -> pd.DataFrame:
     """Rows (iteration, metric), columns ``Layer 1..m``: nodes and average price at ``steps``, in
     the layout of the paper's Table 1; with ``reference``, each cell reads ``ours (paper)``."""
@@ -39,5 +45,5 @@ def checkpoint_table(metrics: pd.DataFrame, steps: list[int], reference: str | N
             cells = [fmt.format(v) + (f" ({fmt.format(t)})" if theirs else "")
                      for v, t in zip(ours, theirs or [None] * len(ours))]
             rows.append({"Iteration": step, "Metric": metric,
-                         **{f"Layer {s + 1}": cell for s, cell in enumerate(cells)}})
+                         **{layer_name(s): cell for s, cell in enumerate(cells)}})
     return pd.DataFrame(rows).set_index(["Iteration", "Metric"])
