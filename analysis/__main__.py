@@ -104,8 +104,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "collect":
         return _collect(args.multirun_dir, args.out)
     if args.command == "figures":
-        for path in draw_gallery(_collection(args.source), args.out or args.source / "figures", args.only).values():
+        try:
+            written, skipped = draw_gallery(_collection(args.source), args.out or args.source / "figures", args.only)
+        except ValueError as error:
+            parser.error(str(error))
+        for path in written.values():
             print(path)
+        for stem, why in skipped.items():
+            print(f"skipped {stem}: {why}")
         return None
     if args.command == "table":
         return _table(parser, args)

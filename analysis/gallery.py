@@ -5,7 +5,9 @@
 Every figure is written as PDF and PNG in one style, with a caption file naming the sweep that
 produced it (its directory, runs, swept parameters, the sweep's overrides and sweeper
 parameters) and the command that regenerates it. Bands are 95% confidence intervals over the runs
-that share an x value (seeds, for the ready sweeps).
+that share an x value (seeds, for the ready sweeps). Only the figures the sweep can support are
+drawn (a figure's x parameter must take two values or more); the others are listed as skipped, with
+why. Multi-panel figures wrap at four columns and share the y axis of each metric.
 
 (a) ``table1_trajectories``: peers and mean price per stage vs iteration (the paper's Table 1);
 (b) ``convergence_vs_eta``: iterations until the Nash gap is small, and the final gap, vs eta per
@@ -57,20 +59,32 @@ def _facet_parameter(collection: Collection) -> str | None:
     return None
 
 
+MAX_COLUMNS = 4  #: panels per row at most; more facet values wrap onto further rows
+
+
 def table1_trajectories(collection: Collection) -> tuple[plt.Figure, str]:
     steps = collection.steps.assign(layer=lambda f: f["stage"].map(layer_name))
     facet = _facet_parameter(collection)
     values = sorted(steps[facet].unique()) if facet else [None]
-    fig, axes = plt.subplots(2, len(values), figsize=(3.6 * len(values), 5.5), squeeze=False, sharex=True)
-    for column, value in enumerate(values):
+    columns, blocks = min(len(values), MAX_COLUMNS), -(-len(values) // MAX_COLUMNS)
+    metrics = (("peers", "peers serving the layer"), ("mean_price", "mean price (per request)"))
+    fig, axes = plt.subplots(2 * blocks, columns, figsize=(3.6 * columns, 2.75 * 2 * blocks), squeeze=False,
+                             sharex=True)
+    for k, value in enumerate(values):
         part = steps if facet is None else steps[steps[facet] == value]
-        for row, (metric, label) in enumerate((("peers", "peers serving the layer"),
-                                                ("mean_price", "mean price (per request)"))):
-            ax = axes[row, column]
-            sns.lineplot(data=part, x="step", y=metric, hue="layer", errorbar=BAND, ax=ax, legend=row == column == 0)
+        block, column = divmod(k, MAX_COLUMNS)
+        for row, (metric, label) in enumerate(metrics):
+            ax = axes[2 * block + row, column]
+            if (block, column) != (0, 0):
+                ax.sharey(axes[row, 0])  # one y scale per metric
+            sns.lineplot(data=part, x="step", y=metric, hue="layer", errorbar=BAND, ax=ax, legend=k == row == 0)
             ax.set(xlabel="iteration" if row else "", ylabel=label if column == 0 else "",
                    title=f"{facet} = {value}" if facet and row == 0 else "")
-    return fig, "Peers and mean price per layer over the iterations (the paper's Table 1)"
+    for k in range(len(values), blocks * columns):  # the last row's empty panels
+        block, column = divmod(k, MAX_COLUMNS)
+        axes[2 * block, column].set_visible(False)
+        axes[2 * block + 1, column].set_visible(False)
+    return fig, "Peers and mean price per layer over the iterations (the paper's Table 1), bands: 95% CI over seeds"
 
 
 def convergence_vs_eta(collection: Collection) -> tuple[plt.Figure, str]:
@@ -149,6 +163,22 @@ FIGURES: dict[str, Callable[[Collection], tuple[plt.Figure, str]]] = {
     "d_revenue_curve": revenue_curve,
     "e_scaling": scaling,
 }
+#: file stem -> the parameter its x axis sweeps (a figure is drawn only where the sweep varies it)
+X_PARAMETER = {"b_convergence_vs_eta": "market.eta", "c_price_vs_alpha": "market.alpha",
+               "e_scaling": "network.peers"}
+
+
+def unsupported(collection: Collection, stem: str) -> str | None:
+    """Why the sweep cannot support figure ``stem`` (None if it can): its x parameter must take at
+    least two values among the complete runs, and there must be complete runs at all."""
+    runs = collection.complete_runs
+    if runs.empty:
+        return "no complete run"
+    parameter = X_PARAMETER.get(stem)
+    if parameter is not None and (parameter not in runs or runs[parameter].nunique() < 2):
+        taken = sorted(runs[parameter].unique().tolist()) if parameter in runs else "not swept"
+        return f"its x axis is {parameter}, which takes fewer than two values here ({taken})"
+    return None
 
 
 def caption(collection: Collection, description: str, stem: str) -> str:
@@ -168,13 +198,20 @@ def caption(collection: Collection, description: str, stem: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def draw_gallery(collection: Collection, out_dir: Path, names: list[str] | None = None) -> dict[str, Path]:
-    """Draw the figures ``names`` (default all of :data:`FIGURES`) into ``out_dir``."""
+def draw_gallery(collection: Collection, out_dir: Path,
+                 names: list[str] | None = None) -> tuple[dict[str, Path], dict[str, str]]:
+    """Draw the figures ``names`` (default: all of :data:`FIGURES` the sweep supports) into
+    ``out_dir``; returns the files written and the figures skipped, with why (:func:`unsupported`).
+    A figure asked for by name that the sweep cannot support is refused (ValueError)."""
+    skipped = {stem: why for stem in names or list(FIGURES) if (why := unsupported(collection, stem))}
+    if names and skipped:
+        raise ValueError("; ".join(f"{stem} cannot be drawn from {collection.source}: {why}"
+                                   for stem, why in skipped.items()))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _style()
     written = {}
-    for stem in names or list(FIGURES):
+    for stem in [stem for stem in names or list(FIGURES) if stem not in skipped]:
         fig, description = FIGURES[stem](collection)
         fig.tight_layout()
         for suffix in (".pdf", ".png"):
@@ -183,4 +220,4 @@ def draw_gallery(collection: Collection, out_dir: Path, names: list[str] | None 
         plt.close(fig)
         (out_dir / f"{stem}.txt").write_text(caption(collection, description, stem))
         written[f"{stem}.txt"] = out_dir / f"{stem}.txt"
-    return written
+    return written, skipped

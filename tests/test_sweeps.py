@@ -100,7 +100,14 @@ def test_gallery_and_table_from_a_tiny_sweep(joblib_sweep, tmp_path, capsys):
     reread = Collection.read(tmp_path / "tables")
     assert reread.swept == ["market.alpha", "market.temperature", "seed"] and len(reread.runs) == 8
     analysis(["figures", str(tmp_path / "tables"), "--out", str(tmp_path / "figures")])
-    stems = ["a_table1_trajectories", "b_convergence_vs_eta", "c_price_vs_alpha", "d_revenue_curve", "e_scaling"]
+    printed = capsys.readouterr().out
+    # alpha, T and seed swept: no eta or network-size axis to draw b and e on
+    assert "skipped b_convergence_vs_eta: its x axis is market.eta" in printed
+    assert "skipped e_scaling: its x axis is network.peers" in printed
+    assert not list((tmp_path / "figures").glob("b_*")) and not list((tmp_path / "figures").glob("e_*"))
+    with pytest.raises(SystemExit):
+        analysis(["figures", str(tmp_path / "tables"), "--only", "e_scaling"])
+    stems = ["a_table1_trajectories", "c_price_vs_alpha", "d_revenue_curve"]
     for stem in stems:
         for suffix in (".pdf", ".png"):
             assert (tmp_path / "figures" / f"{stem}{suffix}").stat().st_size > 1000
@@ -274,3 +281,22 @@ def test_killing_a_sweep_leaves_no_workers_and_the_same_command_resumes_it(tmp_p
     assert not list(tmp_path.glob(f"*/{COMPLETE}"))
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0 and "2 jobs, 2 done, 0 skipped" in resumed.stdout
+
+
+def test_trajectory_panels_wrap_at_four_columns_and_share_y():
+    """Six values of the facet parameter: two rows of four panels per metric (the last two hidden),
+    every panel of a metric on one y scale; the legend names the paper's layers."""
+    from analysis.gallery import table1_trajectories
+
+    alphas = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    steps = pd.DataFrame([{"run": f"r{a}", "market.alpha": a, "step": step, "stage": stage,
+                           "peers": 10 + stage, "mean_price": a * (1 + step) + stage}
+                          for a in alphas for step in (0, 10) for stage in (0, 1)])
+    runs = pd.DataFrame({"run": [f"r{a}" for a in alphas], "market.alpha": alphas, "status": "complete"})
+    fig, _ = table1_trajectories(Collection(runs=runs, steps=steps, swept=["market.alpha"]))
+    axes = np.array(fig.axes).reshape(4, 4)
+    assert all(ax.get_visible() for ax in axes[:2].ravel()) and [ax.get_visible() for ax in axes[2:, 2:].ravel()] == [
+        False] * 4
+    price_axes = [axes[1, c] for c in range(4)] + [axes[3, c] for c in range(2)]
+    assert len({ax.get_ylim() for ax in price_axes}) == 1
+    assert [text.get_text() for text in axes[0, 0].get_legend().get_texts()] == ["Layer 1", "Layer 2"]
