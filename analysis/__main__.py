@@ -23,7 +23,8 @@ import yaml
 
 from .collect import Collection, collect, run_directories
 from .gallery import FIGURES, draw_gallery
-from .routing_figures import ANNOTATED_ALPHAS, network_from_experiment, network_from_run, plot_network, plot_pareto
+from .routing_figures import (ANNOTATED_ALPHAS, figure_label, network_from_experiment, network_from_run, plot_network,
+                              plot_pareto)
 
 
 def _network_arguments(parser: argparse.ArgumentParser) -> None:
@@ -125,14 +126,15 @@ def main(argv: list[str] | None = None) -> None:
     client = None if args.no_client else np.array(args.client)
     if args.run_dir is not None:
         peers = network_from_run(args.run_dir, args.step)
-        out = args.out or args.run_dir
+        out, label = args.out or args.run_dir, figure_label(run_dir=args.run_dir, step=args.step)
     else:
         peers = network_from_experiment(args.experiment, args.override, args.steps)
         out = args.out or Path("outputs/figures")
+        label = figure_label(experiment=args.experiment, overrides=args.override, steps=args.steps)
     if args.command == "pareto-figure":
-        written = plot_pareto(peers, client, out, args.alphas)
+        written = plot_pareto(peers, client, out, label, args.alphas)
     else:
-        written = plot_network(peers, args.alpha, client, out)
+        written = plot_network(peers, args.alpha, client, out, label)
     for path in written.values():
         print(path)
 

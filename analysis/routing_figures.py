@@ -22,6 +22,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from p2pllm_abm import P2PLLMModel, load_config  # noqa: E402
+from p2pllm_abm.figures import quantile_scale  # noqa: E402
 from p2pllm_abm.network import PeerTable  # noqa: E402
 from p2pllm_abm.paper import layer_name  # noqa: E402
 from p2pllm_abm.pareto import pareto_paths, sample_path_objectives, weighted_sum_sweep  # noqa: E402
@@ -64,12 +65,23 @@ def network_from_experiment(experiment: str, overrides: Sequence[str] = (), step
     return model.peers
 
 
-def plot_pareto(peers: PeerTable, client: np.ndarray | None, out_dir: Path,
+def figure_label(run_dir: Path | None = None, step: int | None = None, experiment: str | None = None,
+                 overrides: Sequence[str] = (), steps: int = 0) -> str:
+    """What a routing figure's files are named after, so that figures of different runs or
+    networks never overwrite each other: ``<run>_step<k>`` or ``<experiment>[_<overrides>]_<steps>steps``."""
+    if run_dir is not None:
+        return f"{Path(run_dir).name}_step{'last' if step is None else step}"
+    parts = [experiment, *(override.replace("=", "-") for override in overrides), f"{steps}steps"]
+    return "_".join(part.replace("/", "-").replace(" ", "") for part in parts)
+
+
+def plot_pareto(peers: PeerTable, client: np.ndarray | None, out_dir: Path, label: str,
                 alphas: Sequence[float] = ANNOTATED_ALPHAS, max_points: int = 20_000) -> dict[str, Path]:
-    """Figure 2: every path's (price, time) (a uniform sample above ``max_points``), the exact
-    frontier as a step line, supported and unsupported Pareto paths marked apart, the supported
-    hull dashed, and the weighted-sum choice of each of ``alphas`` annotated. Also writes the
-    frontier and the weighted-sum sweep as CSV."""
+    """Figure 2 (``figure2_pareto_<label>``): every path's (price, time) (a uniform sample above
+    ``max_points``), the exact frontier as a step line, supported and unsupported Pareto paths
+    marked apart, the supported hull dashed, and the weighted-sum choice of each of ``alphas``
+    annotated; the title gives the hypervolume and its reference point. Also writes the frontier
+    and the weighted-sum sweep as CSV."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     front = pareto_paths(peers, client)
@@ -87,23 +99,30 @@ def plot_pareto(peers: PeerTable, client: np.ndarray | None, out_dir: Path,
         ax.scatter(front.price[~hull], front.time[~hull], facecolors="white", edgecolors="C3", s=28, zorder=3,
                    label=f"unsupported ({(~hull).sum()}): no alpha selects them")
         for (price, time), chosen in sweep.groupby(["price", "time"], sort=False):
-            label = "α=" + ", ".join(f"{a:g}" for a in chosen["alpha"])
-            ax.annotate(label, (price, time), xytext=(6, 6), textcoords="offset points", fontsize=8)
-        ax.set(xlabel="total price of the path", ylabel="total time of the path (ms)",
-               title=f"{len(front)} Pareto paths, hypervolume {front.hypervolume():.4g}")
+            alphas_here = "α=" + ", ".join(f"{a:g}" for a in chosen["alpha"])
+            ax.annotate(alphas_here, (price, time), xytext=(6, 6), textcoords="offset points", fontsize=8)
+        reference = front.reference_point()
+        ax.set(xlabel="total price of the path (per request)", ylabel="total time of the path (ms)",
+               title=f"{label}: {len(front)} Pareto paths, hypervolume {front.hypervolume(reference):.4g}\n"
+                     f"(reference point: price {reference[0]:.4g}, time {reference[1]:.4g} ms = the nadir + 10% "
+                     "of the frontier's extent)")
+        ax.title.set_fontsize(9)
         ax.legend(fontsize=8, loc="upper right")
         fig.tight_layout()
-        paths = _save(fig, out_dir / "figure2_pareto")
-    front.to_frame().to_csv(out_dir / "pareto_frontier.csv", index=False)
-    sweep.to_csv(out_dir / "weighted_sum_sweep.csv", index=False)
-    return {**paths, "pareto_frontier.csv": out_dir / "pareto_frontier.csv",
-            "weighted_sum_sweep.csv": out_dir / "weighted_sum_sweep.csv"}
+        paths = _save(fig, out_dir / f"figure2_pareto_{label}")
+    tables = {f"pareto_frontier_{label}.csv": front.to_frame(), f"weighted_sum_sweep_{label}.csv": sweep}
+    for name, table in tables.items():
+        table.to_csv(out_dir / name, index=False)
+    return {**paths, **{name: out_dir / name for name in tables}}
 
 
-def plot_network(peers: PeerTable, alpha: float, client: np.ndarray | None, out_dir: Path) -> dict[str, Path]:
-    """Figure 1: the DAG of compatible peers drawn by stage (a node at its span's first stage,
-    stacked by price; colour = price), source and sink, and the path Alg. 2 chooses for ``alpha``
-    highlighted. Above :data:`MAX_DRAWN_EDGES` edges only the path's edges are drawn."""
+def plot_network(peers: PeerTable, alpha: float, client: np.ndarray | None, out_dir: Path,
+                 label: str) -> dict[str, Path]:
+    """Figure 1 (``figure1_network_<label>``): the DAG of compatible peers drawn by layer (a node at
+    its span's first layer, stacked by price; colour = price on a 5th-95th percentile scale, so
+    that one expensive peer does not wash out the rest), source and sink, and the path Alg. 2
+    chooses for ``alpha`` highlighted. Above :data:`MAX_DRAWN_EDGES` edges only the path's edges
+    are drawn."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dag = build_dag(peers.stage_start, peers.stage_end, peers.alive, peers.n_stages)
@@ -121,6 +140,7 @@ def plot_network(peers: PeerTable, alpha: float, client: np.ndarray | None, out_
     _, path = best_path(peers, alpha, client)
     route = [dag.source, *path, dag.sink]
     route_edges = list(zip(route, route[1:]))
+    norm = quantile_scale(peers.price[live])
     with sns.axes_style("white"):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         if len(tails) <= MAX_DRAWN_EDGES:
@@ -129,25 +149,25 @@ def plot_network(peers: PeerTable, alpha: float, client: np.ndarray | None, out_
         else:
             note = f"{len(tails):,} edges, only the path's drawn"
         nodes = nx.draw_networkx_nodes(graph, position, nodelist=live.tolist(), node_color=peers.price[live],
-                                       cmap="viridis", node_size=40, ax=ax)
+                                       cmap="viridis", node_size=40, ax=ax, vmin=norm.vmin, vmax=norm.vmax)
         nx.draw_networkx_nodes(graph, position, nodelist=[dag.source, dag.sink], node_color="black", node_size=60,
                                node_shape="s", ax=ax)
         nx.draw_networkx_edges(graph, position, edgelist=route_edges, edge_color="C3", width=2.0, ax=ax,
                                arrows=True, arrowsize=8)
         for node, text in ((dag.source, "client"), (dag.sink, "client")):
             ax.annotate(text, position[node], xytext=(0, -14), textcoords="offset points", ha="center", fontsize=8)
-        fig.colorbar(nodes, ax=ax, label="price")
+        fig.colorbar(nodes, ax=ax, label="price (per request; 5th-95th percentile scale)", extend="both")
         ax.set_xticks(range(peers.n_stages), [layer_name(s) for s in range(peers.n_stages)])
         ax.tick_params(left=False, labelleft=False, bottom=True, labelbottom=True)
-        ax.set_title(f"{len(live)} live peers, {note}; path for α = {alpha:g} in red", fontsize=9)
+        ax.set_title(f"{label}: {len(live)} live peers, {note}; path for α = {alpha:g} in red", fontsize=9)
         fig.tight_layout()
-        return _save(fig, out_dir / "figure1_network")
+        return _save(fig, out_dir / f"figure1_network_{label}")
 
 
 def _save(fig, stem: Path) -> dict[str, Path]:
     paths = {}
-    for suffix in (".png", ".pdf"):
-        fig.savefig(stem.with_suffix(suffix), dpi=200)
-        paths[stem.name + suffix] = stem.with_suffix(suffix)
+    for suffix in (".png", ".pdf"):  # appended: a label may hold dots (market.alpha-0.5)
+        paths[stem.name + suffix] = stem.parent / (stem.name + suffix)
+        fig.savefig(paths[stem.name + suffix], dpi=200)
     plt.close(fig)
     return paths

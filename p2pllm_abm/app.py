@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import numpy as np
 import solara
-from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from mesa.visualization import SolaraViz
 from mesa.visualization.utils import update_counter
 
 from .config import UPDATE_RULES
+from .figures import quantile_scale
 from .model import P2PLLMModel
 from .paper import layer_name
 
@@ -75,12 +75,6 @@ def PriceAndPeers(model: P2PLLMModel):
     solara.FigureMatplotlib(figure, format="png")
 
 
-def price_colours(price: np.ndarray) -> Normalize:
-    """A colour scale from the 5th to the 95th percentile of ``price`` (an outlier does not set it)."""
-    low, high = np.percentile(price, [5, 95]) if len(price) else (0.0, 1.0)
-    return Normalize(vmin=low, vmax=high if high > low else low + 1e-9, clip=True)
-
-
 @solara.component
 def NetworkView(model: P2PLLMModel):
     """Every present peer at its position, in its first layer's column, coloured by price (live
@@ -90,7 +84,7 @@ def NetworkView(model: P2PLLMModel):
     here = np.flatnonzero(peers.present)
     x = peers.stage[here] + 0.1 + 0.8 * peers.position[here, 0]
     y = peers.position[here, 1]
-    norm = price_colours(peers.price[peers.alive])
+    norm = quantile_scale(peers.price[peers.alive])
     figure = Figure(figsize=(5.4, 3.6), layout="constrained")
     ax = figure.subplots()
     live = peers.alive[here]

@@ -9,6 +9,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
@@ -21,6 +23,13 @@ STAGE_FIGURES = {
     "nodes_per_stage.png": ("peers", "peers serving the layer"),
     "mean_price_per_stage.png": ("mean_price", "mean price (per request)"),
 }
+
+
+def quantile_scale(values: np.ndarray, low: float = 5, high: float = 95) -> Normalize:
+    """A colour scale from the ``low``-th to the ``high``-th percentile of ``values`` (clipped), so
+    that an outlier (one very expensive peer) does not wash the other colours out."""
+    bottom, top = np.percentile(values, [low, high]) if len(values) else (0.0, 1.0)
+    return Normalize(vmin=bottom, vmax=top if top > bottom else bottom + 1e-9, clip=True)
 
 
 def published_points(reference: str | None) -> pd.DataFrame:

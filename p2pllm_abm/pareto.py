@@ -50,14 +50,17 @@ class ParetoFrontier:
     def __len__(self) -> int:
         return len(self.price)
 
+    def reference_point(self) -> tuple[float, float]:
+        """The default reference point of :meth:`hypervolume`: the nadir point (the largest price and
+        time on the frontier) plus 10% of the frontier's extent in each objective."""
+        return _padded_max(self.price), _padded_max(self.time)
+
     def hypervolume(self, reference: tuple[float, float] | None = None) -> float:
-        """Area dominated by the frontier inside the box below ``reference = (price, time)``; by
-        default the nadir point plus 10% of the frontier's extent in each objective."""
+        """Area dominated by the frontier inside the box below ``reference = (price, time)``
+        (default: :meth:`reference_point`)."""
         if len(self) == 0:
             return 0.0
-        if reference is None:
-            reference = (_padded_max(self.price), _padded_max(self.time))
-        ref_price, ref_time = reference
+        ref_price, ref_time = self.reference_point() if reference is None else reference
         inside = (self.price < ref_price) & (self.time < ref_time)
         price, time = self.price[inside], self.time[inside]
         widths = np.diff(np.append(price, ref_price))

@@ -28,7 +28,8 @@ with warnings.catch_warnings():
 
 from p2pllm_abm import P2PLLMModel
 from p2pllm_abm.app import (COMPONENTS, MODEL_PARAMS, NetworkView, Page, PriceAndPeers, initial_parameters,
-                            price_colours, weighted_sum_choice)
+                            weighted_sum_choice)
+from p2pllm_abm.figures import quantile_scale
 
 SMALL = {"peers": 40, "stages": 2, "seed": 1}
 
@@ -66,7 +67,7 @@ def test_the_marked_choice_is_the_weighted_sum_optimum_of_the_frontier(alpha):
 
 def test_one_expensive_peer_does_not_set_the_colour_scale():
     prices = np.concatenate([np.linspace(1.0, 2.0, 99), [1e6]])
-    norm = price_colours(prices)
+    norm = quantile_scale(prices)
     assert norm.vmin == pytest.approx(np.percentile(prices, 5)) and norm.vmax < 3.0
 
 

@@ -39,9 +39,11 @@ def test_network_is_read_back_from_run_outputs(run_dir):
 def test_pareto_figure_from_a_run_directory(run_dir, tmp_path):
     out, model = run_dir
     main(["pareto-figure", "--run-dir", str(out), "--out", str(tmp_path), "--client", "0.2", "0.7"])
-    for name in ("figure2_pareto.png", "figure2_pareto.pdf", "pareto_frontier.csv", "weighted_sum_sweep.csv"):
+    label = f"{out.name}_steplast"  # the files carry the run: figures of two runs never overwrite each other
+    for name in (f"figure2_pareto_{label}.png", f"figure2_pareto_{label}.pdf", f"pareto_frontier_{label}.csv",
+                 f"weighted_sum_sweep_{label}.csv"):
         assert (tmp_path / name).stat().st_size > 0
-    table = pd.read_csv(tmp_path / "pareto_frontier.csv")
+    table = pd.read_csv(tmp_path / f"pareto_frontier_{label}.csv")
     front = pareto_paths(model.peers, np.array([0.2, 0.7]))
     np.testing.assert_array_equal(table["price"], front.price)
     np.testing.assert_array_equal(table["time"], front.time)
@@ -51,8 +53,11 @@ def test_pareto_figure_from_a_run_directory(run_dir, tmp_path):
 def test_network_figure_from_a_fresh_network(tmp_path):
     main(["network-figure", "--experiment", "paper_28", "--override", "seed=4", "--steps", "20",
           "--alpha", "0.3", "--out", str(tmp_path)])
-    assert (tmp_path / "figure1_network.png").stat().st_size > 0
-    assert (tmp_path / "figure1_network.pdf").stat().st_size > 0
+    main(["network-figure", "--experiment", "paper_28", "--override", "seed=5", "--steps", "20",
+          "--alpha", "0.3", "--out", str(tmp_path)])
+    for seed in (4, 5):  # two networks, two figures
+        assert (tmp_path / f"figure1_network_paper_28_seed-{seed}_20steps.png").stat().st_size > 0
+        assert (tmp_path / f"figure1_network_paper_28_seed-{seed}_20steps.pdf").stat().st_size > 0
 
 
 @pytest.mark.parametrize("argv", [["network-figure", "--alpha", "1.5"], ["pareto-figure", "--alphas", "0.5", "-1"],
