@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
-from scipy.special import expit, lambertw
+from scipy.special import lambertw
 
 from p2pllm_abm import P2PLLMModel, load_config
 from p2pllm_abm.config import UPDATE_RULES
