@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test dashboard bench bench-equilibrium bench-routing bench-sweeps bench-ledger bench-dynamics verify welfare learning security petals clean
+.PHONY: run test dashboard readme-figures bench bench-equilibrium bench-routing bench-sweeps bench-ledger bench-dynamics verify welfare learning security petals clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -31,6 +31,18 @@ DASHBOARD_PORT ?= 8765
 dashboard: $(STAMP)
 	@echo "p2pllm-abm dashboard: open http://127.0.0.1:$(DASHBOARD_PORT) (Ctrl-C stops it)"
 	$(BIN)/solara run p2pllm_abm.app --host 127.0.0.1 --port $(DASHBOARD_PORT) --no-open --production
+
+# One of each figure for the README (analysis/readme_figures/): every producer, then the copies.
+readme-figures: $(STAMP) run verify welfare learning security petals
+	$(BIN)/p2pllm-sim experiment=paper_table1_ledger hydra.run.dir=outputs/paper_table1_ledger
+	$(BIN)/python -m analysis ledger-figures outputs/paper_table1_ledger
+	$(BIN)/p2pllm-sim -m sweep=ledger
+	$(BIN)/python -m analysis ledger-figures multirun/sweep_ledger
+	for sweep in alpha eta temperature network_size; do \
+		$(BIN)/p2pllm-sim -m sweep=$$sweep && $(BIN)/python -m analysis figures multirun/sweep_$$sweep || exit 1; done
+	$(BIN)/python -m analysis network-figure --experiment paper_28 --steps 200 --alpha 0.5
+	$(BIN)/python -m analysis pareto-figure --experiment paper_28 --steps 200
+	$(BIN)/python -m analysis.readme_figures
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.core

@@ -107,7 +107,7 @@ def price_vs_alpha(collection: Collection) -> tuple[plt.Figure, str]:
         T=lambda f: f["market.temperature"].astype(str))
     fig, ax = plt.subplots(figsize=(4.8, 3.4))
     sns.lineplot(data=runs, x="market.alpha", y="final_mean_price", hue="T", marker="o", errorbar=BAND, ax=ax)
-    ax.set(xlabel="alpha", ylabel="final mean price", yscale="log")
+    ax.set(xlabel="alpha", ylabel="final mean price (per request)", yscale="log")
     return fig, "Final mean price (the equilibrium price under best-response updates) vs alpha, per temperature T"
 
 
@@ -139,7 +139,7 @@ def revenue_curve(collection: Collection) -> tuple[plt.Figure, str]:
     for (best, value, _), color in zip(optima, sns.color_palette()):
         ax.plot([best], [value], marker="o", color=color)
         ax.axvline(best, color=color, lw=0.6, ls=":")
-    ax.set(xlabel="own price p", ylabel="expected revenue R(p)", yscale="log")
+    ax.set(xlabel="own price p (per request)", ylabel="expected revenue R(p) (price units per step)", yscale="log")
     return fig, (f"Expected revenue R(p) (eq. 2; log scale: costs far apart give revenues orders of magnitude "
                  f"apart) of a peer joining stage 1 of run {run_dir.name} at its final prices, for the 10%, 50% "
                  "and 90% quantiles of that stage's costs; dots mark the maximiser (the best response)")

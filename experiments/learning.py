@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
                                   (axes[1], "relative_nash_gap", "max relative Nash gap")):
             sns.lineplot(data=plotted, x="step", y=column, hue="label", ax=ax, errorbar=("pi", 90))
             ax.set(yscale="log", xlabel="step", ylabel=label)
-        fig.suptitle("Eq. 5 vs prices learned from realised revenue (runs that left [0, 10] are cut off)", fontsize=9)
+        fig.suptitle("Eq. 5 vs prices learned from realised revenue (bands: 90% of seeds; runs that left [0, 10] "
+                     "are cut off)", fontsize=9)
         fig.tight_layout()
         fig.savefig(out / "learning_vs_eq5.png", dpi=150)
         plt.close(fig)

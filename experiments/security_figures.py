@@ -52,10 +52,17 @@ def _derived(runs: pd.DataFrame, over_time: pd.DataFrame) -> pd.DataFrame:
     return runs.assign(stake_gini=runs["run_id"].map(final).astype(float))
 
 
+def spread_note(runs: pd.DataFrame) -> str:
+    """What the bands show: the range over the seeds, or that there is one seed (no band)."""
+    seeds = sorted(runs["seed"].unique())
+    return f"band: range over seeds {seeds}" if len(seeds) > 1 else f"one seed ({seeds[0]}): no band; seeds=[...] adds one"
+
+
 def plot_all(runs: pd.DataFrame, over_time: pd.DataFrame, deter: pd.DataFrame, threshold: dict,
              colluders: pd.DataFrame, out: Path) -> list[Path]:
     """Every figure of the experiment into ``out``; returns the files."""
     runs = _derived(runs, over_time)
+    spread = spread_note(runs)
     paths: list[Path] = []
     with sns.axes_style("whitegrid"):
         a = runs[runs["part"] == "a"].assign(adversary_share=lambda f: (100 * f["adversary_share"]).round().astype(int))
@@ -64,14 +71,14 @@ def plot_all(runs: pd.DataFrame, over_time: pd.DataFrame, deter: pd.DataFrame, t
             for ax, (column, label) in zip(axes.flat, PANELS.items()):
                 sns.lineplot(rows, x="p", y=column, hue="adversary_share", marker="o", ax=ax, palette="viridis",
                              errorbar=("pi", 100))
-                ax.set(xscale="log", xlabel="spot-check rate p (log)", ylabel=label)
+                ax.set(xscale="log", xlabel="spot-check rate p (log)", ylabel=label, ylim=(0, None))
                 ax.set_xticks(sorted(rows["p"].unique()), labels=[f"{p:g}" for p in sorted(rows["p"].unique())])
                 ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
                 handles, labels = ax.get_legend_handles_labels()
                 ax.get_legend().remove()
             fig.legend(handles, labels, title="lazy peers (%)", loc="upper right", ncol=len(labels))
-            fig.suptitle(f"Spot checks with uniform sampling, slash fraction {slash:g}, no forced exit "
-                         "(band: seed range)", x=0.35)
+            fig.suptitle(f"Spot checks with uniform sampling, slash fraction {slash:g}, no forced exit ({spread})",
+                         x=0.35)
             fig.tight_layout(rect=(0, 0, 1, 0.93))
             paths += _save(fig, out, f"security_vs_sampling_slash{slash:g}")
 
@@ -79,13 +86,13 @@ def plot_all(runs: pd.DataFrame, over_time: pd.DataFrame, deter: pd.DataFrame, t
         fig, axes = plt.subplots(2, 3, figsize=(14, 8))
         for ax, (column, label) in zip(axes.flat, PANELS.items()):
             sns.barplot(b, x="mechanism", y=column, hue="adversary", ax=ax, errorbar=("pi", 100))
-            ax.set(xlabel="", ylabel=label)
+            ax.set(xlabel="", ylabel=label, ylim=(0, None))
             ax.tick_params(axis="x", rotation=30)
             plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
             handles, labels = ax.get_legend_handles_labels()
             ax.get_legend().remove()
         fig.legend(handles, labels, title="adversary (20% of peers)", loc="upper right", ncol=2)
-        fig.suptitle("Mechanisms at their defaults against 20% adversarial peers", x=0.35)
+        fig.suptitle(f"Mechanisms at their defaults against 20% adversarial peers ({spread})", x=0.35)
         fig.tight_layout(rect=(0, 0, 1, 0.94))
         paths += _save(fig, out, "security_mechanisms")
 
@@ -93,11 +100,13 @@ def plot_all(runs: pd.DataFrame, over_time: pd.DataFrame, deter: pd.DataFrame, t
                           & (over_time["slash_fraction"] == "0.25") & over_time["p"].isin(["0.01", "0.1"])]
         shown = shown.assign(per_peer=shown["wealth_change"] / shown["behaviour_peers"])
         fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-        sns.lineplot(shown, x="step", y="per_peer", hue="behaviour", style="p", ax=axes[0], errorbar=None)
+        sns.lineplot(shown, x="step", y="per_peer", hue="behaviour", style="p", ax=axes[0], errorbar=("pi", 100))
         axes[0].set(ylabel="wealth gained per peer (price units)", title="honest vs lazy peers (20% lazy)")
         sns.lineplot(shown.drop_duplicates(["run_id", "step"]), x="step", y="stake_gini", hue="p", ax=axes[1],
-                     errorbar=None)
-        axes[1].set(ylabel="stake Gini over validators", title="stake concentration")
+                     errorbar=("pi", 100))
+        axes[1].set(ylabel="stake Gini over validators (0-1)", title="stake concentration")
+        fig.suptitle(f"Spot checks, slash fraction 0.25 ({spread})", fontsize=10)
+        fig.tight_layout()
         paths += _save(fig, out, "security_over_time")
 
         c = runs[runs["part"] == "c"].assign(referee=lambda f: f["referee"].map({True: "referee", False: "no referee"}))
@@ -107,8 +116,8 @@ def plot_all(runs: pd.DataFrame, over_time: pd.DataFrame, deter: pd.DataFrame, t
         paths += _save(fig, out, "security_false_slashing")
 
         fig, ax = plt.subplots(figsize=(6.5, 4))
-        long = deter.melt("p", ["lazy_profit_per_hop", "honest_profit_per_hop"], var_name="peer",
-                          value_name="profit per hop")
+        long = deter.rename(columns={"lazy_profit_per_hop": "lazy peer", "honest_profit_per_hop": "honest peer"}).melt(
+            "p", ["lazy peer", "honest peer"], var_name="peer", value_name="profit per hop")
         sns.lineplot(long, x="p", y="profit per hop", hue="peer", marker="o", ax=ax)
         ax.axvline(threshold["p_star"], color="k", linestyle="--", label=f"p* = {threshold['p_star']:.4f} (closed form)")
         if np.isfinite(threshold["p_simulated"]):

@@ -30,7 +30,8 @@ def gap_vs_iteration(example: dict, out_dir: Path) -> Path:
     frame["gap"] = frame["gap"].clip(lower=1e-17)
     fig, ax = plt.subplots(figsize=(7, 4))
     sns.lineplot(data=frame, x="iteration", y="gap", hue="rule", ax=ax)
-    ax.set(yscale="log", xscale="symlog", xlim=(0, None), ylabel="max Nash gap (revenue)",
+    ax.set(yscale="log", xscale="symlog", xlim=(0, None), xlabel="iteration (symlog)",
+           ylabel="max Nash gap (revenue a peer could gain, price units)",
            title=f"{example['size']} peers per stage, seed {example['seed']}")
     return _save(fig, out_dir / "gap_vs_iteration.png")
 
@@ -53,9 +54,10 @@ def equilibrium_price(results: pd.DataFrame, out_dir: Path) -> Path:
     """Equilibrium mean price vs alpha, one line per T, one panel per stage size (band over seeds)."""
     solved = results[(results["rule"] == "sequential_best_response") & results["converged"]]
     grid = sns.relplot(data=solved, x="alpha", y="mean_price", hue="temperature", col="stage_size", kind="line",
-                       palette="viridis", height=3, aspect=1.0, facet_kws={"sharey": False})
+                       palette="viridis", height=3, aspect=1.0, col_wrap=min(4, solved["stage_size"].nunique()),
+                       facet_kws={"sharey": True})
     grid.set(yscale="log")
-    grid.set_axis_labels("alpha", "equilibrium mean price")
+    grid.set_axis_labels("alpha", "equilibrium mean price (per request)")
     path = out_dir / "equilibrium_price.png"
     grid.savefig(path, dpi=150)
     plt.close(grid.figure)

@@ -90,23 +90,23 @@ def report(frame: pd.DataFrame, cfg: DictConfig) -> str:
 
 
 def plot(frame: pd.DataFrame, path: Path) -> Path:
-    panels = [("deadweight_loss", "none", "deadweight loss"),
-              ("price_of_anarchy", None, "price of anarchy W*/W"),
-              ("consumer_surplus", None, "consumer surplus"),
-              ("revenue", None, "peers' revenue"),
-              ("hhi", None, "HHI of request shares"),
-              ("markup", None, "share-weighted markup")]
+    panels = [("deadweight_loss", "none", "deadweight loss", "price units per unit demand"),
+              ("price_of_anarchy", None, "price of anarchy W*/W", "ratio"),
+              ("consumer_surplus", None, "consumer surplus", "price units per unit demand"),
+              ("revenue", None, "peers' revenue", "price units per unit demand"),
+              ("hhi", None, "HHI of request shares", "index, 0-10,000"),
+              ("markup", None, "share-weighted markup", "price units")]
     outside = sorted(o for o in frame["outside_option"].unique() if o != "none")
     with sns.axes_style("whitegrid"):
         fig, axes = plt.subplots(2, 3, figsize=(13, 7))
-        for ax, (column, option, title) in zip(axes.ravel(), panels):
+        for ax, (column, option, title, unit) in zip(axes.ravel(), panels):
             option = option or (outside[0] if column == "price_of_anarchy" and outside else "none")
             data = frame[frame["outside_option"] == option]
             if data[column].notna().any():
                 sns.lineplot(data=data, x="temperature", y=column, hue="alpha", marker="o", ax=ax,
                              palette="viridis", errorbar=("pi", 90))
             ax.set(title=title + (", no outside option" if option == "none" else f", {option}"), xlabel="temperature T",
-                   ylabel=column.replace("_", " "))
+                   ylabel=unit)
         fig.suptitle("Equilibrium welfare of the Table 1 network vs T and alpha (totals over stages, per unit "
                      "demand; bands: 90% over seeds)", fontsize=10)
         fig.tight_layout()
