@@ -125,6 +125,8 @@ def plot_comparison(frame: pd.DataFrame, path: Path) -> Path:
             ax.set(xlabel="", ylabel=label, title=label)
             if column == "p95_time_ms":
                 ax.set_yscale("log")
+            else:
+                ax.set_ylim(bottom=0)  # counts and shares (a panel of zeros reads as zero, not as +-0.04)
         fig.suptitle("The paper's market vs Petals' rules under load, churn and failures (bars: mean over seeds; "
                      "lines: seed range; dots: seeds)", fontsize=10)
         fig.tight_layout()
