@@ -26,6 +26,7 @@ import seaborn as sns  # noqa: E402
 
 from p2pllm_abm.ledger import gini  # noqa: E402
 from p2pllm_abm.metrics import shard_rows  # noqa: E402
+from p2pllm_abm.paper import layer_name  # noqa: E402
 
 from .collect import collect  # noqa: E402
 
@@ -66,7 +67,9 @@ def plot_ledger_run(run_dir: Path, out: Path | None = None) -> list[Path]:
         concentration = money.melt("step", ["balance_gini", "stake_gini"], var_name="of", value_name="Gini")
         sns.lineplot(concentration, x="step", y="Gini", hue="of", ax=axes[1])
         axes[1].set(title="concentration over peers", xlabel="step", ylabel="Gini coefficient", ylim=(-0.02, 1))
-        latency = shards.assign(shard=shards["shard"].map(lambda s: f"shard {s}"))
+        by_stage = summary["ledger"]["sharding"] == "stage"  # then shard s settles Layer s + 1
+        latency = shards.assign(shard=shards["shard"].map(
+            lambda s: f"shard {s} ({layer_name(s)})" if by_stage else f"shard {s}"))
         sns.lineplot(latency, x="step", y="confirmation_latency", hue="shard", ax=axes[2])
         axes[2].set(title="confirmation latency", xlabel="step", ylabel="slots waited (mean since last record)")
         fig.suptitle(f"{run_dir.name}: payments={summary['ledger']['payments']}, "
