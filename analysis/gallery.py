@@ -40,6 +40,7 @@ from p2pllm_abm.config import MarketConfig  # noqa: E402
 from p2pllm_abm.economics import expected_revenue, market_params  # noqa: E402
 from p2pllm_abm.equilibrium import best_response  # noqa: E402
 from p2pllm_abm.metrics import CONVERGENCE_GAP  # noqa: E402
+from p2pllm_abm.figures import published_points  # noqa: E402
 from p2pllm_abm.paper import layer_name  # noqa: E402
 
 from .collect import Collection  # noqa: E402
@@ -68,6 +69,12 @@ def table1_trajectories(collection: Collection) -> tuple[plt.Figure, str]:
     values = sorted(steps[facet].unique()) if facet else [None]
     columns, blocks = min(len(values), MAX_COLUMNS), -(-len(values) // MAX_COLUMNS)
     metrics = (("peers", "peers serving the layer"), ("mean_price", "mean price (per request)"))
+    runs = collection.complete_runs
+    references = runs.get("report.reference", pd.Series(dtype=object)).dropna().unique()
+    paper = published_points(references[0] if len(references) == 1 else None)
+    if paper["layer"].nunique() != steps["stage"].nunique():  # not the published network's layers
+        paper = paper.iloc[:0]
+    paper = paper[paper["step"] <= steps["step"].max()]
     fig, axes = plt.subplots(2 * blocks, columns, figsize=(3.6 * columns, 2.75 * 2 * blocks), squeeze=False,
                              sharex=True)
     for k, value in enumerate(values):
@@ -78,13 +85,18 @@ def table1_trajectories(collection: Collection) -> tuple[plt.Figure, str]:
             if (block, column) != (0, 0):
                 ax.sharey(axes[row, 0])  # one y scale per metric
             sns.lineplot(data=part, x="step", y=metric, hue="layer", errorbar=BAND, ax=ax, legend=k == row == 0)
+            if len(paper):  # the published table of the runs' network, as crosses
+                sns.scatterplot(data=paper, x="step", y=metric, hue="layer", marker="X", s=50, edgecolor="black",
+                                ax=ax, legend=False)
             ax.set(xlabel="iteration" if row else "", ylabel=label if column == 0 else "",
                    title=f"{facet} = {value}" if facet and row == 0 else "")
     for k in range(len(values), blocks * columns):  # the last row's empty panels
         block, column = divmod(k, MAX_COLUMNS)
         axes[2 * block, column].set_visible(False)
         axes[2 * block + 1, column].set_visible(False)
-    return fig, "Peers and mean price per layer over the iterations (the paper's Table 1), bands: 95% CI over seeds"
+    published = f"; crosses: {references[0]} as published" if len(paper) else ""
+    return fig, ("Peers and mean price per layer over the iterations (the paper's Table 1), bands: 95% CI over "
+                 f"seeds{published}")
 
 
 def convergence_vs_eta(collection: Collection) -> tuple[plt.Figure, str]:

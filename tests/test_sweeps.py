@@ -300,3 +300,25 @@ def test_trajectory_panels_wrap_at_four_columns_and_share_y():
     price_axes = [axes[1, c] for c in range(4)] + [axes[3, c] for c in range(2)]
     assert len({ax.get_ylim() for ax in price_axes}) == 1
     assert [text.get_text() for text in axes[0, 0].get_legend().get_texts()] == ["Layer 1", "Layer 2"]
+
+
+def test_trajectories_of_the_published_network_carry_its_points():
+    """Runs of paper_table1 (4 layers, report.reference set): Table 1's published points are drawn
+    as crosses beside the runs' lines; runs of another shape get none."""
+    from analysis.gallery import table1_trajectories
+    from p2pllm_abm.paper import PAPER_TABLE1
+
+    def collection(stages: int) -> Collection:
+        steps = pd.DataFrame([{"run": f"r{seed}", "seed": seed, "step": step, "stage": stage, "peers": 50,
+                               "mean_price": 6.0} for seed in (0, 1) for step in (0, 100, 500) for stage in range(stages)])
+        runs = pd.DataFrame({"run": ["r0", "r1"], "seed": [0, 1], "status": "complete",
+                             "report.reference": "paper_table1"})
+        return Collection(runs=runs, steps=steps, swept=["seed"])
+
+    fig, caption = table1_trajectories(collection(4))
+    crosses = [c for c in fig.axes[1].collections if len(c.get_offsets()) == 4 * 3]  # 4 layers x steps 0, 100, 500
+    assert crosses and "crosses: paper_table1" in caption
+    prices = sorted(y for _, y in crosses[0].get_offsets())
+    assert prices == sorted(p for step in (0, 100, 500) for p in PAPER_TABLE1[step][1])
+    fig, caption = table1_trajectories(collection(3))
+    assert "crosses" not in caption
