@@ -53,7 +53,8 @@ def plot_fit(result: dict[str, Any], path: Path) -> Path:
                           for s in range(len(nodes))])
     with sns.axes_style("whitegrid"):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for ax, column, label in ((axes[0], "mean_price", "mean price"), (axes[1], "peers", "peers per layer")):
+        for ax, column, label in ((axes[0], "mean_price", "mean price (per request)"),
+                                  (axes[1], "peers", "peers per layer")):
             sns.lineplot(data=runs, x="step", y=column, hue="layer", style="reading", ax=ax, linewidth=1.2)
             sns.scatterplot(data=paper, x="step", y=column, hue="layer", marker="X", s=70, ax=ax, legend=False,
                             edgecolor="black")
