@@ -36,7 +36,7 @@ import seaborn as sns  # noqa: E402
 import yaml  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from p2pllm_abm.config import MarketConfig  # noqa: E402
+from p2pllm_abm.config import Config, MarketConfig, field_value, load_config  # noqa: E402
 from p2pllm_abm.economics import expected_revenue, market_params  # noqa: E402
 from p2pllm_abm.equilibrium import best_response  # noqa: E402
 from p2pllm_abm.metrics import CONVERGENCE_GAP  # noqa: E402
@@ -63,18 +63,26 @@ def _facet_parameter(collection: Collection) -> str | None:
 MAX_COLUMNS = 4  #: panels per row at most; more facet values wrap onto further rows
 
 
+def published_setup(steps: pd.DataFrame, setup: Config | None, swept: list[str]) -> bool:
+    """Whether the runs of ``steps`` are the published table's: its number of layers, and every
+    swept parameter (the seed aside) at the published experiment's value."""
+    if setup is None or steps["stage"].nunique() != setup.network.stages:
+        return False
+    return all(name == "seed" or name not in steps or (steps[name] == field_value(setup, name)).all()
+               for name in swept)
+
+
 def table1_trajectories(collection: Collection) -> tuple[plt.Figure, str]:
     steps = collection.steps.assign(layer=lambda f: f["stage"].map(layer_name))
     facet = _facet_parameter(collection)
     values = sorted(steps[facet].unique()) if facet else [None]
     columns, blocks = min(len(values), MAX_COLUMNS), -(-len(values) // MAX_COLUMNS)
     metrics = (("peers", "peers serving the layer"), ("mean_price", "mean price (per request)"))
-    runs = collection.complete_runs
-    references = runs.get("report.reference", pd.Series(dtype=object)).dropna().unique()
-    paper = published_points(references[0] if len(references) == 1 else None)
-    if paper["layer"].nunique() != steps["stage"].nunique():  # not the published network's layers
-        paper = paper.iloc[:0]
+    references = collection.complete_runs.get("report.reference", pd.Series(dtype=object)).dropna().unique()
+    reference = references[0] if len(references) == 1 else None
+    paper = published_points(reference)
     paper = paper[paper["step"] <= steps["step"].max()]
+    setup = load_config(reference) if reference else None  # the published table's settings
     fig, axes = plt.subplots(2 * blocks, columns, figsize=(3.6 * columns, 2.75 * 2 * blocks), squeeze=False,
                              sharex=True)
     for k, value in enumerate(values):
@@ -85,7 +93,7 @@ def table1_trajectories(collection: Collection) -> tuple[plt.Figure, str]:
             if (block, column) != (0, 0):
                 ax.sharey(axes[row, 0])  # one y scale per metric
             sns.lineplot(data=part, x="step", y=metric, hue="layer", errorbar=BAND, ax=ax, legend=k == row == 0)
-            if len(paper):  # the published table of the runs' network, as crosses
+            if len(paper) and published_setup(part, setup, collection.swept):  # the published points, as crosses
                 sns.scatterplot(data=paper, x="step", y=metric, hue="layer", marker="X", s=50, edgecolor="black",
                                 ax=ax, legend=False)
             ax.set(xlabel="iteration" if row else "", ylabel=label if column == 0 else "",
@@ -94,7 +102,9 @@ def table1_trajectories(collection: Collection) -> tuple[plt.Figure, str]:
         block, column = divmod(k, MAX_COLUMNS)
         axes[2 * block, column].set_visible(False)
         axes[2 * block + 1, column].set_visible(False)
-    published = f"; crosses: {references[0]} as published" if len(paper) else ""
+    drawn = len(paper) and any(published_setup(steps if facet is None else steps[steps[facet] == value], setup,
+                                               collection.swept) for value in values)
+    published = f"; crosses: {reference} as published (in panels run with its settings)" if drawn else ""
     return fig, ("Peers and mean price per layer over the iterations (the paper's Table 1), bands: 95% CI over "
                  f"seeds{published}")
 

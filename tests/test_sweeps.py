@@ -322,3 +322,12 @@ def test_trajectories_of_the_published_network_carry_its_points():
     assert prices == sorted(p for step in (0, 100, 500) for p in PAPER_TABLE1[step][1])
     fig, caption = table1_trajectories(collection(3))
     assert "crosses" not in caption
+
+    # swept over alpha: only the panel at the published alpha (0.5) carries the points
+    swept = collection(4)
+    swept.steps["market.alpha"] = swept.steps["seed"].map({0: 0.3, 1: 0.5})
+    swept.runs["market.alpha"] = [0.3, 0.5]
+    swept.swept = ["market.alpha", "seed"]
+    fig, _ = table1_trajectories(swept)
+    marked = [any(len(c.get_offsets()) == 12 for c in ax.collections) for ax in fig.axes]
+    assert marked == [False, True, False, True]  # axes: (peers, alpha 0.3), (peers, 0.5), (price, 0.3), (price, 0.5)
