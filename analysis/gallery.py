@@ -154,14 +154,14 @@ def revenue_curve(collection: Collection) -> tuple[plt.Figure, str]:
             return expected_revenue(jnp.asarray(price).at[-1].set(q), cost, stage, alive, params, 1)[-1]
 
         values = np.asarray(jax.vmap(revenue)(jnp.asarray(grid)))
-        curves.append(pd.DataFrame({"price": grid, "revenue": values, "cost": f"c = {c:.3g}"}))
-        optima.append((best, float(revenue(best)), f"c = {c:.3g}"))
+        curves.append(pd.DataFrame({"price": grid, "revenue": values, "cost": f"c = {c:.3g} ms"}))
+        optima.append((best, float(revenue(best)), f"c = {c:.3g} ms"))
     fig, ax = plt.subplots(figsize=(4.8, 3.4))
     sns.lineplot(data=pd.concat(curves), x="price", y="revenue", hue="cost", ax=ax)
     for (best, value, _), color in zip(optima, sns.color_palette()):
         ax.plot([best], [value], marker="o", color=color)
         ax.axvline(best, color=color, lw=0.6, ls=":")
-    ax.set(xlabel="own price p (per request)", ylabel="expected revenue R(p) (price units per step)", yscale="log")
+    ax.set(xlabel="own price p (per request)", ylabel="R(p), price units per step", yscale="log")
     return fig, (f"Expected revenue R(p) (eq. 2; log scale: costs far apart give revenues orders of magnitude "
                  f"apart) of a peer joining stage 1 of run {run_dir.name} at its final prices, for the 10%, 50% "
                  "and 90% quantiles of that stage's costs; dots mark the maximiser (the best response)")
