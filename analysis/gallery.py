@@ -111,14 +111,14 @@ def table1_trajectories(collection: Collection) -> tuple[plt.Figure, str]:
 
 def convergence_vs_eta(collection: Collection) -> tuple[plt.Figure, str]:
     runs = collection.complete_runs.assign(
-        stage_size=lambda f: f["stage_size"].round(1).astype(str))
+        stage_size=lambda f: f["stage_size"].map(lambda size: f"{size:g}"))
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
     sns.lineplot(data=runs, x="market.eta", y="converged_step", hue="stage_size", marker="o", errorbar=BAND,
                  ax=axes[0])
     sns.lineplot(data=runs, x="market.eta", y="final_relative_nash_gap", hue="stage_size", marker="o",
                  errorbar=BAND, ax=axes[1], legend=False)
-    axes[0].set(xscale="log", ylabel=f"iterations to relative Nash gap <= {CONVERGENCE_GAP:g}", xlabel="eta")
-    axes[1].set(xscale="log", yscale="log", ylabel="final relative Nash gap", xlabel="eta")
+    axes[0].set(xscale="log", ylabel=f"iterations to gap <= {CONVERGENCE_GAP:g}", xlabel="eta (price step)")
+    axes[1].set(xscale="log", yscale="log", ylabel="final relative Nash gap", xlabel="eta (price step)")
     axes[0].legend(title="peers per stage")
     return fig, (f"Iterations of eq. 5 until the largest relative Nash gap is <= {CONVERGENCE_GAP:g} (missing: "
                  "not within the run) and the final gap, vs eta, per stage size")
