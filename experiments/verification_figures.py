@@ -30,7 +30,7 @@ def gap_vs_iteration(example: dict, out_dir: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     sns.lineplot(data=frame, x="iteration", y="gap", hue="rule", ax=ax)
     ax.set(yscale="log", xscale="symlog", xlim=(0, None), xlabel="iteration (symlog)",
-           ylabel="max Nash gap (revenue a peer could gain, price units)",
+           ylabel="max Nash gap (price units)",
            title=f"{example['size']} peers per stage, seed {example['seed']}")
     return _save(fig, out_dir / "gap_vs_iteration.png")
 
