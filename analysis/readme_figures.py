@@ -28,7 +28,8 @@ FIGURES = {
     "b_convergence_vs_eta.png": ("multirun/sweep_eta/figures/b_convergence_vs_eta.png",
                                  "p2pllm-sim -m sweep=eta && python -m analysis figures multirun/sweep_eta"),
     "c_price_vs_alpha.png": ("multirun/sweep_temperature/figures/c_price_vs_alpha.png",
-                             "p2pllm-sim -m sweep=temperature && python -m analysis figures multirun/sweep_temperature"),
+                             "p2pllm-sim -m sweep=temperature && python -m analysis figures "
+                             "multirun/sweep_temperature"),
     "d_revenue_curve.png": ("multirun/sweep_alpha/figures/d_revenue_curve.png",
                             "p2pllm-sim -m sweep=alpha && python -m analysis figures multirun/sweep_alpha"),
     "e_scaling.png": ("multirun/sweep_network_size/figures/e_scaling.png",

@@ -72,7 +72,8 @@ def main() -> None:
     results = {}
     for label, (overrides, peers, steps) in sizes.items():
         steps = steps // 2 if args.quick else steps
-        timed = seconds_per_step({name: [*overrides, *extra] for name, extra in variants(peers).items()}, steps, repeats)
+        runs = {name: [*overrides, *extra] for name, extra in variants(peers).items()}
+        timed = seconds_per_step(runs, steps, repeats)
         results.update({(label, name): seconds for name, seconds in timed.items()})
     names = list(variants(1))  # every variant (the 200-peer set)
     print(f"| time per step | {' | '.join(names)} |")

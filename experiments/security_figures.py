@@ -54,8 +54,10 @@ def _derived(runs: pd.DataFrame, over_time: pd.DataFrame) -> pd.DataFrame:
 
 def spread_note(runs: pd.DataFrame) -> str:
     """What the bands show: the range over the seeds, or that there is one seed (no band)."""
-    seeds = sorted(runs["seed"].unique())
-    return f"band: range over seeds {seeds}" if len(seeds) > 1 else f"one seed ({seeds[0]}): no band; seeds=[...] adds one"
+    seeds = sorted(int(seed) for seed in runs["seed"].unique())
+    if len(seeds) > 1:
+        return f"band: range over seeds {seeds}"
+    return f"one seed ({seeds[0]}): no band; seeds=[...] adds one"
 
 
 def plot_all(runs: pd.DataFrame, over_time: pd.DataFrame, deter: pd.DataFrame, threshold: dict,

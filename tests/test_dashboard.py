@@ -141,15 +141,18 @@ def test_the_served_dashboard_steps_in_a_browser(dashboard_url):
             plots = page.locator("img")
             plots.nth(len(COMPONENTS) - 1).wait_for(timeout=60_000)
             page.get_by_text("Step: 0").wait_for()
-            before = [plots.nth(k).screenshot() for k in range(len(COMPONENTS))]
+            before = [pixels(plots.nth(k).screenshot()) for k in range(len(COMPONENTS))]
             for count in (1, 2, 3):
                 step.click()
                 page.get_by_text(f"Step: {count}").wait_for(timeout=60_000)
-            page.wait_for_timeout(1000)  # the panels redraw after the step count
-            after = [plots.nth(k).screenshot() for k in range(len(COMPONENTS))]
+            deadline = time.monotonic() + 30  # the panels redraw after the step count: wait for all of them
+            while True:
+                after = [pixels(plots.nth(k).screenshot()) for k in range(len(COMPONENTS))]
+                changed = [old.shape == new.shape and np.mean(np.abs(old - new)) > 0.05 for old, new in zip(before, after)]
+                if all(changed) or time.monotonic() > deadline:
+                    break
+                page.wait_for_timeout(500)
         finally:
             browser.close()
-    for old, new in zip(before, after):
-        old, new = pixels(old), pixels(new)
-        assert old.shape == new.shape and old.std() > 5  # a drawn figure, not a blank box
-        assert np.mean(np.abs(old - new)) > 0.05  # the plot changed
+    assert all(old.std() > 5 for old in before)  # drawn figures, not blank boxes
+    assert changed == [True] * len(COMPONENTS)  # every plot changed

@@ -25,3 +25,10 @@ def test_security_experiment_writes_tables_and_figures(tmp_path):
     for name in ("security_vs_sampling_slash1", "security_mechanisms", "security_over_time",
                  "security_false_slashing", "security_deterrence", "security_collusion"):
         assert (tmp_path / f"{name}.png").is_file() and (tmp_path / f"{name}.pdf").is_file()
+
+
+def test_figure_titles_say_what_the_bands_show():
+    from experiments.security_figures import spread_note
+
+    assert spread_note(pd.DataFrame({"seed": [0, 0, 0]})) == "one seed (0): no band; seeds=[...] adds one"
+    assert spread_note(pd.DataFrame({"seed": [2, 0, 2]})) == "band: range over seeds [0, 2]"
