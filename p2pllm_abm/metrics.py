@@ -26,6 +26,7 @@ import warnings
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import mesa
@@ -284,6 +285,29 @@ def class_rows(metrics: pd.DataFrame) -> pd.DataFrame:
     return rows.assign(request_class=rows["request_class"].astype(np.int64))
 
 
+class StepRecords(Sequence):
+    """One model variable as ``mesa.batch_run`` reads it: item ``k`` is the record of step ``k``
+    (None at a step not recorded), while only the records are held (a run recorded every 100 steps
+    keeps no Nones in between). Mesa's ``collect`` appends; ``collector.step`` says at which step."""
+
+    def __init__(self, collector: PeerTableCollector):
+        self.collector = collector
+        self.by_step: dict[int, Any] = {}  #: step -> record, in recording order
+
+    def append(self, value: Any) -> None:
+        self.by_step[self.collector.step] = value
+
+    def __len__(self) -> int:
+        return max(self.by_step, default=-1) + 1
+
+    def __getitem__(self, step):
+        if isinstance(step, slice):
+            return [self[k] for k in range(*step.indices(len(self)))]
+        if not -len(self) <= step < len(self):
+            raise IndexError(f"step {step} is beyond the last record ({len(self) - 1})")
+        return self.by_step.get(step % len(self))
+
+
 class PeerTableCollector(mesa.DataCollector):
     """Mesa's DataCollector, with agent reporters read column-wise from the PeerTable and model
     variables kept by step.
@@ -292,22 +316,26 @@ class PeerTableCollector(mesa.DataCollector):
     10^5 peers); this one zips the table's columns (:data:`PEER_COLUMNS`) in one pass. Agent
     records cover the peers; ``AgentID`` is the PeerAgent's ``unique_id``. A model records every
     ``run.record_interval`` steps, and ``model_vars[name][k]`` is step ``k``'s record (None at a
-    step not recorded), which is how ``mesa.batch_run`` reads it; the model-variables frame holds
-    the recorded steps, indexed by step.
+    step not recorded, :class:`StepRecords`), which is how ``mesa.batch_run`` reads it; the
+    model-variables frame holds the recorded steps, indexed by step.
     """
 
     def __init__(self, model_reporters: dict[str, Any], columns: tuple[str, ...] = PEER_COLUMNS):
+        self.step = 0  #: the step being recorded
         super().__init__(model_reporters=model_reporters, agent_reporters={name: name for name in columns})
 
+    def _new_model_reporter(self, name: str, reporter: Any) -> None:
+        super()._new_model_reporter(name, reporter)
+        self.model_vars[name] = StepRecords(self)
+
     def collect(self, model: P2PLLMModel) -> None:
-        for values in self.model_vars.values():
-            values.extend([None] * (model.steps - len(values)))  # the steps since the last record
+        self.step = model.steps
         super().collect(model)
 
     def get_model_vars_dataframe(self) -> pd.DataFrame:
-        recorded = [k for k, step in enumerate(self.model_vars["step"]) if step is not None]
-        return pd.DataFrame({name: [values[k] for k in recorded] for name, values in self.model_vars.items()},
-                            index=recorded)
+        steps = list(self.model_vars["step"].by_step)
+        return pd.DataFrame({name: [values.by_step[k] for k in steps] for name, values in self.model_vars.items()},
+                            index=steps)
 
     def _record_agents(self, model: P2PLLMModel):
         present = model.peers.present  # free rows and peers that left have no agent

@@ -116,3 +116,16 @@ def test_keywords_next_to_a_config_override_it():
     model = P2PLLMModel(cfg, alpha=0.2)
     assert model.config.market.alpha == 0.2
     assert (model.config.seed, model.config.run.record_interval) == (3, cfg.run.record_interval)  # kept
+
+
+def test_step_records_hold_only_the_records():
+    """A long run recorded every 50 steps keeps one entry per record (not one per step), yet reads
+    by step: negative steps count from the last, slices work."""
+    model = P2PLLMModel(record_interval=50, seed=2, **SMALL)
+    model.run(500)
+    steps = model.datacollector.model_vars["step"]
+    assert len(steps.by_step) == 11 and len(steps) == 501
+    assert steps[500] == 500 and steps[-1] == 500 and steps[250] == 250 and steps[251] is None
+    assert steps[48:52] == [None, None, 50, None]
+    with pytest.raises(IndexError):
+        steps[501]
