@@ -83,17 +83,18 @@ def table1_trajectories(collection: Collection) -> tuple[plt.Figure, str]:
     paper = published_points(reference)
     paper = paper[paper["step"] <= steps["step"].max()]
     setup = load_config(reference) if reference else None  # the published table's settings
+    parts = [steps if facet is None else steps[steps[facet] == value] for value in values]
+    marked = [len(paper) > 0 and published_setup(part, setup, collection.swept) for part in parts]
     fig, axes = plt.subplots(2 * blocks, columns, figsize=(3.6 * columns, 2.75 * 2 * blocks), squeeze=False,
                              sharex=True)
-    for k, value in enumerate(values):
-        part = steps if facet is None else steps[steps[facet] == value]
+    for k, (value, part) in enumerate(zip(values, parts)):
         block, column = divmod(k, MAX_COLUMNS)
         for row, (metric, label) in enumerate(metrics):
             ax = axes[2 * block + row, column]
             if (block, column) != (0, 0):
                 ax.sharey(axes[row, 0])  # one y scale per metric
             sns.lineplot(data=part, x="step", y=metric, hue="layer", errorbar=BAND, ax=ax, legend=k == row == 0)
-            if len(paper) and published_setup(part, setup, collection.swept):  # the published points, as crosses
+            if marked[k]:  # the published points, as crosses
                 sns.scatterplot(data=paper, x="step", y=metric, hue="layer", marker="X", s=50, edgecolor="black",
                                 ax=ax, legend=False)
             ax.set(xlabel="iteration" if row else "", ylabel=label if column == 0 else "",
@@ -102,9 +103,7 @@ def table1_trajectories(collection: Collection) -> tuple[plt.Figure, str]:
         block, column = divmod(k, MAX_COLUMNS)
         axes[2 * block, column].set_visible(False)
         axes[2 * block + 1, column].set_visible(False)
-    drawn = len(paper) and any(published_setup(steps if facet is None else steps[steps[facet] == value], setup,
-                                               collection.swept) for value in values)
-    published = f"; crosses: {reference} as published (in panels run with its settings)" if drawn else ""
+    published = f"; crosses: {reference} as published (in panels run with its settings)" if any(marked) else ""
     return fig, ("Peers and mean price per layer over the iterations (the paper's Table 1), bands: 95% CI over "
                  f"seeds{published}")
 

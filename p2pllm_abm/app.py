@@ -20,12 +20,13 @@ Needs the ``viz`` extra (``pip install -e '.[viz]'``; ``make`` installs it).
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import solara
 from matplotlib.figure import Figure
 from mesa.visualization import SolaraViz
 from mesa.visualization.utils import update_counter
 
-from .config import UPDATE_RULES
+from .config import MECHANISMS, UPDATE_RULES
 from .figures import quantile_scale
 from .model import P2PLLMModel
 from .paper import layer_name
@@ -44,8 +45,7 @@ MODEL_PARAMS = {
     "ledger.enabled": {"type": "Checkbox", "value": False, "label": "ledger (stake, contracts)"},
     "adversary.fraction": {"type": "SliderFloat", "value": 0.0, "min": 0.0, "max": 0.5, "step": 0.05,
                            "label": "dishonest peers (needs the ledger)"},
-    "verification.mechanism": {"type": "Select", "value": "none",
-                               "values": ["none", "spot_check", "redundancy", "optimistic", "dispute_game"],
+    "verification.mechanism": {"type": "Select", "value": "none", "values": list(MECHANISMS),
                                "label": "verification (needs the ledger)"},
 }
 
@@ -97,10 +97,10 @@ def NetworkView(model: P2PLLMModel):
     solara.FigureMatplotlib(figure, format="png")
 
 
-def weighted_sum_choice(model: P2PLLMModel, alpha: float) -> tuple[float, float]:
+def weighted_sum_choice(model: P2PLLMModel, frontier: pd.DataFrame, alpha: float) -> tuple[float, float]:
     """``(total price, total time)`` of the path a client with ``alpha`` takes (Alg. 2), read off
-    the Pareto set (the weighted-sum optimum is one of its supported points)."""
-    frontier = model.pareto_frontier().to_frame()
+    the model's Pareto set ``frontier`` (``pareto_frontier().to_frame()``; the weighted-sum optimum
+    is one of its supported points)."""
     _, path = model.route(alpha=alpha)
     row = frontier[frontier["path"] == tuple(path)]
     if row.empty:  # a tie between supported points: the one whose alpha range holds alpha
@@ -116,7 +116,7 @@ def ParetoView(model: P2PLLMModel):
     update_counter.get()
     alpha = solara.use_reactive(float(model.config.market.alpha))
     frontier = model.pareto_frontier().to_frame()
-    price, time = weighted_sum_choice(model, alpha.value)
+    price, time = weighted_sum_choice(model, frontier, alpha.value)
     figure = Figure(figsize=(5.4, 3.6), layout="constrained")
     ax = figure.subplots()
     ordered = frontier.sort_values("price")

@@ -293,12 +293,14 @@ class StepRecords(Sequence):
     def __init__(self, collector: PeerTableCollector):
         self.collector = collector
         self.by_step: dict[int, Any] = {}  #: step -> record, in recording order
+        self.length = 0  #: the last recorded step + 1 (batch_run reads every step: no max() per read)
 
     def append(self, value: Any) -> None:
         self.by_step[self.collector.step] = value
+        self.length = max(self.length, self.collector.step + 1)
 
     def __len__(self) -> int:
-        return max(self.by_step, default=-1) + 1
+        return self.length
 
     def __getitem__(self, step):
         if isinstance(step, slice):

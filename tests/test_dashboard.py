@@ -61,7 +61,7 @@ def test_the_marked_choice_is_the_weighted_sum_optimum_of_the_frontier(alpha):
     model.run(5)
     frontier = model.pareto_frontier().to_frame()
     best = (alpha * frontier["price"] + (1 - alpha) * frontier["time"]).min()
-    price, time_ms = weighted_sum_choice(model, alpha)
+    price, time_ms = weighted_sum_choice(model, frontier, alpha)
     assert alpha * price + (1 - alpha) * time_ms == pytest.approx(best, rel=1e-12, abs=1e-12)
 
 
