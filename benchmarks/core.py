@@ -15,6 +15,9 @@ For 200 peers (paper_table1, 4 stages) and 10^4 / 10^5 peers x 16 stages it time
 - ``fused scan``: the same dynamics as one jitted ``lax.scan`` over all steps (float64, like the
   toolkit): the limit on this hardware.
 
+Then (not with ``--quick``) the scale run: 10^5 peers x 64 stages x 1,000 steps with 64 clients,
+reallocation and metrics on, from a fresh model: its wall time and peak memory.
+
 Every figure is the median over repeats (VM timings swing 2-3x within minutes), after one
 warm-up run that compiles. The table ends with the two ratios the core issue targets.
 """
@@ -32,19 +35,24 @@ import numpy as np
 
 from p2pllm_abm import P2PLLMModel, load_config
 from p2pllm_abm.economics import market_params, price_step
+from p2pllm_abm.metrics import peak_memory_mb, reset_peak_memory
 from p2pllm_abm.network import PeerTable
 
 from .timing import fmt
 
 SIZES = {  # label -> (experiment overrides, steps timed per variant)
-    "200 x 4": ([], {"full": 1000, "market": 2000, "agents": 20, "scan": 2000}),
+    "200 x 4": ([], {"full": 2000, "market": 2000, "agents": 20, "scan": 2000}),
     "10^4 x 16": (["network.peers=10000", "network.stages=16", "network.initial_distribution=null",
                    "report.reference=null"],
-                  {"full": 100, "market": 2000, "agents": 3, "scan": 2000}),
+                  {"full": 200, "market": 2000, "agents": 3, "scan": 2000}),
     "10^5 x 16": (["network.peers=100000", "network.stages=16", "network.initial_distribution=null",
                    "report.reference=null"],
-                  {"full": 10, "market": 1000, "agents": 1, "scan": 1000}),
+                  {"full": 100, "market": 1000, "agents": 1, "scan": 1000}),
 }
+#: the scale target: 10^5 peers x 64 stages x 1,000 steps, 64 clients, reallocation and metrics on
+SCALE = ["network.peers=100000", "network.stages=64", "network.initial_distribution=null", "report.reference=null",
+         "clients.count=64", "allocation.period=10", "run.record_interval=50", "report.table_steps=[0]"]
+SCALE_STEPS = 1000
 REPEATS = 3
 
 
@@ -133,6 +141,17 @@ def fused_scan(overrides: list[str]):
     return run
 
 
+def scale_run() -> tuple[float, float, float]:
+    """The scale target, from a fresh model: seconds to build it, seconds for ``SCALE_STEPS`` steps
+    (compiling included), and the peak resident memory in MiB meanwhile."""
+    reset_peak_memory()
+    started = time.perf_counter()
+    model = P2PLLMModel(load_config("paper_table1", overrides=SCALE))
+    built = time.perf_counter()
+    model.run(SCALE_STEPS)
+    return built - started, time.perf_counter() - built, peak_memory_mb()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="200 and 10^4 peers only")
@@ -153,18 +172,26 @@ def main() -> None:
         rows.append((label, timings))
         print(f"done: {label}", flush=True)
 
+    scale = None if args.quick else scale_run()
     variants = list(rows[0][1])
     print("\nTime per step (median of repeats; steps/s in brackets)\n")
     print(f"| {'peers x stages':<14} | " + " | ".join(f"{v:<24}" for v in variants)
-          + " | per-agent / market | market / fused |")
-    print("|" + "---|" * (len(variants) + 3))
+          + " | per-agent / market | market / fused | full / fused |")
+    print("|" + "---|" * (len(variants) + 4))
     for label, t in rows:
         cells = [f"{fmt(t[v])} ({1 / t[v]:,.0f}/s)" if t[v] < 1 else f"{fmt(t[v])} ({1 / t[v]:.2f}/s)" for v in variants]
         ratio_agents = t["per-agent Mesa"] / t["toolkit (market)"]
         ratio_scan = t["toolkit (market)"] / t["fused scan"]
+        ratio_full = t["toolkit (full)"] / t["fused scan"]
         print(f"| {label:<14} | " + " | ".join(f"{c:<24}" for c in cells)
-              + f" | {ratio_agents:,.0f}x | {ratio_scan:.2f}x |")
-    print("\nTargets: per-agent / market >= 100x at 10^4 peers; market / fused <= 3x at 10^4 and 10^5 peers.")
+              + f" | {ratio_agents:,.0f}x | {ratio_scan:.2f}x | {ratio_full:.1f}x |")
+    if scale is not None:
+        build, run, peak = scale
+        print(f"\nScale: 10^5 peers x 64 stages x {SCALE_STEPS:,} steps, 64 clients, reallocation every 10 steps, "
+              f"metrics every 50: built in {fmt(build)}, ran in {fmt(run)} (compiling included), "
+              f"peak memory {peak:,.0f} MiB")
+    print("\nTargets: per-agent / market >= 100x at 10^4 peers; market / fused <= 3x at 10^4 and 10^5 peers; "
+          "full / fused <= 3x; the scale run under 60 s.")
     print(f"jax {jax.__version__}, mesa {mesa.__version__}, numpy {np.__version__}; float64 on the CPU")
 
 

@@ -14,7 +14,12 @@ paper's Table 1 ends at exactly 50 peers per stage). Both readings share this co
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jax import Array
+
+from .equilibrium import padded_size
 
 #: relative share differences below this are rounding, not gains (capacities are updated
 #: incrementally, so two exactly equal shares can differ in the last bits)
@@ -78,6 +83,37 @@ def share_gains(cost: np.ndarray, stage: np.ndarray, alive: np.ndarray, n_stages
     return np.where(gain > 0, best, stage), gain
 
 
+def reallocation_scan(weight: Array, stage: Array, alive: Array, candidates: Array, hysteresis: float | Array,
+                      n_stages: int) -> tuple[Array, Array]:
+    """Eq. 7-8's sequential moves as one traceable scan over ``candidates`` (peer indices; ``-1``
+    pads are skipped): a candidate moves to its eq.-8 optimal stage when the share there exceeds
+    its current share by more than the factor ``1 + hysteresis`` (and more than rounding,
+    :data:`TIE_TOLERANCE`), and every move updates the capacities the next candidate sees.
+    ``weight`` is each peer's share weight :func:`share_weight`, ``(n,)`` or per stage ``(n, m)``.
+    Returns the new stages and each candidate's stage after its turn (``-1`` for pads)."""
+    weight = jnp.asarray(weight)
+    per_stage = weight if weight.ndim == 2 else jnp.broadcast_to(weight[:, None], (weight.shape[0], n_stages))
+    rows = jnp.arange(stage.shape[0])
+    capacity = jax.ops.segment_sum(jnp.where(alive, per_stage[rows, stage], 0.0), stage, num_segments=n_stages)
+
+    def turn(carry, peer):
+        stage, capacity = carry
+        row = jnp.maximum(peer, 0)
+        current, own = stage[row], per_stage[row]
+        shares = own / (capacity + own).at[current].set(capacity[current])  # eq. 7, counting itself elsewhere
+        target = jnp.argmax(shares)
+        move = (peer >= 0) & (shares[target] > shares[current] * (1.0 + hysteresis) * (1.0 + TIE_TOLERANCE))
+        moved = capacity.at[current].add(-own[current]).at[target].add(own[target])
+        stage = stage.at[row].set(jnp.where(move, target, current))  # in place: O(1), not O(n), per turn
+        return (stage, jnp.where(move, moved, capacity)), jnp.where(peer >= 0, stage[row], -1)
+
+    (stage, _), after = jax.lax.scan(turn, (stage, capacity), candidates)
+    return stage, after
+
+
+_reallocation_jit = jax.jit(reallocation_scan, static_argnames=("n_stages",))
+
+
 def reallocate(
     cost: np.ndarray,
     stage: np.ndarray,
@@ -87,30 +123,25 @@ def reallocate(
     n_stages: int,
     reading: str = "compute_share",
 ) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
-    """Let ``candidates`` (live peer indices, in the order given) move one after another.
+    """Let ``candidates`` (live peer indices, in the order given) move one after another
+    (:func:`reallocation_scan`, compiled). ``cost`` is per peer, or per peer and stage (``c_i(s)``:
+    a peer's cost, and so its weight, changes with the stage it moves to). Returns the new stage
+    array and the moves as ``(peer, from, to)``."""
+    candidates = np.asarray(candidates, dtype=np.int64)
+    padded = np.full(padded_size(len(candidates)), -1)
+    padded[: len(candidates)] = candidates
+    new_stage, after = _reallocation_jit(share_weight(cost, reading), jnp.asarray(stage), jnp.asarray(alive),
+                                         jnp.asarray(padded), float(hysteresis), n_stages=n_stages)
+    return np.array(new_stage), turns_to_moves(candidates, stage, np.asarray(after))
 
-    A candidate moves to its eq.-8 optimal stage when the share there exceeds its current share
-    by more than the factor ``1 + hysteresis`` (and more than rounding, :data:`TIE_TOLERANCE`); every
-    move updates the capacities the next candidate sees. ``cost`` is per peer, or per peer and stage
-    (``c_i(s)``: a peer's cost, and so its weight, changes with the stage it moves to). Returns the
-    new stage array and the moves as ``(peer, from, to)``.
-    """
-    stage = stage.copy()
-    capacity = stage_capacity(cost, stage, alive, n_stages, reading)
-    weight = share_weight(cost, reading)
-    if weight.ndim == 1:
-        weight = np.repeat(weight[:, None], n_stages, axis=1)
-    moves = []
-    for peer in candidates.tolist():
-        current = int(stage[peer])
-        shares = candidate_shares(weight[peer], current, capacity)
-        target = int(np.argmax(shares))
-        if shares[target] > shares[current] * (1.0 + hysteresis) * (1.0 + TIE_TOLERANCE):
-            capacity[current] -= weight[peer, current]
-            capacity[target] += weight[peer, target]
-            stage[peer] = target
-            moves.append((peer, current, target))
-    return stage, moves
+
+def turns_to_moves(candidates: np.ndarray, stage: np.ndarray, after: np.ndarray) -> list[tuple[int, int, int]]:
+    """The moves ``(peer, from, to)`` of one reallocation, in turn order, from its ``candidates``,
+    the stages before it, and each candidate's stage after its turn (``after``; pads beyond the
+    candidates ignored). A peer has one turn at most, so its stage before its turn is ``stage``."""
+    after = after[: len(candidates)]
+    return [(peer, int(stage[peer]), int(to)) for peer, to in zip(candidates.tolist(), after.tolist())
+            if to != stage[peer]]
 
 
 def move_candidates(alive: np.ndarray, move_fraction: float, rng: np.random.Generator) -> np.ndarray:

@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from .economics import MarketParams, choice_logits, outside_logit, stage_logsumexp, unit_cost
-from .equilibrium import StageBlocks, price_update
+from .economics import MarketParams, choice_logits, outside_logit, unit_cost
+from .allocation import reallocation_scan
+from .equilibrium import StageBlocks, block_arrays, price_update, traced_stage_blocks
 from .load import (OUTCOMES, SAMPLE_TICKS, expected_wait, first_failed_column, hop_waits, serve, splice_paths)
 from .network import latency
 
@@ -88,6 +89,10 @@ class Environment(NamedTuple):
     failing: Array | None = None  #: peers failing mid-request this tick (None: no failures)
     max_retries: float = float("inf")  #: failovers a request may make
     hop_overhead: float = 0.0  #: Petals routing's per-hop overhead in ms
+    #: the distinct client alphas (None: every client its own); clients who share an alpha share
+    #: eq. 3's probabilities, so those are computed once per alpha (:func:`expected_requests`)
+    alpha_values: Array | None = None
+    alpha_group: Array | None = None  #: (clients, distinct alphas) one-hot: each client's alpha
 
 
 def initial_state(price: Array, key: Array, classes: int, clients: int = 0, n_stages: int = 1) -> MarketState:
@@ -141,43 +146,77 @@ def grow_state(state: MarketState, rows: int) -> MarketState:
                              for name in PEER_FIELDS})
 
 
-def _client_probabilities(env: Environment, price: Array, alpha: Array, n_stages: int) -> tuple[Array, Array]:
-    """A client's logits ``-w_i / T`` and Boltzmann probabilities (eq. 3) over every peer (the
-    outside option, when there is one, in the denominator)."""
-    logits = choice_logits(price, env.cost, env.alive, alpha, env.params.temperature)
-    total = jnp.logaddexp(stage_logsumexp(logits, env.stage, n_stages), outside_logit(env.params))
-    return logits, jnp.exp(logits - total[env.stage])
+def client_logits(env: Environment, price: Array) -> Array:
+    """Every client's logits ``-w_ci / T`` over every peer, ``(clients, n)`` (``-inf`` for dead peers)."""
+    return jax.vmap(lambda alpha: choice_logits(price, env.cost, env.alive, alpha, env.params.temperature))(
+        env.client_alpha)
 
 
-def _gumbel(key: Array, env: Environment, price: Array) -> Array:
+def block_logits(env: Environment, price: Array, alpha: Array | None = None) -> Array:
+    """The logits of clients with ``alpha`` (default: every client's) laid out by stage block
+    (``env.blocks``), ``(clients, n_stages, width)``, ``-inf`` in the padding. Per-stage reductions
+    then run densely over the last axis: on XLA's CPU backend a segment reduction over peers is a
+    scatter, and gathering ``(clients, n)`` values into blocks costs about as much; gathering the
+    ``n`` prices and costs once does not."""
+    valid, q, c = block_arrays(price, env.cost, env.blocks)
+    alpha = env.client_alpha if alpha is None else alpha
+    return jax.vmap(lambda a: choice_logits(q, c, valid, a, env.params.temperature))(alpha)
+
+
+def block_probabilities(logits: Array, params: MarketParams) -> Array:
+    """Eq. 3 from logits laid out by stage block (:func:`block_logits`): each peer's probability
+    within its stage, the outside option (when there is one) in the denominator; 0 in the padding.
+    One exponential per peer: ``e_i = exp(logit_i - max)``, ``P_i = e_i / (sum e + exp(outside - max))``."""
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    mass = jnp.exp(logits - top)
+    total = jnp.sum(mass, axis=-1, keepdims=True) + jnp.exp(outside_logit(params) - top)
+    return jnp.where(jnp.isfinite(logits), mass / total, 0.0)
+
+
+def from_blocks(values: Array, blocks: StageBlocks, n: int) -> Array:
+    """Values laid out by stage block ``(..., n_stages, width)`` as per-peer values ``(..., n)``, 0 for
+    peers in no block (dead)."""
+    target = jnp.where(blocks.index >= 0, blocks.index, n).ravel()
+    flat = values.reshape(*values.shape[:-2], -1)
+    return jnp.zeros((*values.shape[:-2], n), values.dtype).at[..., target].add(flat, mode="drop")
+
+
+def expected_requests(active: Array, env: Environment, price: Array) -> Array:
+    """Each peer's expected requests this tick, ``sum_c active_c P_ci`` (eq. 3 at ``price``): the
+    probabilities once per distinct client alpha (``env.alpha_values``), weighted by how many clients
+    with that alpha sent a request."""
+    active = active.astype(price.dtype)
+    if env.alpha_values is not None:
+        active, alpha = active @ env.alpha_group, env.alpha_values
+    else:
+        alpha = env.client_alpha
+    probs = block_probabilities(block_logits(env, price, alpha), env.params)
+    return from_blocks(jnp.tensordot(active, probs, axes=1), env.blocks, price.shape[0])
+
+
+def _gumbel(key: Array, clients: int, shape: tuple[int, ...], dtype) -> Array:
     # float32 noise: 3x cheaper to draw than float64 and only ties closer than ~1e-7 differ
-    noise = jax.random.gumbel(key, (env.client_alpha.shape[0], price.shape[0]), dtype=jnp.float32)
-    return noise.astype(price.dtype)
+    return jax.random.gumbel(key, (clients, *shape), dtype=jnp.float32).astype(dtype)
 
 
-def perturbed_logits(key: Array, env: Environment, price: Array, n_stages: int) -> tuple[Array, Array]:
-    """Every client's logits plus its Gumbel noise, ``-w_ci / T + G_ci`` ``(clients, n)``, and the
-    Boltzmann probabilities of eq. 3 ``(clients, n)``."""
-
-    def one_client(alpha: Array, noise: Array) -> tuple[Array, Array]:
-        logits, probs = _client_probabilities(env, price, alpha, n_stages)
-        return logits + noise, probs
-
-    return jax.vmap(one_client)(env.client_alpha, _gumbel(key, env, price))
+def peer_noise(key: Array, env: Environment, dtype) -> Array:
+    """Each client's Gumbel noise per peer ``(clients, n)``, drawn per stage block slot as the stage
+    choice draws it (so that without latency path routing chooses alike); 0 for dead peers."""
+    clients = env.client_alpha.shape[0]
+    return from_blocks(_gumbel(key, clients, env.blocks.index.shape, dtype), env.blocks, env.cost.shape[0])
 
 
-def stage_winners(perturbed: Array, stage: Array, outside: Array, n_stages: int) -> Array:
-    """Per client and stage the peer with the largest perturbed logit, ``-1`` where the outside
-    option's ``outside`` beats it (or no peer is left)."""
-    peers = jnp.arange(perturbed.shape[1])
-
-    def one_client(perturbed: Array, outside: Array) -> Array:
-        best = jax.ops.segment_max(perturbed, stage, num_segments=n_stages)
-        winner = jnp.where(perturbed == best[stage], peers, -1)
-        chosen = jax.ops.segment_max(winner, stage, num_segments=n_stages)
-        return jnp.where(best > outside, chosen, -1)
-
-    return jax.vmap(one_client)(perturbed, outside)
+def block_winners(perturbed: Array, blocks: StageBlocks, outside: Array) -> Array:
+    """Per client and stage the peer with the largest perturbed logit (``perturbed`` laid out by
+    stage block), ``-1`` where the outside option's ``outside`` ``(clients, n_stages)`` beats it (or
+    the stage has no live peer)."""
+    best = jnp.max(perturbed, axis=-1)
+    # the first slot holding the maximum, by a plain min: XLA's CPU argmax (a two-operand reduction)
+    # is not vectorised and costs 5x as much
+    slots = jnp.arange(perturbed.shape[-1], dtype=jnp.int32)
+    place = jnp.min(jnp.where(perturbed == best[..., None], slots, perturbed.shape[-1] - 1), axis=-1)
+    return jnp.where(best > outside, blocks.index[jnp.arange(blocks.index.shape[0]), place], -1)
 
 
 def walk_away_logits(key: Array, env: Environment, n_stages: int, dtype) -> Array:
@@ -187,35 +226,30 @@ def walk_away_logits(key: Array, env: Environment, n_stages: int, dtype) -> Arra
                                                          (env.client_alpha.shape[0], n_stages), dtype=dtype)
 
 
-def logit_choices(key: Array, env: Environment, price: Array, n_stages: int) -> tuple[Array, Array]:
+def stage_choices(key: Array, env: Environment, price: Array, n_stages: int) -> tuple[Array, Array]:
     """Each client's chosen peer per stage, shape ``(clients, n_stages)``, by Gumbel-max
-    (``argmin_i w_ci + T G_i`` within each stage), and the Boltzmann probabilities ``(clients, n)``
-    that this choice realises. With an outside option, a stage where ``w_0 + T G_0`` beats every
-    peer is left unbought (``-1``)."""
-    perturbed, probs = perturbed_logits(key, env, price, n_stages)
-    return stage_winners(perturbed, env.stage, walk_away_logits(key, env, n_stages, price.dtype), n_stages), probs
+    (``argmin_i w_ci + T G_i`` within each stage: the logit choice that realises eq. 3's
+    probabilities; the noise is drawn per stage block slot), and the perturbed logits by stage block
+    (failover chooses again among them). With an outside option, a stage where ``w_0 + T G_0``
+    beats every peer is left unbought (``-1``)."""
+    logits = block_logits(env, price)
+    perturbed = logits + _gumbel(key, logits.shape[0], logits.shape[1:], price.dtype)
+    return block_winners(perturbed, env.blocks, walk_away_logits(key, env, n_stages, price.dtype)), perturbed
 
 
-def path_scores(key: Array, env: Environment, price: Array, n_stages: int) -> tuple[Array, Array, Array]:
+def path_scores(key: Array, env: Environment, price: Array) -> tuple[Array, Array]:
     """The ``path`` routing's node scores ``w_v - T G_v`` per client ``(clients, n)`` (inf for dead
-    peers), its latency weights ``1 - alpha`` per client, and the Boltzmann probabilities of eq. 3."""
-
-    def one_client(alpha: Array, noise: Array) -> tuple[Array, Array]:
-        logits, probs = _client_probabilities(env, price, alpha, n_stages)
-        return -env.params.temperature * (logits + noise), probs
-
-    score, probs = jax.vmap(one_client)(env.client_alpha, _gumbel(key, env, price))
-    return score, 1.0 - env.client_alpha, probs
+    peers) and its latency weights ``1 - alpha`` per client."""
+    return -env.params.temperature * (client_logits(env, price) + peer_noise(key, env, price.dtype)), 1.0 - env.client_alpha
 
 
-def petals_scores(env: Environment, price: Array, n_stages: int) -> tuple[Array, Array, Array]:
+def petals_scores(env: Environment, price: Array) -> tuple[Array, Array]:
     """Petals' ``min_latency`` routing (PETALS_NOTES 1b) as node scores: compute time plus the
     per-hop overhead (inf for dead peers), latency weight 1, no price and no noise, the same for
-    every client; and the market's Boltzmann probabilities of eq. 3 (what the market would expect)."""
+    every client."""
     clients = env.client_alpha.shape[0]
     score = jnp.where(env.alive, env.cost + env.hop_overhead, jnp.inf)
-    probs = jax.vmap(lambda alpha: _client_probabilities(env, price, alpha, n_stages)[1])(env.client_alpha)
-    return jnp.broadcast_to(score, (clients, score.shape[0])), jnp.ones(clients, dtype=price.dtype), probs
+    return jnp.broadcast_to(score, (clients, score.shape[0])), jnp.ones(clients, dtype=price.dtype)
 
 
 def best_paths(env: Environment, score: Array, weight: Array, n_stages: int,
@@ -264,12 +298,11 @@ def best_paths(env: Environment, score: Array, weight: Array, n_stages: int,
     return jax.vmap(one_client)(score, weight, geo.client_position, origin)
 
 
-def path_choices(key: Array, env: Environment, price: Array, n_stages: int) -> tuple[Array, Array]:
+def path_choices(key: Array, env: Environment, price: Array, n_stages: int) -> Array:
     """Each client's path, shape ``(clients, n_stages)`` (:func:`best_paths`): the path minimising
-    ``sum (w_v - T G_v) + (1 - alpha) sum latencies``, and the Boltzmann probabilities of eq. 3, as
-    :func:`logit_choices` returns them."""
-    score, weight, probs = path_scores(key, env, price, n_stages)
-    return best_paths(env, score, weight, n_stages), probs
+    ``sum (w_v - T G_v) + (1 - alpha) sum latencies``."""
+    score, weight = path_scores(key, env, price)
+    return best_paths(env, score, weight, n_stages)
 
 
 def path_totals(paths: Array, env: Environment, price: Array) -> tuple[Array, Array, Array]:
@@ -294,7 +327,6 @@ class Routed(NamedTuple):
     """One tick's requests after routing and failover (every array per client, or per client and hop)."""
 
     hops: Array  #: (clients, n_stages) the peers that served each request (-1: none)
-    probs: Array  #: (clients, n) Boltzmann probabilities of eq. 3
     complete: Array  #: the request bought a whole path
     no_path: Array  #: no live path existed
     walked: Array  #: a stage's outside option won (per-stage routing)
@@ -306,27 +338,25 @@ def route_requests(key: Array, env: Environment, price: Array, routing: str, n_s
     """Phase 1's choice (``clients.routing``) and, with failures, the failover (:mod:`p2pllm_abm.load`)."""
     n = price.shape[0]
     if routing == "stage":
-        perturbed, probs = perturbed_logits(key, env, price, n_stages)
-        chosen = stage_winners(perturbed, env.stage, walk_away_logits(key, env, n_stages, price.dtype), n_stages)
-        served_stage = jax.ops.segment_sum(env.alive.astype(jnp.int32), env.stage, num_segments=n_stages) > 0
-        no_path = jnp.broadcast_to(~jnp.all(served_stage), chosen.shape[:1])
+        chosen, perturbed = stage_choices(key, env, price, n_stages)
+        no_path = jnp.broadcast_to(~jnp.all(env.blocks.index[:, 0] >= 0), chosen.shape[:1])
         walked = jnp.any(chosen < 0, axis=1)
     else:
-        score, weight, probs = (path_scores(key, env, price, n_stages) if routing == "path"
-                                else petals_scores(env, price, n_stages))
+        score, weight = path_scores(key, env, price) if routing == "path" else petals_scores(env, price)
         chosen = best_paths(env, score, weight, n_stages)
         no_path = jnp.all(chosen < 0, axis=1)
         walked = jnp.zeros_like(no_path)
     if env.failing is None:
         complete = jnp.all(chosen >= 0, axis=1) if routing == "stage" else ~no_path
         none = jnp.full_like(chosen, -1)
-        return Routed(chosen, probs, complete, no_path, walked, none, jnp.zeros(chosen.shape[0], jnp.int32))
+        return Routed(chosen, complete, no_path, walked, none, jnp.zeros(chosen.shape[0], jnp.int32))
     if routing == "stage":
         hit = (chosen >= 0) & env.failing[jnp.maximum(chosen, 0)]
         # the failover choice: the same noise without the failed peers, and no walking away (the
         # client already bought in the stage)
-        replacement = stage_winners(jnp.where(env.failing, -jnp.inf, perturbed), env.stage,
-                                    jnp.full(chosen.shape, -jnp.inf, price.dtype), n_stages)
+        failing = env.failing[jnp.maximum(env.blocks.index, 0)]
+        replacement = block_winners(jnp.where(failing, -jnp.inf, perturbed), env.blocks,
+                                    jnp.full(chosen.shape, -jnp.inf, price.dtype))
         hops = jnp.where(hit, replacement, chosen)
         retries = jnp.sum(hit, axis=1)
         complete = jnp.all(hops >= 0, axis=1)
@@ -339,7 +369,7 @@ def route_requests(key: Array, env: Environment, price: Array, routing: str, n_s
         hit = any_hit[:, None] & (jnp.arange(n_stages)[None, :] == first[:, None])
         retries = any_hit.astype(jnp.int32)
         complete = jnp.any(hops >= 0, axis=1)
-    return Routed(hops, probs, complete, no_path, walked, jnp.where(hit, chosen, -1), retries)
+    return Routed(hops, complete, no_path, walked, jnp.where(hit, chosen, -1), retries)
 
 
 def stage_sums(hops: Array, values: Array, stage: Array, n_stages: int) -> tuple[Array, Array]:
@@ -387,7 +417,7 @@ def paid_tick(state: MarketState, env: Environment, quoted: Array, rule: str, ro
     dtype = state.price.dtype
     served = jnp.zeros_like(state.price).at[jnp.where(paid >= 0, paid, state.price.shape[0]).ravel()].add(
         1.0, mode="drop")
-    expected = active.astype(dtype) @ routed.probs
+    expected = expected_requests(active, seen, quoted)
     _, path_price, path_time = path_totals(routed.hops, env, quoted)
     request_time = path_time
     hop_time = jnp.where(paid >= 0, env.cost[jnp.maximum(paid, 0)], 0.0)
@@ -518,3 +548,53 @@ def run_paid_ticks(state: MarketState, env: Environment, n_ticks: Array, rule: s
 
     final, (paid, before) = jax.lax.scan(one, state, jnp.arange(length))
     return final, paid, before
+
+
+class Reallocation(NamedTuple):
+    """The reallocation events of a :func:`run_steps` call: eq. 7-8 (:func:`~p2pllm_abm.allocation.reallocation_scan`)
+    after every step that is a multiple of ``period``, event ``e`` letting ``candidates[e]`` move in turn."""
+
+    weight: Array  #: (n,) each peer's share weight
+    candidates: Array  #: (events, K) each event's candidates in order, -1 pads
+    hysteresis: float
+    period: int
+
+
+@partial(jax.jit, static_argnames=TICK_OPTIONS)
+def run_steps(state: MarketState, env: Environment, n_steps: Array, first_step: Array,
+              reallocation: Reallocation | None, rule: str, routing: str, n_stages: int,
+              load_aware: bool = False) -> tuple[MarketState, Array, StageBlocks, Array, Array]:
+    """Steps ``first_step + 1`` to ``first_step + n_steps`` in one compiled loop: each step's tick
+    (phases 1-2) and, when due, reallocation (phase 3) with the stage blocks rebuilt in place. It
+    stops early after a reallocation that changes the width :func:`~p2pllm_abm.equilibrium.stage_blocks`
+    would choose (the shapes are fixed inside the loop). Returns the final state, stages and blocks,
+    the steps done, and each event's candidates' stages after their turn ``(events, K)``."""
+    width = env.blocks.index.shape[1]
+    after = (jnp.zeros((0, 0), jnp.int64) if reallocation is None
+             else jnp.full(reallocation.candidates.shape, -1, jnp.int64))
+
+    def move(carry):
+        stage, index, event, after, _ = carry
+        stage, turns = reallocation_scan(reallocation.weight, stage, env.alive, reallocation.candidates[event],
+                                         reallocation.hysteresis, n_stages)
+        blocks, fits = traced_stage_blocks(stage, env.alive, n_stages, width)
+        return stage, blocks.index, event + 1, after.at[event].set(turns), fits
+
+    def one_step(carry):
+        done, state, places = carry
+        stage, index = places[0], places[1]
+        state = tick(state, env._replace(stage=stage, blocks=StageBlocks(index)), rule, routing, n_stages, load_aware)
+        done = done + 1
+        if reallocation is not None:
+            due = (first_step + done) % reallocation.period == 0
+            places = jax.lax.cond(due, move, lambda carry: carry, places)
+        return done, state, places
+
+    def going(carry):
+        done, _, places = carry
+        return (done < n_steps) & places[4]
+
+    places = (env.stage, env.blocks.index, jnp.zeros((), jnp.int32), after, jnp.ones((), bool))
+    done, state, (stage, index, _, after, _) = jax.lax.while_loop(going, one_step, (jnp.zeros((), jnp.int32), state,
+                                                                                    places))
+    return state, stage, StageBlocks(index), done, after

@@ -173,14 +173,33 @@ class StageBlocks(NamedTuple):
     index: Array  #: int (n_stages, max_stage_size)
 
 
+def padded_size(size: int) -> int:
+    """``size`` rounded up to a power of two (at least 1): padded shapes change rarely, so the jitted
+    functions that read them rarely compile again."""
+    return 1 << max(size - 1, 0).bit_length()
+
+
+#: stage block widths are multiples of this (small networks: one width while stage sizes move)
+MIN_BLOCK_STEP = 16
+
+
+def block_size(size: int) -> int:
+    """The width of stage blocks whose largest stage has ``size`` peers: ``size`` rounded up to a
+    multiple of an eighth of the next power of two, and of :data:`MIN_BLOCK_STEP` (at most 12.5%
+    padding in large networks, and few distinct widths, so that the jitted steps rarely compile
+    again as stage sizes change)."""
+    step = max(padded_size(size) >> 3, MIN_BLOCK_STEP)
+    return max(-(-size // step) * step, 1)
+
+
 def stage_blocks(stage, alive, n_stages: int, min_width: int = 1) -> StageBlocks:
     """Build :class:`StageBlocks` from numpy arrays (outside jit: the block width is static). The
-    width is the largest stage's size rounded up to a power of two (at least ``min_width``), so that
-    reallocation and churn, which change stage sizes, rarely change the shape (and so rarely
-    recompile the jitted steps)."""
+    width is :func:`block_size` of the largest stage (at least ``min_width``), so that reallocation
+    and churn, which change stage sizes, rarely change the shape (and so rarely recompile the jitted
+    steps)."""
     stage, alive = np.asarray(stage), np.asarray(alive)
     counts = np.bincount(stage[alive], minlength=n_stages)
-    width = max(1 << max(int(counts.max(initial=0)) - 1, 0).bit_length(), min_width)
+    width = max(block_size(int(counts.max(initial=0))), min_width)
     index = np.full((n_stages, width), -1, dtype=np.int64)
     members = np.flatnonzero(alive)
     members = members[np.argsort(stage[members], kind="stable")]  # by stage, then by index
@@ -190,7 +209,28 @@ def stage_blocks(stage, alive, n_stages: int, min_width: int = 1) -> StageBlocks
     return StageBlocks(jnp.asarray(index))
 
 
-def _block_arrays(price, cost, blocks: StageBlocks) -> tuple[Array, Array, Array]:
+def block_width(counts: Array) -> Array:
+    """:func:`block_size` of the largest of the stage sizes ``counts``, traced."""
+    largest = jnp.max(counts)
+    step = jnp.maximum(jnp.left_shift(1, jnp.sum(jnp.left_shift(1, jnp.arange(31)) < largest)) >> 3, MIN_BLOCK_STEP)
+    return jnp.maximum((largest + step - 1) // step * step, 1)
+
+
+def traced_stage_blocks(stage: Array, alive: Array, n_stages: int, width: int) -> tuple[StageBlocks, Array]:
+    """:func:`stage_blocks` inside a compiled call, at a fixed ``width``: the same index, and whether
+    :func:`stage_blocks` would choose that width (when not, peers beyond it are left out and the
+    caller must rebuild outside)."""
+    key = jnp.where(alive, stage, n_stages)
+    order = jnp.argsort(key, stable=True)  # by stage, then by index; dead peers last
+    counts = jax.ops.segment_sum(alive.astype(jnp.int32), stage, num_segments=n_stages)
+    first = jnp.cumsum(counts) - counts
+    row = key[order]
+    place = jnp.arange(stage.shape[0]) - first[jnp.minimum(row, n_stages - 1)]
+    index = jnp.full((n_stages, width), -1, dtype=jnp.int64).at[row, place].set(order, mode="drop")
+    return StageBlocks(index), block_width(counts) == width
+
+
+def block_arrays(price, cost, blocks: StageBlocks) -> tuple[Array, Array, Array]:
     """``(valid, q, c)``: the mask of real entries of ``blocks`` and every stage block's prices and
     costs, ``(n_stages, width)``, zeros in the padding."""
     valid = blocks.index >= 0
@@ -250,7 +290,7 @@ def newton_step(price, cost, stage, alive, params: MarketParams, n_stages: int, 
     from ``jax.jacfwd``, kept ``>= floor``. Newton converges only near the equilibrium; a stage
     whose Newton step would not shrink its first-order residual (far from equilibrium, e.g. from
     p = 1 with widely spread costs) takes a simultaneous best-response step instead."""
-    valid, q, c = _block_arrays(price, cost, blocks)
+    valid, q, c = block_arrays(price, cost, blocks)
 
     def one_stage(q_s, c_s, valid_s):
         residual = _stage_foc(q_s, c_s, valid_s, params)
@@ -361,7 +401,7 @@ def fixed_point_radius(price, cost, stage, alive, params: MarketParams, n_stages
     ``1 - d - d P_i / (1 - P_i)``, so a stage leader with ``P_i > 1 - d/2`` alone makes it
     unstable (0.75 at the default d = 0.5)."""
     blocks = stage_blocks(stage, alive, n_stages)
-    valid, q, c = _block_arrays(price, cost, blocks)
+    valid, q, c = block_arrays(price, cost, blocks)
 
     def damped_map(q_s, c_s, valid_s):
         target = unit_cost(c_s, params) + 1.0 / ((params.alpha / params.temperature)
@@ -410,7 +450,7 @@ def gradient_jacobian_eigenvalues(price, cost, stage, alive, params: MarketParam
     """Per stage, the eigenvalues of the Jacobian ``H`` of the price gradient at ``price`` (by
     ``jax.jacfwd``). Eq. 5 maps ``p -> p + eta g(p)``, whose Jacobian is ``I + eta H``."""
     blocks = stage_blocks(stage, alive, n_stages)
-    valid, q, c = _block_arrays(price, cost, blocks)
+    valid, q, c = block_arrays(price, cost, blocks)
     jacobians = np.asarray(jax.vmap(jax.jacfwd(_stage_gradient), in_axes=(0, 0, 0, None))(q, c, valid, params))
     sizes = np.asarray(valid).sum(axis=1)
     return [np.linalg.eigvals(j[:k, :k]) for j, k in zip(jacobians, sizes)]
@@ -450,7 +490,7 @@ def stable_eta(price, cost, stage, alive, params: MarketParams, n_stages: int) -
     sum is not below 1 (``price`` is not an equilibrium); ``inf`` for a stage whose Jacobian
     vanishes."""
     blocks = stage_blocks(stage, alive, n_stages)
-    valid, q, c = _block_arrays(price, cost, blocks)
+    valid, q, c = block_arrays(price, cost, blocks)
     matrices, secular = jax.vmap(_symmetric_gradient_jacobian, in_axes=(0, 0, 0, None))(q, c, valid, params)
     if np.any(np.asarray(secular) >= 1.0):
         return 0.0
@@ -657,7 +697,7 @@ def sensitivities(price, cost, stage, alive, params: MarketParams, n_stages: int
     """
     price, cost = jnp.asarray(price, dtype=float), jnp.asarray(cost, dtype=float)
     blocks = stage_blocks(stage, alive, n_stages)
-    valid, q, c = _block_arrays(price, cost, blocks)
+    valid, q, c = block_arrays(price, cost, blocks)
 
     def foc(q_s, c_s, valid_s, alpha, temperature):
         return _stage_foc(q_s, c_s, valid_s, params._replace(alpha=alpha, temperature=temperature))

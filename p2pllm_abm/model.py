@@ -31,6 +31,7 @@ change every step, so ticks run one at a time.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -43,18 +44,19 @@ from tqdm.auto import tqdm
 
 from .agents import ClientAgent, PeerAgent
 from .behaviours import Behaviours, assign
-from .allocation import move_candidates, petals_should_move, reallocate
+from .allocation import move_candidates, petals_should_move, reallocate, share_weight, turns_to_moves
 from .churn import failing, joining_starts, leaving, newcomers
 from .config import (ClientsConfig, Config, ConfigError, dotted_name, most_extreme_field, to_config,
                      with_parameters)
-from .dynamics import (Environment, Geometry, MarketState, all_finite, grow_state, initial_state, paid_tick_jit,
-                       reset_rows, reset_window, run_paid_ticks, run_ticks)
+from .dynamics import (Environment, Geometry, MarketState, Reallocation, all_finite, grow_state, initial_state,
+                       paid_tick_jit, reset_rows, reset_window, run_paid_ticks, run_steps, run_ticks)
 from .load import peer_capacity
 from .economics import market_params
-from .equilibrium import BLOCK_RULES, StageBlocks, certify, stage_blocks
+from .equilibrium import BLOCK_RULES, StageBlocks, certify, padded_size, stage_blocks
 from .ledger import MarketLedger
 from .metrics import (EVENT_KINDS, LEDGER_PEER_COLUMNS, PEER_COLUMNS, PeerTableCollector, RequestClasses,
-                      ledger_metric_rows, load_statistics, metric_rows, model_reporters, stage_statistics)
+                      ledger_metric_rows, load_statistics, metric_rows, model_reporters, reported_columns,
+                      stage_statistics)
 from .network import PeerTable
 from .pareto import ParetoFrontier, pareto_paths
 from .resources import check_memory
@@ -151,6 +153,10 @@ class P2PLLMModel(mesa.Model):
         self.client_alpha = draw_client_alpha(cfg.clients, cfg.market.alpha, client_rng)
         self.client_position = client_rng.uniform(0.0, 1.0, size=(cfg.clients.count, 2))
         self.request_classes = RequestClasses.from_alpha(self.client_alpha, cfg.clients.request_classes)
+        values, group = np.unique(self.client_alpha, return_inverse=True)
+        #: clients sharing an alpha share eq. 3's probabilities (Environment.alpha_values)
+        self._alpha_groups = ({} if len(values) == len(self.client_alpha) else
+                              {"alpha_values": jnp.asarray(values), "alpha_group": jnp.asarray(np.eye(len(values))[group])})
         rows = np.flatnonzero(self.peers.present)
         self._peer_unique_ids = np.full(len(self.peers), -1, dtype=np.int64)  #: see peer_unique_ids
         self._agents_by_row: dict[int, PeerAgent] = {}
@@ -207,7 +213,8 @@ class P2PLLMModel(mesa.Model):
                    + (("utilisation",) if cfg.network.step_ms is not None else ()))
         self.datacollector = PeerTableCollector(model_reporters(self.peers.n_stages, self.request_classes.count),
                                                 columns)
-        self._metric_rows: list[pd.DataFrame] = []
+        self._records: list[tuple[int, pd.DataFrame, pd.DataFrame]] = []  #: (step, stage, class statistics)
+        self._metric_rows: list[pd.DataFrame] = []  #: the ledger's and security's metrics rows
         self._record()
 
     @property
@@ -269,8 +276,14 @@ class P2PLLMModel(mesa.Model):
             moves = self._petals_moves(candidates)
         else:
             stage_dependent = self.config.network.cost_source == "profile"  # c_i(s) differ between stages
-            stage, moves = reallocate(peers.stage_cost if stage_dependent else peers.cost, peers.stage,
-                                      peers.alive, candidates, alloc.hysteresis, peers.n_stages, alloc.reading)
+            _, moves = reallocate(peers.stage_cost if stage_dependent else peers.cost, peers.stage,
+                                  peers.alive, candidates, alloc.hysteresis, peers.n_stages, alloc.reading)
+        self._apply_moves(moves, self.steps)
+
+    def _apply_moves(self, moves: list[tuple[int, int, int]], step: int) -> None:
+        """Phase 3's moves ``(peer, from, to)`` at ``step``: spans shifted, costs, switch fees, reloads,
+        the events log."""
+        alloc, peers = self.config.allocation, self.peers
         if not moves:
             return
         moved = np.array([peer for peer, _, _ in moves])
@@ -280,11 +293,11 @@ class P2PLLMModel(mesa.Model):
         peers.cost[moved] = peers.span_cost(target, target + length, moved)
         self.switch_fees[moved] += alloc.switch_fee
         if alloc.reload_steps > 0:
-            peers.alive[moved], peers.down_until[moved] = False, self.steps + alloc.reload_steps + 1
+            peers.alive[moved], peers.down_until[moved] = False, step + alloc.reload_steps + 1
             self.reloading[moved] = True
             if self.config.network.step_ms is not None:  # their queues are lost
                 self._state = reset_rows(self._state, self._mask(moved), 0.0, fields=("backlog",))
-        self._log("move", moved)
+        self._log("move", moved, step)
         self._environment = None  # rebuilt when next needed
         self.moves += len(moves)
 
@@ -452,10 +465,12 @@ class P2PLLMModel(mesa.Model):
         self.failing = np.zeros(len(self.peers), dtype=bool)
         self._environment = None  # rebuilt when next needed
 
-    def _log(self, kind: str, rows: np.ndarray) -> None:
-        """Record events ``kind`` (:data:`~p2pllm_abm.metrics.EVENT_KINDS`) of peers ``rows`` at this step."""
+    def _log(self, kind: str, rows: np.ndarray, step: int | None = None) -> None:
+        """Record events ``kind`` (:data:`~p2pllm_abm.metrics.EVENT_KINDS`) of peers ``rows`` at ``step``
+        (default: this step)."""
         self.churn_counts[kind] += len(rows)
-        self._events.append((self.steps, kind, self.peers.peer_id[rows].copy(), self.peers.stage[rows].copy()))
+        self._events.append((self.steps if step is None else step, kind, self.peers.peer_id[rows].copy(),
+                             self.peers.stage[rows].copy()))
 
     def events_frame(self) -> pd.DataFrame:
         """Joins, leaves, failures, recoveries and moves: one row per peer and event (``step``,
@@ -477,12 +492,74 @@ class P2PLLMModel(mesa.Model):
         self._in_run = True
         with tqdm(total=steps, disable=not progress, unit="step", desc="p2pllm-sim") as bar:
             try:
-                self._run_until(end, bar)
+                (self._run_fused if self.fusable else self._run_until)(end, bar)
             finally:
                 self._in_run = False
         self._settle()
         if self._recorded_step != self.steps:
             self._record()
+
+    @functools.cached_property
+    def fusable(self) -> bool:
+        """Whether :meth:`run` compiles everything between two records into one call
+        (:func:`~p2pllm_abm.dynamics.run_steps`): no ledger, no churn or failures, no adversaries
+        or verification, and reallocation (if on) by eq. 7-8 of single-stage peers whose cost does
+        not depend on the stage, with no reload time, under per-stage routing."""
+        cfg, peers = self.config, self.peers
+        alloc = cfg.allocation
+        host_phases = (cfg.ledger.enabled or self.dynamic or cfg.adversary.fraction > 0
+                       or cfg.verification.mechanism != "none")
+        compiled_moves = (not alloc.enabled
+                          or (alloc.rule == "market" and alloc.reload_steps == 0 and cfg.clients.routing == "stage"
+                              and cfg.network.cost_source != "profile"
+                              and bool(np.all(peers.stage_end - peers.stage_start == 1))))
+        return not host_phases and compiled_moves
+
+    def _run_fused(self, end: int, bar: tqdm) -> None:
+        """:meth:`run`'s loop when :attr:`fusable`: one compiled call up to each record (it returns
+        early when reallocation changes the stage blocks' width), then the record."""
+        self._settle()
+        record = self.config.run.record_interval
+        while self.steps < end:
+            done = self._fused_steps(min(self.steps + record - self.steps % record, end) - self.steps)
+            bar.update(done)
+            if self.steps % record == 0 and self._recorded_step != self.steps:
+                self._record()
+
+    def _fused_steps(self, steps: int) -> int:
+        """Up to ``steps`` steps in one :func:`~p2pllm_abm.dynamics.run_steps` call, each reallocation's
+        candidates drawn beforehand (as :meth:`reallocation_phase` draws them); returns the steps done."""
+        alloc, peers = self.config.allocation, self.peers
+        events = [step for step in range(self.steps + 1, self.steps + steps + 1)
+                  if alloc.enabled and step % alloc.period == 0]
+        reallocation, drawn_from = None, self.rng.bit_generator.state
+        if events:
+            candidates = [move_candidates(peers.alive, alloc.move_fraction, self.rng) for _ in events]
+            padded = np.full((padded_size(len(events)), padded_size(max(map(len, candidates)))), -1)
+            for row, chosen in zip(padded, candidates):
+                row[: len(chosen)] = chosen
+            reallocation = Reallocation(jnp.asarray(share_weight(peers.cost, alloc.reading)), jnp.asarray(padded),
+                                        float(alloc.hysteresis), alloc.period)
+        state, stage, _, done, after = run_steps(self._state, self.environment, steps, self.steps, reallocation,
+                                                 **self._tick_options())
+        if not bool(all_finite(state)):  # step them one by one, which names the step and peer
+            self.rng.bit_generator.state = drawn_from
+            self._run_until(self.steps + steps, tqdm(disable=True))
+            self._settle()
+            return steps
+        done = int(done)
+        executed = [step for step in events if step <= self.steps + done]
+        if len(executed) < len(events):  # stopped early: draw again only the candidates used
+            self.rng.bit_generator.state = drawn_from
+            for _ in executed:
+                move_candidates(peers.alive, alloc.move_fraction, self.rng)
+        after = np.asarray(after)
+        for event, step in enumerate(executed):
+            self._apply_moves(turns_to_moves(candidates[event], peers.stage, after[event]), step)
+        self._state = state
+        self._sync_peers()
+        self.steps += done
+        return done
 
     def _run_until(self, end: int, bar: tqdm) -> None:
         """:meth:`run`'s loop: fused ticks up to each event, then the event's step."""
@@ -513,7 +590,9 @@ class P2PLLMModel(mesa.Model):
     def metrics_frame(self) -> pd.DataFrame:
         """Tidy metrics: one row per recorded step and stage (``scope = "stage"``) and per recorded
         step and request class (``scope = "request_class"``), see :mod:`p2pllm_abm.metrics`."""
-        return pd.concat(self._metric_rows, ignore_index=True)
+        steps, stages, classes = zip(*self._records)
+        frame = pd.concat([metric_rows(steps, stages, classes), *self._metric_rows], ignore_index=True)
+        return frame.sort_values("step", kind="stable", ignore_index=True)  # each step: stage, class, then the rest
 
     def peers_frame(self) -> pd.DataFrame:
         """One row per peer per recorded step."""
@@ -558,20 +637,24 @@ class P2PLLMModel(mesa.Model):
             failing=None if self.failing is None else jnp.asarray(self.failing.copy()),
             max_retries=float("inf") if self.config.failures.max_retries is None else float(self.config.failures.max_retries),
             hop_overhead=float(self.config.clients.hop_overhead_ms),
+            **self._alpha_groups,
         )
 
     def _stage_blocks(self) -> tuple[StageBlocks, jax.Array]:
-        """The live peers by first stage and by end stage, for the ticks that read them (the
-        sequential and Newton price rules, path and Petals routing); a ``(m, 1)`` placeholder of
-        ``-1`` otherwise. With churn widths only grow, so a shape seen once is not compiled again."""
-        net, width = self.peers, self._block_width if self.dynamic else 1
-        by_stage = self.config.market.update_rule in BLOCK_RULES or self.config.clients.routing != "stage"
+        """The live peers by first stage and by end stage, for the ticks that read them (requests,
+        the sequential and Newton price rules; path and Petals routing); a ``(m, 1)`` placeholder of
+        ``-1`` otherwise. The width is the largest stage's :func:`~p2pllm_abm.equilibrium.block_size`
+        in a :attr:`fusable` run (the compiled run rebuilds the blocks the same way); otherwise widths
+        only grow, so that a shape seen once (churn, exits, reloads) is not compiled again."""
+        grow_only = not self.fusable
+        net, width = self.peers, self._block_width if grow_only else 1
+        by_stage = self.config.market.update_rule in BLOCK_RULES or self.config.clients.count > 0
         by_end = self.config.clients.routing != "stage"
         blocks = (stage_blocks(net.stage, net.alive, net.n_stages, width) if by_stage
                   else StageBlocks(jnp.full((net.n_stages, 1), -1)))
         ends = (stage_blocks(net.stage_end, net.alive, net.n_stages + 1, width).index if by_end
                 else jnp.full((net.n_stages + 1, 1), -1))
-        if self.dynamic:
+        if grow_only:
             self._block_width = max(blocks.index.shape[1], ends.shape[1])
         return blocks, ends
 
@@ -706,7 +789,8 @@ class P2PLLMModel(mesa.Model):
         #: cumulative requests per outcome (p2pllm_abm.load.OUTCOMES) as of this record
         self.outcomes = np.asarray(state.outcomes).copy()
         self._state = reset_window(state)
-        self._metric_rows.append(metric_rows(self.steps, self.stage_stats, self.class_stats))
+        self._records.append((self.steps, self.stage_stats, self.class_stats))
+        self.reported = reported_columns(self.stage_stats, self.class_stats)  #: what the model reporters read
         if self.ledger is not None:
             self.peers.update_ledger_columns(self.ledger.peer_columns())
             self._metric_rows.extend(ledger_metric_rows(self.steps, self.ledger))

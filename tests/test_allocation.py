@@ -1,11 +1,12 @@
 """Layer reallocation (eq. 7-8): balance, the equilibrium it ends in, and move invariants."""
 
 import numpy as np
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pllm_abm import P2PLLMModel, load_config
-from p2pllm_abm.allocation import candidate_shares, reallocate, share_gains, stage_capacity
+from p2pllm_abm.allocation import (TIE_TOLERANCE, candidate_shares, reallocate, share_gains, share_weight,
+                                   stage_capacity)
 
 
 def until_stable(cost, stage, rng, n_stages, hysteresis=0.0):
@@ -89,3 +90,44 @@ def test_dead_peers_neither_move_nor_count():
     best, gain = share_gains(cost, stage, alive, 2)
     assert gain[2] == 0 and best[2] == 0
     assert stage_capacity(cost, stage, alive, 2).tolist() == [2.0, 0.01]
+
+
+def reference_reallocation(weight, stage, alive, candidates, hysteresis, n_stages):
+    """Eq. 7-8's sequential moves as a plain Python loop over numpy arrays (the model's own loop
+    before reallocation was compiled): the independent check of :func:`reallocation_scan`."""
+    stage = stage.copy()
+    per_stage = weight if weight.ndim == 2 else np.repeat(weight[:, None], n_stages, axis=1)
+    current_weight = per_stage[np.arange(len(stage)), stage]
+    capacity = np.bincount(stage[alive], weights=current_weight[alive], minlength=n_stages)
+    moves = []
+    for peer in candidates.tolist():
+        current = int(stage[peer])
+        joined = capacity + per_stage[peer]
+        joined[current] = capacity[current]
+        shares = per_stage[peer] / joined
+        target = int(np.argmax(shares))
+        if shares[target] > shares[current] * (1.0 + hysteresis) * (1.0 + TIE_TOLERANCE):
+            capacity[current] -= per_stage[peer, current]
+            capacity[target] += per_stage[peer, target]
+            stage[peer] = target
+            moves.append((peer, current, target))
+    return stage, moves
+
+
+@settings(max_examples=60)
+@given(costs=st.lists(st.floats(0.5, 50.0), min_size=2, max_size=40), n_stages=st.integers(1, 6),
+       hysteresis=st.sampled_from([0.0, 0.05, 0.3]), stage_dependent=st.booleans(),
+       reading=st.sampled_from(["compute_share", "head_count"]), seed=st.integers(0, 2**32 - 1))
+def test_compiled_reallocation_makes_the_reference_loops_moves(costs, n_stages, hysteresis, stage_dependent,
+                                                               reading, seed):
+    rng = np.random.default_rng(seed)
+    cost = np.array(costs)
+    if stage_dependent:  # c_i(s): a peer's weight changes with the stage it moves to
+        cost = cost[:, None] * rng.uniform(0.5, 2.0, (len(cost), n_stages))
+    stage = rng.integers(0, n_stages, len(costs))
+    alive = rng.random(len(costs)) < 0.85
+    candidates = rng.permutation(np.flatnonzero(alive))[: rng.integers(0, alive.sum() + 1)]
+    expected = reference_reallocation(share_weight(cost, reading), stage, alive, candidates, hysteresis, n_stages)
+    new_stage, moves = reallocate(cost, stage, alive, candidates, hysteresis, n_stages, reading)
+    np.testing.assert_array_equal(new_stage, expected[0])
+    assert moves == expected[1]

@@ -7,7 +7,7 @@ import pytest
 from scipy.optimize import minimize_scalar
 
 from p2pllm_abm import P2PLLMModel, load_config
-from p2pllm_abm.dynamics import Environment, logit_choices
+from p2pllm_abm.dynamics import Environment, stage_choices
 from p2pllm_abm.economics import MarketParams, choice_probabilities, outside_logit, revenue_gradient
 from p2pllm_abm.equilibrium import (
     best_response,
@@ -18,6 +18,7 @@ from p2pllm_abm.equilibrium import (
     sensitivities,
     solve_equilibrium,
     stable_eta,
+    stage_blocks,
 )
 
 VARIANTS = [(0.0, np.inf), (0.6, np.inf), (0.0, 6.0), (0.4, 9.0)]  # (kappa, outside weight)
@@ -114,10 +115,10 @@ def test_outside_option_bounds_a_lone_peer_and_its_realised_share_matches():
     probs = float(choice_probabilities(np.array([price]), cost, stage, alive, 0.5, 1.0, 1, outside_logit(params))[0])
     clients = 20000
     env = Environment(cost=jnp.asarray(cost), stage=jnp.asarray(stage), alive=jnp.asarray(alive),
-                      client_alpha=jnp.full(clients, 0.5), request_rate=1.0, params=params, blocks=None,
+                      client_alpha=jnp.full(clients, 0.5), request_rate=1.0, params=params, blocks=stage_blocks(stage, alive, 1),
                       damping=0.5, geometry=None)
     import jax
-    chosen, _ = logit_choices(jax.random.key(0), env, jnp.array([price]), 1)
+    chosen, _ = stage_choices(jax.random.key(0), env, jnp.array([price]), 1)
     bought = float(np.mean(np.asarray(chosen)[:, 0] == 0))
     assert bought == pytest.approx(probs, abs=4 * np.sqrt(probs * (1 - probs) / clients))
 

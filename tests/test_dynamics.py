@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from p2pllm_abm import P2PLLMModel, load_config
-from p2pllm_abm.dynamics import Environment, Geometry, logit_choices, path_choices, path_totals
+from p2pllm_abm.dynamics import (Environment, Geometry, expected_requests, path_choices, path_totals, peer_noise,
+                                 stage_choices)
 from p2pllm_abm.economics import MarketParams, choice_probabilities
 from p2pllm_abm.equilibrium import stage_blocks
 from p2pllm_abm.metrics import class_rows
@@ -45,9 +46,8 @@ def test_gumbel_choices_realise_boltzmann_probabilities():
     clients = 40_000
     env = environment(peers, np.full(clients, 0.4), np.zeros((clients, 2)), params(temperature=1.5))
     price = jnp.asarray(peers.price)
-    chosen, probs = logit_choices(jax.random.key(0), env, price, 2)
+    chosen, _ = stage_choices(jax.random.key(0), env, price, 2)
     boltzmann = np.asarray(choice_probabilities(price, env.cost, env.stage, env.alive, 0.4, 1.5, 2))
-    np.testing.assert_allclose(np.asarray(probs[0]), boltzmann, atol=1e-15)
     for s in range(2):
         counts = np.bincount(np.asarray(chosen[:, s]), minlength=len(price))
         members = np.flatnonzero((peers.stage == s) & peers.alive)
@@ -62,10 +62,27 @@ def test_path_routing_without_latency_makes_the_stage_choice(seed):
     rng = np.random.default_rng(seed)
     env = environment(peers, rng.uniform(0, 0.9, 200), rng.uniform(0, 1, (200, 2)), params(temperature=0.7))
     key, price = jax.random.key(seed), jnp.asarray(peers.price)
-    stage_choice, stage_probs = logit_choices(key, env, price, 3)
-    path_choice, path_probs = path_choices(key, env, price, 3)
+    stage_choice, _ = stage_choices(key, env, price, 3)
+    path_choice = path_choices(key, env, price, 3)
     np.testing.assert_array_equal(np.asarray(path_choice), np.asarray(stage_choice))
-    np.testing.assert_array_equal(np.asarray(path_probs), np.asarray(stage_probs))
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_expected_requests_sum_each_requesting_clients_eq3_probabilities(grouped):
+    """Against choice_probabilities client by client; clients sharing an alpha share one computation."""
+    peers = market_table(5, n=25, n_stages=3)
+    rng = np.random.default_rng(5)
+    client_alpha = rng.choice([0.2, 0.5, 0.9], size=30)
+    env = environment(peers, client_alpha, rng.uniform(0, 1, (30, 2)), params(temperature=0.8))
+    if grouped:
+        values, group = np.unique(client_alpha, return_inverse=True)
+        env = env._replace(alpha_values=jnp.asarray(values), alpha_group=jnp.asarray(np.eye(len(values))[group]))
+    active = rng.random(30) < 0.7
+    price = jnp.asarray(peers.price)
+    expected = sum(np.asarray(choice_probabilities(price, env.cost, env.stage, env.alive, alpha, 0.8, 3))
+                   for alpha in client_alpha[active])
+    np.testing.assert_allclose(np.asarray(expected_requests(jnp.asarray(active), env, price)), expected, rtol=1e-12,
+                               atol=1e-15)
 
 
 @settings(max_examples=30)
@@ -78,8 +95,8 @@ def test_path_routing_minimises_noisy_weights_plus_latency(peers, alpha, tempera
     env = environment(peers, np.array([alpha]), home[None, :], params(alpha=alpha, temperature=temperature))
     key = jax.random.split(jax.random.key(seed), 3)[2]
     price = jnp.asarray(peers.price)
-    chosen = np.asarray(path_choices(key, env, price, peers.n_stages)[0][0])
-    gumbel = np.asarray(jax.random.gumbel(key, (1, len(peers)), dtype=jnp.float32), dtype=np.float64)[0]
+    chosen = np.asarray(path_choices(key, env, price, peers.n_stages)[0])
+    gumbel = np.asarray(peer_noise(key, env, jnp.float64))[0]
     score = alpha * peers.price + (1 - alpha) * peers.cost - temperature * gumbel
 
     def value(path):

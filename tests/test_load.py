@@ -161,7 +161,7 @@ def test_best_paths_from_an_origin_finish_the_prefix_optimally(peers):
     that peer's end boundary (Petals' deterministic scores), by brute force."""
     peers = _padded(peers)
     env, _ = _network_with_failures(peers, [False] * 9)
-    score, weight, _ = petals_scores(env, jnp.asarray(peers.price), peers.n_stages)
+    score, weight = petals_scores(env, jnp.asarray(peers.price))
     for origin in np.flatnonzero(peers.alive & (peers.stage_end < peers.n_stages)).tolist():
         path = np.asarray(paths_jit(env, score, weight, peers.n_stages, jnp.full(3, origin))[0])
         chain = [p for p in path.tolist() if p >= 0]

@@ -64,6 +64,52 @@ def test_fused_run_equals_step_by_step():
     pd.testing.assert_frame_equal(fused.metrics_frame().iloc[: len(recorded)], recorded)
 
 
+def stepped_and_fused(cfg, steps: int) -> tuple[P2PLLMModel, P2PLLMModel]:
+    fused, stepped = P2PLLMModel(cfg), P2PLLMModel(cfg)
+    fused.run(steps)
+    for _ in range(steps):
+        stepped.step()
+    return fused, stepped
+
+
+@pytest.mark.parametrize("overrides", [
+    [],  # Table 1: 64 clients, reallocation every 10 steps
+    ["market.update_rule=newton", "allocation.hysteresis=0.05"],  # a rule that reads the stage blocks
+    ["market.update_rule=best_response", "network.step_ms=20", "clients.load_aware=true"],  # queues
+    ["clients.alpha_distribution=uniform", "clients.alpha_params=[0.1,0.9]", "allocation.reading=head_count"],
+    ["allocation.enabled=false"],
+])
+def test_the_compiled_run_equals_stepping_bit_for_bit(overrides):
+    """model.run compiles every step between two records into one call (ticks and eq. 7-8
+    reallocation, dynamics.run_steps); model.step runs the phases one by one. Every output agrees."""
+    fused, stepped = stepped_and_fused(small(*overrides, "run.record_interval=25", experiment="paper_table1"), 100)
+    assert fused.fusable
+    pd.testing.assert_frame_equal(fused.metrics_frame(), stepped.metrics_frame())
+    pd.testing.assert_frame_equal(fused.peers_frame(), stepped.peers_frame())
+    pd.testing.assert_frame_equal(fused.events_frame(), stepped.events_frame())
+    for column in ("price", "revenue", "requests", "expected_requests", "stage_start", "stage_end", "cost"):
+        np.testing.assert_array_equal(getattr(fused.peers, column), getattr(stepped.peers, column))
+    assert fused.moves == stepped.moves and (fused.moves > 0) == fused.config.allocation.enabled
+
+
+def test_the_compiled_run_stops_where_reallocation_changes_the_stage_blocks_shape():
+    """Stages of 120, 40, 20 and 20 peers balance out: the blocks' width shrinks from 128 to 64 on
+    the way, which a compiled loop cannot do in place; the run returns to the host there and goes on."""
+    cfg = small("network.initial_distribution=[120,40,20,20]", "report.reference=null", "allocation.move_fraction=1.0",
+                "run.record_interval=50", experiment="paper_table1")
+    start = P2PLLMModel(cfg).environment.blocks.index.shape[1]
+    fused, stepped = stepped_and_fused(cfg, 100)
+    assert (start, fused.environment.blocks.index.shape[1]) == (128, 64)
+    pd.testing.assert_frame_equal(fused.metrics_frame(), stepped.metrics_frame())
+    pd.testing.assert_frame_equal(fused.events_frame(), stepped.events_frame())
+
+
+@pytest.mark.parametrize("overrides", [["ledger.enabled=true"], ["churn.leave_rate=0.01", "churn.join_rate=2"],
+                                       ["clients.routing=path"], ["allocation.reload_steps=2"]])
+def test_runs_that_need_the_host_between_steps_are_not_compiled_whole(overrides):
+    assert not P2PLLMModel(small(*overrides)).fusable
+
+
 def test_metrics_invariants():
     model = P2PLLMModel(small(experiment="paper_table1"))
     model.run(100)
