@@ -42,6 +42,8 @@ readme-figures: $(STAMP) run verify welfare learning security petals
 		$(BIN)/p2pllm-sim -m sweep=$$sweep && $(BIN)/python -m analysis figures multirun/sweep_$$sweep || exit 1; done
 	$(BIN)/python -m analysis network-figure --experiment paper_28 --steps 200 --alpha 0.5
 	$(BIN)/python -m analysis pareto-figure --experiment paper_28 --steps 200
+	$(BIN)/python -m analysis sensitivity --experiment paper_table1 --steps 500 --vary market.alpha=0.2:0.8 \
+		market.eta=20:80 market.temperature=0.5:2 --method sobol --samples 32 --out outputs/sensitivity
 	$(BIN)/python -m analysis.readme_figures
 
 bench: $(STAMP)

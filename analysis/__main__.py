@@ -8,6 +8,8 @@
     python -m analysis network-figure --experiment paper_28 --alpha 0.5 # Figure 1
     python -m analysis ledger-figures outputs/paper_table1_ledger     # money, stake Gini, latency of a ledger run
     python -m analysis ledger-figures multirun/sweep_ledger           # latency vs shards, escrow vs channels
+    python -m analysis sensitivity --experiment paper_table1 --vary market.alpha=0.2:0.8 market.eta=20:80 \
+        --method sobol --samples 64 --steps 500                   # Sobol indices of the outcomes (SALib)
     python -m analysis calibrate --table paper_table1 --fit market.temperature network.initial_price market.eta \
         --fixed market.alpha=0.5 --out outputs/calibration          # fit the paper's unstated settings
 """
@@ -87,8 +89,24 @@ def main(argv: list[str] | None = None) -> None:
     calibrating.add_argument("--reproduce", type=Path, metavar="RUN_DIR",
                              help="also run the calibrated experiment in full into RUN_DIR and print it beside "
                                   "the literal reading and the paper")
+    sensitive = commands.add_parser("sensitivity", help="Sobol or Morris indices of run outcomes (SALib)")
+    sensitive.add_argument("--experiment", default="paper_table1", help="conf/experiment/<name>.yaml")
+    sensitive.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                           help="Hydra override of that experiment (repeatable)")
+    sensitive.add_argument("--vary", nargs="+", required=True, metavar="FIELD=LOW:HIGH",
+                           help="float settings and their ranges, e.g. market.alpha=0.2:0.8 market.eta=20:80")
+    sensitive.add_argument("--method", choices=["sobol", "morris"], default="sobol")
+    sensitive.add_argument("--samples", type=int, default=64,
+                           help="Sobol: base samples N (N x (settings + 2) runs); Morris: trajectories "
+                                "(each settings + 1 runs)")
+    sensitive.add_argument("--steps", type=int, default=500, help="steps per run")
+    sensitive.add_argument("--seed", type=int, default=0, help="the design's and the bootstrap's seed")
+    sensitive.add_argument("--jobs", type=int, default=2, help="runs in parallel")
+    sensitive.add_argument("--out", type=Path, default=Path("outputs/sensitivity"))
     args = parser.parse_args(argv)
 
+    if args.command == "sensitivity":
+        return _sensitivity(parser, args)
     if args.command == "calibrate":
         return _calibrate(parser, args)
 
@@ -197,6 +215,26 @@ def _calibrate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         reproduce(result, args.reproduce)
     else:
         print(findings(result))
+
+
+def _sensitivity(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from p2pllm_abm import load_config
+
+    from .sensitivity import sensitivity, parse_ranges
+
+    try:
+        if args.steps < 1:
+            raise ValueError(f"--steps = {args.steps} is invalid: allowed steps >= 1")
+        cfg = load_config(args.experiment, overrides=args.override)
+        result = sensitivity(cfg, args.experiment, parse_ranges(args.vary, cfg), args.method, args.samples, args.steps,
+                             args.seed, args.jobs, args.out)
+    except ValueError as error:
+        parser.error(str(error))
+    print(result["indices"].to_string(index=False, float_format=lambda value: f"{value:.4g}"))
+    for name in result["left_out"]:
+        print(f"left out {name}: not defined in every run (e.g. surplus at alpha = 0)")
+    for name in ("sensitivity.csv", "samples.parquet", "sensitivity.png"):
+        print(args.out / name)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,9 @@ FIGURES = {
     "ledger_payments.png": ("multirun/sweep_ledger/figures/ledger_payments.png",
                                       "p2pllm-sim -m sweep=ledger && python -m analysis ledger-figures "
                                       "multirun/sweep_ledger"),
+    "sensitivity.png": ("outputs/sensitivity/sensitivity.png",
+                        "python -m analysis sensitivity --experiment paper_table1 --steps 500 --vary market.alpha=0.2:0.8 "
+                        "market.eta=20:80 market.temperature=0.5:2 --method sobol --samples 32 --out outputs/sensitivity"),
 }
 
 

@@ -14,9 +14,11 @@ others). Requests are routed by ``clients.routing``:
   it also routes spans.
 
 Either way the realised path's total price and time (costs plus latencies) are summed per request
-class (client alpha bin) for the metrics. Ticks between two events that need Python
-(reallocation, metrics) run inside a single ``lax.fori_loop``: a call into JAX costs about 70 us,
-one tick at 10^4 peers about as much.
+class (client alpha bin) for the metrics. Clients' choices and eq.-3 probabilities are computed on
+peers laid out by stage block (``env.blocks``): per-stage maxima and sums are then dense reductions,
+not scatters. Ticks between two events that need Python run inside a single ``lax.fori_loop``
+(:func:`run_ticks`: a call into JAX costs about 70 us); :func:`run_steps` also compiles eq. 7-8
+reallocation, so that a run without host phases makes one call per record.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ class Environment(NamedTuple):
     client_alpha: Array  #: one alpha per client
     request_rate: float
     params: MarketParams
-    blocks: StageBlocks  #: live peers by (first) stage: the sequential and Newton rules, path routing
+    blocks: StageBlocks  #: live peers by (first) stage: requests, the sequential and Newton rules, path routing
     damping: float  #: of the fixed-point rule
     geometry: Geometry
     exploration: float = 0.0  #: the "observed" rule's price perturbation delta
@@ -240,7 +242,8 @@ def stage_choices(key: Array, env: Environment, price: Array, n_stages: int) -> 
 def path_scores(key: Array, env: Environment, price: Array) -> tuple[Array, Array]:
     """The ``path`` routing's node scores ``w_v - T G_v`` per client ``(clients, n)`` (inf for dead
     peers) and its latency weights ``1 - alpha`` per client."""
-    return -env.params.temperature * (client_logits(env, price) + peer_noise(key, env, price.dtype)), 1.0 - env.client_alpha
+    score = -env.params.temperature * (client_logits(env, price) + peer_noise(key, env, price.dtype))
+    return score, 1.0 - env.client_alpha
 
 
 def petals_scores(env: Environment, price: Array) -> tuple[Array, Array]:

@@ -19,9 +19,13 @@ peers back from downtime, leaving, joining, and those that will fail mid-request
    (:func:`~p2pllm_abm.equilibrium.nash_gap`) and each request class's realised path price and
    time.
 
-Phases 1-2 are jitted JAX over all peers. :meth:`P2PLLMModel.run` fuses the consecutive steps
-between two steps that need phases 3-5 into one compiled call; it gives the same results, bit for
-bit, as calling :meth:`~P2PLLMModel.step` repeatedly. With the ledger on, the fused call also
+Phases 1-3 are jitted JAX over all peers. Where no phase needs the host between records (no ledger,
+churn, failures or adversaries; eq. 7-8 reallocation of single-stage peers; :attr:`~P2PLLMModel.fusable`),
+:meth:`P2PLLMModel.run` runs every step up to the next record in one compiled call
+(:func:`~p2pllm_abm.dynamics.run_steps`: ticks, and reallocation with its candidates drawn
+beforehand); otherwise it fuses the consecutive steps between two steps that need phases 3-5. Either
+way it gives the same results, bit for bit, as calling :meth:`~P2PLLMModel.step` repeatedly. With
+the ledger on, the fused call also
 returns every tick's paid hops and the contracts phase settles them step by step afterwards
 (:meth:`~P2PLLMModel._settled_ticks`; a peer leaving the market mid-chunk makes it recompute the
 market up to that step, so results still equal stepping); with ``ledger.registry_view=confirmed``
@@ -155,8 +159,8 @@ class P2PLLMModel(mesa.Model):
         self.request_classes = RequestClasses.from_alpha(self.client_alpha, cfg.clients.request_classes)
         values, group = np.unique(self.client_alpha, return_inverse=True)
         #: clients sharing an alpha share eq. 3's probabilities (Environment.alpha_values)
-        self._alpha_groups = ({} if len(values) == len(self.client_alpha) else
-                              {"alpha_values": jnp.asarray(values), "alpha_group": jnp.asarray(np.eye(len(values))[group])})
+        self._alpha_groups = {} if len(values) == len(self.client_alpha) else {
+            "alpha_values": jnp.asarray(values), "alpha_group": jnp.asarray(np.eye(len(values))[group])}
         rows = np.flatnonzero(self.peers.present)
         self._peer_unique_ids = np.full(len(self.peers), -1, dtype=np.int64)  #: see peer_unique_ids
         self._agents_by_row: dict[int, PeerAgent] = {}

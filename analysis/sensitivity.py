@@ -1,0 +1,186 @@
+"""Global sensitivity of a run's outcomes to continuous settings (paper section 5.1), with SALib.
+
+    python -m analysis sensitivity --experiment paper_table1 --steps 500 \
+        --vary market.alpha=0.2:0.8 market.eta=20:80 market.temperature=0.5:2 --method sobol --samples 64
+
+Each point of the design (Saltelli's sequence for Sobol indices, Morris' trajectories for
+elementary effects) is one run of the experiment with those values and the same seed: common random
+numbers, so that the indices measure the settings, not the draws. From each run's last record come
+the :data:`OUTCOMES`; SALib gives per outcome and setting the indices with 95% confidence intervals
+(bootstrap). Files in ``--out``:
+
+- ``sensitivity.csv``: ``outcome, parameter, index, value, conf`` (``conf``: half-width of the 95%
+  interval); Sobol: ``S1`` (first order) and ``ST`` (total); Morris: ``mu_star`` (mean absolute
+  elementary effect) and ``sigma`` (its spread: interactions or non-linearity; no interval);
+- ``samples.parquet``: the design, one row per run, with its outcomes;
+- ``sensitivity.png``: the indices with their intervals, one panel per outcome.
+
+The runs are separate models run in parallel (``--jobs``), not one vmapped ensemble.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from joblib import Parallel, delayed  # noqa: E402
+from SALib.analyze import morris as morris_analysis  # noqa: E402
+from SALib.analyze import sobol as sobol_analysis  # noqa: E402
+from SALib.sample import morris as morris_design  # noqa: E402
+from SALib.sample import sobol as sobol_design  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from p2pllm_abm import P2PLLMModel  # noqa: E402
+from p2pllm_abm.config import Config, ConfigError, dotted_name, with_parameters  # noqa: E402
+from p2pllm_abm.metrics import class_rows, convergence_objective, stage_rows  # noqa: E402
+
+METHODS = ("sobol", "morris")
+#: Morris' grid levels per setting
+MORRIS_LEVELS = 4
+
+
+def _final(stages: pd.DataFrame) -> pd.DataFrame:
+    return stages[stages["step"] == stages["step"].max()]
+
+
+#: outcome -> how it is read from a finished run's metrics (stage rows, request-class rows, steps)
+OUTCOMES: dict[str, Callable[[pd.DataFrame, pd.DataFrame, int], float]] = {
+    "mean_price": lambda stages, _, __: float(_final(stages)["mean_price"].mean()),  # over stages
+    "relative_nash_gap": lambda stages, _, __: float(_final(stages)["relative_nash_gap"].max()),
+    "convergence": lambda stages, _, steps: convergence_objective(stages, steps),  # the Optuna sweep's objective
+    "consumer_surplus": lambda stages, _, __: float(_final(stages)["consumer_surplus"].astype(float).sum()),
+    "social_welfare": lambda stages, _, __: float(_final(stages)["social_welfare"].astype(float).sum()),
+    "hhi": lambda stages, _, __: float(_final(stages)["hhi"].astype(float).mean()),
+    "path_time": lambda _, classes, __: float(np.average(
+        _final(classes)["path_time"].astype(float).fillna(0.0), weights=_final(classes)["path_requests"]))
+    if _final(classes)["path_requests"].sum() > 0 else float("nan"),
+}
+
+
+def parse_ranges(specs: Sequence[str], cfg: Config) -> dict[str, tuple[float, float]]:
+    """``name=low:high`` settings (dotted or Mesa-style names of float fields) as ``{dotted: (low, high)}``;
+    a malformed spec, an unknown or non-float field, or ``low >= high`` is refused naming it."""
+    ranges = {}
+    for spec in specs:
+        name, _, bounds = spec.partition("=")
+        low, colon, high = bounds.partition(":")
+        try:
+            low_value, high_value = float(low), float(high)
+        except ValueError:
+            raise ConfigError("--vary", spec, "name=low:high with two numbers, e.g. market.alpha=0.2:0.8") from None
+        if not colon or not low_value < high_value:
+            raise ConfigError("--vary", spec, "name=low:high with low < high, e.g. market.alpha=0.2:0.8")
+        field = dotted_name(name, low_value)
+        section, _, leaf = field.rpartition(".")
+        kind = {f.name: f.type for f in fields(getattr(cfg, section))}.get(leaf) if section else None
+        if kind not in (float, "float"):
+            raise ConfigError("--vary", spec, "a float field of the config (alpha, eta, temperature, demand, ...)")
+        for value in (low_value, high_value):
+            with_parameters(cfg, {field: value})  # refuses a value out of the field's range, naming it
+        ranges[field] = (low_value, high_value)
+    if not ranges:
+        raise ConfigError("--vary", list(specs), "at least one name=low:high")
+    return ranges
+
+
+def design(method: str, ranges: dict[str, tuple[float, float]], samples: int, seed: int) -> tuple[dict, np.ndarray]:
+    """SALib's problem and its design: Saltelli's ``samples * (D + 2)`` points for Sobol indices
+    (first and total order), or ``samples`` Morris trajectories of ``D + 1`` points."""
+    problem = {"num_vars": len(ranges), "names": list(ranges), "bounds": [list(bounds) for bounds in ranges.values()]}
+    if method == "sobol":
+        return problem, sobol_design.sample(problem, samples, calc_second_order=False, seed=seed)
+    return problem, morris_design.sample(problem, samples, num_levels=MORRIS_LEVELS, seed=seed)
+
+
+def run_outcomes(cfg: Config, values: dict[str, float], steps: int) -> dict[str, float]:
+    """The :data:`OUTCOMES` of one run of ``cfg`` with ``values`` set, ``steps`` steps long."""
+    model = P2PLLMModel(with_parameters(cfg, values))
+    model.run(steps)
+    metrics = model.metrics_frame()
+    stages, classes = stage_rows(metrics), class_rows(metrics)
+    return {name: read(stages, classes, steps) for name, read in OUTCOMES.items()}
+
+
+def analyse(method: str, problem: dict, points: np.ndarray, outcomes: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Sobol or Morris indices of every outcome that every run defined (``outcome, parameter, index,
+    value, conf``)."""
+    rows = []
+    for outcome in outcomes.columns:
+        y = outcomes[outcome].to_numpy(dtype=float)
+        if not np.isfinite(y).all():
+            continue  # e.g. surplus at alpha = 0 (no price scale): reported by the caller
+        if method == "sobol":
+            result = sobol_analysis.analyze(problem, y, calc_second_order=False, conf_level=0.95, seed=seed)
+            indices = {"S1": ("S1", "S1_conf"), "ST": ("ST", "ST_conf")}
+        else:
+            result = morris_analysis.analyze(problem, points, y, conf_level=0.95, num_levels=MORRIS_LEVELS, seed=seed)
+            indices = {"mu_star": ("mu_star", "mu_star_conf"), "sigma": ("sigma", None)}
+        for k, parameter in enumerate(problem["names"]):
+            for index, (value, conf) in indices.items():
+                rows.append({"outcome": outcome, "parameter": parameter, "index": index,
+                             "value": float(result[value][k]),
+                             "conf": float(result[conf][k]) if conf else float("nan")})
+    return pd.DataFrame(rows, columns=["outcome", "parameter", "index", "value", "conf"])
+
+
+def plot_indices(indices: pd.DataFrame, method: str, experiment: str, steps: int, runs: int, path: Path) -> Path:
+    """One panel per outcome: each setting's indices as bars with their 95% intervals."""
+    outcomes = list(dict.fromkeys(indices["outcome"]))
+    columns = min(len(outcomes), 4)
+    rows = -(-len(outcomes) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows), squeeze=False)
+    kinds = list(dict.fromkeys(indices["index"]))
+    width = 0.8 / len(kinds)
+    for ax, outcome in zip(axes.ravel(), outcomes):
+        part = indices[indices["outcome"] == outcome]
+        names = list(dict.fromkeys(part["parameter"]))
+        for j, kind in enumerate(kinds):
+            bars = part[part["index"] == kind].set_index("parameter").loc[names]
+            ax.bar(np.arange(len(names)) + (j - (len(kinds) - 1) / 2) * width, bars["value"], width,
+                   yerr=bars["conf"].fillna(0.0), capsize=3, label=kind)
+        ax.set_xticks(np.arange(len(names)), [name.rpartition(".")[2] for name in names], rotation=30)
+        ax.set_title(outcome)
+        ax.axhline(0.0, color="black", linewidth=0.6)
+    for ax in axes.ravel()[len(outcomes):]:
+        ax.set_visible(False)
+    axes[0, 0].legend(title="95% interval", fontsize="small")
+    label = "Sobol indices (S1 first order, ST total)" if method == "sobol" else "Morris elementary effects"
+    fig.suptitle(f"{label}: {experiment}, {runs} runs of {steps} steps, one seed", fontsize="medium")
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def sensitivity(cfg: Config, experiment: str, ranges: dict[str, tuple[float, float]], method: str = "sobol",
+                samples: int = 64, steps: int = 500, seed: int = 0, jobs: int = 2,
+                out: Path = Path("outputs/sensitivity"), progress: bool = True) -> dict[str, Any]:
+    """Run the design, write ``sensitivity.csv``, ``samples.parquet`` and ``sensitivity.png`` to
+    ``out``; returns the indices, the samples and the outcomes left out (not defined in every run)."""
+    if method not in METHODS:
+        raise ConfigError("--method", method, f"one of {', '.join(METHODS)}")
+    if samples < 2:
+        raise ConfigError("--samples", samples, "an integer >= 2")
+    problem, points = design(method, ranges, samples, seed)
+    names = problem["names"]
+    jobs_iter = Parallel(n_jobs=jobs, return_as="generator")(
+        delayed(run_outcomes)(cfg, dict(zip(names, map(float, point))), steps) for point in points)
+    results = list(tqdm(jobs_iter, total=len(points), desc="sensitivity", unit="run", disable=not progress))
+    outcomes = pd.DataFrame(results, columns=list(OUTCOMES))
+    indices = analyse(method, problem, points, outcomes, seed)
+    left_out = [name for name in OUTCOMES if not np.isfinite(outcomes[name]).all()]
+    out.mkdir(parents=True, exist_ok=True)
+    indices.to_csv(out / "sensitivity.csv", index=False)
+    table = pd.concat([pd.DataFrame(points, columns=names), outcomes], axis=1)
+    table.insert(0, "run", np.arange(len(points)))
+    table.to_parquet(out / "samples.parquet", index=False)
+    figure = plot_indices(indices, method, experiment, steps, len(points), out / "sensitivity.png")
+    return {"indices": indices, "samples": table, "left_out": left_out, "figure": figure}
