@@ -117,11 +117,15 @@ def analyse(method: str, problem: dict, points: np.ndarray, outcomes: pd.DataFra
         y = outcomes[outcome].to_numpy(dtype=float)
         if not np.isfinite(y).all():
             continue  # e.g. surplus at alpha = 0 (no price scale): reported by the caller
+        # a Generator, not the int: SALib 1.6's Sobol analysis ignores seed=0 ("if seed:") and bootstraps
+        # from numpy's global state, so the intervals would change from run to run
+        bootstrap = np.random.default_rng(seed)
         if method == "sobol":
-            result = sobol_analysis.analyze(problem, y, calc_second_order=False, conf_level=0.95, seed=seed)
+            result = sobol_analysis.analyze(problem, y, calc_second_order=False, conf_level=0.95, seed=bootstrap)
             indices = {"S1": ("S1", "S1_conf"), "ST": ("ST", "ST_conf")}
         else:
-            result = morris_analysis.analyze(problem, points, y, conf_level=0.95, num_levels=MORRIS_LEVELS, seed=seed)
+            result = morris_analysis.analyze(problem, points, y, conf_level=0.95, num_levels=MORRIS_LEVELS,
+                                             seed=bootstrap)
             indices = {"mu_star": ("mu_star", "mu_star_conf"), "sigma": ("sigma", None)}
         for k, parameter in enumerate(problem["names"]):
             for index, (value, conf) in indices.items():

@@ -35,12 +35,15 @@ def test_an_inert_setting_has_no_effect_and_alpha_moves_the_price(tmp_path, caps
     assert "mu_star" in capsys.readouterr().out
 
 
-def test_sobol_indices_of_a_setting_that_does_nothing_are_zero(tmp_path):
-    main(["sensitivity", *EXPERIMENT, "--method", "sobol", "--samples", "4", "--out", str(tmp_path),
-          "--vary", "market.eta=5:40", "clients.hop_overhead_ms=1:50"])
-    indices = pd.read_csv(tmp_path / "sensitivity.csv").set_index(["parameter", "index", "outcome"])["value"]
+def test_sobol_indices_of_a_setting_that_does_nothing_are_zero_and_reruns_agree(tmp_path):
+    for name in ("a", "b"):
+        main(["sensitivity", *EXPERIMENT, "--method", "sobol", "--samples", "4", "--out", str(tmp_path / name),
+              "--vary", "market.eta=5:40", "clients.hop_overhead_ms=1:50"])
+    table = pd.read_csv(tmp_path / "a" / "sensitivity.csv")
+    pd.testing.assert_frame_equal(table, pd.read_csv(tmp_path / "b" / "sensitivity.csv"))  # the intervals too
+    indices = table.set_index(["parameter", "index", "outcome"])["value"]
     assert (indices.loc["clients.hop_overhead_ms"] == 0.0).all()
-    assert len(pd.read_parquet(tmp_path / "samples.parquet")) == 4 * (2 + 2)  # Saltelli: N (D + 2)
+    assert len(pd.read_parquet(tmp_path / "a" / "samples.parquet")) == 4 * (2 + 2)  # Saltelli: N (D + 2)
     assert indices.loc[("market.eta", "ST", "mean_price")] > 0
 
 
