@@ -109,8 +109,10 @@ def initial_state(price: Array, key: Array, classes: int, clients: int = 0, n_st
                        sample_count=jnp.zeros((), jnp.int32))
 
 
+@jax.jit
 def reset_window(state: MarketState) -> MarketState:
-    """The state with the per-record windows (class sums, served counts, samples) emptied."""
+    """The state with the per-record windows (class sums, served counts, samples) emptied (one
+    compiled call, not seven array operations dispatched one by one)."""
     zeros = jnp.zeros_like(state.class_requests)
     return state._replace(class_requests=zeros, class_price=zeros, class_time=zeros,
                           window_served=jnp.zeros_like(state.window_served),

@@ -161,6 +161,9 @@ class P2PLLMModel(mesa.Model):
         #: clients sharing an alpha share eq. 3's probabilities (Environment.alpha_values)
         self._alpha_groups = {} if len(values) == len(self.client_alpha) else {
             "alpha_values": jnp.asarray(values), "alpha_group": jnp.asarray(np.eye(len(values))[group])}
+        #: the clients on the device once (they never change; churn rebuilds the environment every step)
+        self._clients = {"alpha": jnp.asarray(self.client_alpha), "position": jnp.asarray(self.client_position),
+                         "class": jnp.asarray(self.request_classes.one_hot)}
         rows = np.flatnonzero(self.peers.present)
         self._peer_unique_ids = np.full(len(self.peers), -1, dtype=np.int64)  #: see peer_unique_ids
         self._agents_by_row: dict[int, PeerAgent] = {}
@@ -622,7 +625,7 @@ class P2PLLMModel(mesa.Model):
             cost=jnp.asarray(self.claimed_cost.copy()),
             stage=jnp.asarray(self.peers.stage.copy()),
             alive=jnp.asarray(self.peers.alive.copy()),
-            client_alpha=jnp.asarray(self.client_alpha),
+            client_alpha=self._clients["alpha"],
             request_rate=self.config.clients.request_rate,
             params=self.market_params,
             blocks=blocks,
@@ -631,10 +634,10 @@ class P2PLLMModel(mesa.Model):
             baseline_rate=self.config.market.baseline_rate,
             geometry=Geometry(
                 position=jnp.asarray(self.peers.position.copy()),
-                client_position=jnp.asarray(self.client_position),
+                client_position=self._clients["position"],
                 latency_range=self.peers.latency_range,
                 ends=ends,
-                client_class=jnp.asarray(self.request_classes.one_hot),
+                client_class=self._clients["class"],
             ),
             capacity=None if capacity is None else jnp.asarray(capacity),
             step_ms=0.0 if net.step_ms is None else float(net.step_ms),
