@@ -571,9 +571,9 @@ def run_steps(state: MarketState, env: Environment, n_steps: Array, first_step: 
               load_aware: bool = False) -> tuple[MarketState, Array, StageBlocks, Array, Array]:
     """Steps ``first_step + 1`` to ``first_step + n_steps`` in one compiled loop: each step's tick
     (phases 1-2) and, when due, reallocation (phase 3) with the stage blocks rebuilt in place. It
-    stops early after a reallocation that changes the width :func:`~p2pllm_abm.equilibrium.stage_blocks`
-    would choose (the shapes are fixed inside the loop). Returns the final state, stages and blocks,
-    the steps done, and each event's candidates' stages after their turn ``(events, K)``."""
+    stops early after a reallocation that makes a stage outgrow the blocks' width (the shapes are
+    fixed inside the loop). Returns the final state, stages and blocks, the steps done, and each
+    event's candidates' stages after their turn ``(events, K)``."""
     width = env.blocks.index.shape[1]
     after = (jnp.zeros((0, 0), jnp.int64) if reallocation is None
              else jnp.full(reallocation.candidates.shape, -1, jnp.int64))

@@ -217,9 +217,9 @@ def block_width(counts: Array) -> Array:
 
 
 def traced_stage_blocks(stage: Array, alive: Array, n_stages: int, width: int) -> tuple[StageBlocks, Array]:
-    """:func:`stage_blocks` inside a compiled call, at a fixed ``width``: the same index, and whether
-    :func:`stage_blocks` would choose that width (when not, peers beyond it are left out and the
-    caller must rebuild outside)."""
+    """:func:`stage_blocks` with ``min_width=width`` inside a compiled call: the same index, and
+    whether every stage fits in ``width`` (when one does not, peers beyond it are left out and the
+    caller must rebuild outside, wider)."""
     key = jnp.where(alive, stage, n_stages)
     order = jnp.argsort(key, stable=True)  # by stage, then by index; dead peers last
     counts = jax.ops.segment_sum(alive.astype(jnp.int32), stage, num_segments=n_stages)
@@ -227,7 +227,7 @@ def traced_stage_blocks(stage: Array, alive: Array, n_stages: int, width: int) -
     row = key[order]
     place = jnp.arange(stage.shape[0]) - first[jnp.minimum(row, n_stages - 1)]
     index = jnp.full((n_stages, width), -1, dtype=jnp.int64).at[row, place].set(order, mode="drop")
-    return StageBlocks(index), block_width(counts) == width
+    return StageBlocks(index), block_width(counts) <= width
 
 
 def block_arrays(price, cost, blocks: StageBlocks) -> tuple[Array, Array, Array]:

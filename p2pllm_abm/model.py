@@ -175,7 +175,7 @@ class P2PLLMModel(mesa.Model):
         #: peers reloading after a move (down, but counted by Petals' block selection as joining)
         self.reloading = np.zeros(len(self.peers), dtype=bool)
         self.failing = None if cfg.failures.rate == 0 else np.zeros(len(self.peers), dtype=bool)
-        self._block_width = 1  #: the widest stage block so far (churn: the jitted step's shapes only grow)
+        self._block_width = 1  #: the widest stage block so far (the jitted steps' shapes only grow)
         self._events: list[tuple[int, str, np.ndarray, np.ndarray]] = []  #: (step, kind, peer ids, stages)
         self.switch_fees = np.zeros(len(self.peers))  #: cumulative allocation.switch_fee paid per row
         self.churn_counts = dict.fromkeys((*EVENT_KINDS, "joins_refused"), 0)  #: events so far, by kind
@@ -524,7 +524,7 @@ class P2PLLMModel(mesa.Model):
 
     def _run_fused(self, end: int, bar: tqdm) -> None:
         """:meth:`run`'s loop when :attr:`fusable`: one compiled call up to each record (it returns
-        early when reallocation changes the stage blocks' width), then the record."""
+        early when reallocation makes a stage outgrow the stage blocks), then the record."""
         self._settle()
         record = self.config.run.record_interval
         while self.steps < end:
@@ -540,9 +540,11 @@ class P2PLLMModel(mesa.Model):
         events = [step for step in range(self.steps + 1, self.steps + steps + 1)
                   if alloc.enabled and step % alloc.period == 0]
         reallocation, drawn_from = None, self.rng.bit_generator.state
-        if events:
+        if alloc.enabled:  # the same shapes at every call (at most one event per period), so one compile
             candidates = [move_candidates(peers.alive, alloc.move_fraction, self.rng) for _ in events]
-            padded = np.full((padded_size(len(events)), padded_size(max(map(len, candidates)))), -1)
+            most = self.config.run.record_interval // alloc.period + 1
+            movers = int(np.ceil(alloc.move_fraction * peers.alive.sum()))  # move_candidates' count
+            padded = np.full((padded_size(most), padded_size(movers)), -1)
             for row, chosen in zip(padded, candidates):
                 row[: len(chosen)] = chosen
             reallocation = Reallocation(jnp.asarray(share_weight(peers.cost, alloc.reading)), jnp.asarray(padded),
@@ -650,19 +652,16 @@ class P2PLLMModel(mesa.Model):
     def _stage_blocks(self) -> tuple[StageBlocks, jax.Array]:
         """The live peers by first stage and by end stage, for the ticks that read them (requests,
         the sequential and Newton price rules; path and Petals routing); a ``(m, 1)`` placeholder of
-        ``-1`` otherwise. The width is the largest stage's :func:`~p2pllm_abm.equilibrium.block_size`
-        in a :attr:`fusable` run (the compiled run rebuilds the blocks the same way); otherwise widths
-        only grow, so that a shape seen once (churn, exits, reloads) is not compiled again."""
-        grow_only = not self.fusable
-        net, width = self.peers, self._block_width if grow_only else 1
+        ``-1`` otherwise. Widths only grow (to the largest stage's :func:`~p2pllm_abm.equilibrium.block_size`),
+        so that a shape seen once is not compiled again; the compiled run widens them the same way."""
+        net, width = self.peers, self._block_width
         by_stage = self.config.market.update_rule in BLOCK_RULES or self.config.clients.count > 0
         by_end = self.config.clients.routing != "stage"
         blocks = (stage_blocks(net.stage, net.alive, net.n_stages, width) if by_stage
                   else StageBlocks(jnp.full((net.n_stages, 1), -1)))
         ends = (stage_blocks(net.stage_end, net.alive, net.n_stages + 1, width).index if by_end
                 else jnp.full((net.n_stages + 1, 1), -1))
-        if grow_only:
-            self._block_width = max(blocks.index.shape[1], ends.shape[1])
+        self._block_width = max(blocks.index.shape[1], ends.shape[1])
         return blocks, ends
 
     def _market_ticks(self, ticks: int, first_step: int) -> None:

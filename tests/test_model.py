@@ -92,14 +92,28 @@ def test_the_compiled_run_equals_stepping_bit_for_bit(overrides):
     assert fused.moves == stepped.moves and (fused.moves > 0) == fused.config.allocation.enabled
 
 
-def test_the_compiled_run_stops_where_reallocation_changes_the_stage_blocks_shape():
-    """Stages of 120, 40, 20 and 20 peers balance out: the blocks' width shrinks from 128 to 64 on
-    the way, which a compiled loop cannot do in place; the run returns to the host there and goes on."""
-    cfg = small("network.initial_distribution=[120,40,20,20]", "report.reference=null", "allocation.move_fraction=1.0",
-                "run.record_interval=50", experiment="paper_table1")
-    start = P2PLLMModel(cfg).environment.blocks.index.shape[1]
-    fused, stepped = stepped_and_fused(cfg, 100)
-    assert (start, fused.environment.blocks.index.shape[1]) == (128, 64)
+def test_the_compiled_run_returns_to_python_where_a_stage_outgrows_the_stage_blocks():
+    """8 fast peers (c = 1) in stage 1 and 32 slow ones (c = 50) in stage 2: with hysteresis 0.2,
+    eq. 7-8 send three fast peers to stage 2 (the fourth would gain 8%) and no slow one, past the 32
+    peers its blocks hold, which a compiled loop cannot widen in place; the run returns to the host
+    there, widens them (to 48) and goes on, as stepping does."""
+    cfg = small("network.stages=2", "network.peers=40", "network.initial_distribution=[8,32]", "report.reference=null",
+                "allocation.move_fraction=1.0", "allocation.hysteresis=0.2", "run.record_interval=20",
+                experiment="paper_table1")
+    models = []
+    for _ in range(2):
+        model = P2PLLMModel(cfg)
+        model.peers.cost[:] = np.where(model.peers.stage == 0, 1.0, 50.0)
+        model.peers.stage_cost[:] = model.peers.cost[:, None]
+        model._environment = None  # rebuilt from the edited table
+        models.append(model)
+    fused, stepped = models
+    start = fused.environment.blocks.index.shape[1]
+    fused.run(40)
+    for _ in range(40):
+        stepped.step()
+    assert (start, fused.environment.blocks.index.shape[1]) == (32, 48)
+    assert fused.peers.stage_counts().tolist() == [5, 35]
     pd.testing.assert_frame_equal(fused.metrics_frame(), stepped.metrics_frame())
     pd.testing.assert_frame_equal(fused.events_frame(), stepped.events_frame())
 
