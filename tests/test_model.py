@@ -5,10 +5,12 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from p2pllm_abm import P2PLLMModel, load_config
 from p2pllm_abm.agents import ClientAgent, PeerAgent
-from p2pllm_abm.metrics import CLASS_METRICS, PEER_COLUMNS, STAGE_METRICS, stage_rows, write_run_outputs
+from p2pllm_abm.metrics import CLASS_METRICS, PEER_COLUMNS, STAGE_METRICS, stage_medians, stage_rows, write_run_outputs
 
 
 def small(*overrides, experiment="paper_28"):
@@ -219,3 +221,13 @@ def test_span_lengths_follow_the_configured_distribution():
     for start, probs in ((0, [0.5, 0.3, 0.2]), (1, [0.5, 0.3, 0.2]), (2, [0.625, 0.375, 0.0]), (3, [1.0, 0, 0])):
         observed = np.bincount(length[peers.stage_start == start], minlength=4)[1:] / 1000
         np.testing.assert_allclose(observed, probs, atol=0.05)
+
+
+@settings(max_examples=50)
+@given(values=st.lists(st.floats(-1e6, 1e6), max_size=40), n_stages=st.integers(1, 5), seed=st.integers(0, 2**32 - 1))
+def test_stage_medians_equal_a_pandas_groupby(values, n_stages, seed):
+    """The record's per-stage median (one sort) against a pandas groupby, empty stages NaN."""
+    values = np.array(values, dtype=float)
+    stage = np.random.default_rng(seed).integers(0, n_stages, len(values))
+    expected = pd.Series(values).groupby(stage).median().reindex(range(n_stages)).to_numpy()
+    np.testing.assert_allclose(stage_medians(values, stage, n_stages), expected, rtol=1e-15, equal_nan=True)
