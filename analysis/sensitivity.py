@@ -51,6 +51,14 @@ def _final(stages: pd.DataFrame) -> pd.DataFrame:
     return stages[stages["step"] == stages["step"].max()]
 
 
+def _mean_path_time(classes: pd.DataFrame) -> float:
+    """The mean path time over the requests of a record's request classes (NaN without requests)."""
+    requests = classes["path_requests"].to_numpy(dtype=float)
+    if requests.sum() <= 0:
+        return float("nan")
+    return float(np.average(classes["path_time"].astype(float).fillna(0.0), weights=requests))
+
+
 #: outcome -> how it is read from a finished run's metrics (stage rows, request-class rows, steps)
 OUTCOMES: dict[str, Callable[[pd.DataFrame, pd.DataFrame, int], float]] = {
     "mean_price": lambda stages, _, __: float(_final(stages)["mean_price"].mean()),  # over stages
@@ -59,9 +67,7 @@ OUTCOMES: dict[str, Callable[[pd.DataFrame, pd.DataFrame, int], float]] = {
     "consumer_surplus": lambda stages, _, __: float(_final(stages)["consumer_surplus"].astype(float).sum()),
     "social_welfare": lambda stages, _, __: float(_final(stages)["social_welfare"].astype(float).sum()),
     "hhi": lambda stages, _, __: float(_final(stages)["hhi"].astype(float).mean()),
-    "path_time": lambda _, classes, __: float(np.average(
-        _final(classes)["path_time"].astype(float).fillna(0.0), weights=_final(classes)["path_requests"]))
-    if _final(classes)["path_requests"].sum() > 0 else float("nan"),
+    "path_time": lambda _, classes, __: _mean_path_time(_final(classes)),
 }
 
 

@@ -565,41 +565,49 @@ class Reallocation(NamedTuple):
     period: int
 
 
+class Placement(NamedTuple):
+    """What reallocation changes inside :func:`run_steps`: the stages, their blocks, the next event,
+    each event's turns so far, and whether every stage still fits in the blocks' width."""
+
+    stage: Array
+    index: Array
+    event: Array
+    after: Array
+    fits: Array
+
+
 @partial(jax.jit, static_argnames=TICK_OPTIONS)
 def run_steps(state: MarketState, env: Environment, n_steps: Array, first_step: Array,
               reallocation: Reallocation | None, rule: str, routing: str, n_stages: int,
-              load_aware: bool = False) -> tuple[MarketState, Array, StageBlocks, Array, Array]:
+              load_aware: bool = False) -> tuple[MarketState, Array, Array]:
     """Steps ``first_step + 1`` to ``first_step + n_steps`` in one compiled loop: each step's tick
     (phases 1-2) and, when due, reallocation (phase 3) with the stage blocks rebuilt in place. It
     stops early after a reallocation that makes a stage outgrow the blocks' width (the shapes are
-    fixed inside the loop). Returns the final state, stages and blocks, the steps done, and each
-    event's candidates' stages after their turn ``(events, K)``."""
+    fixed inside the loop). Returns the final state, the steps done, and each event's candidates'
+    stages after their turn ``(events, K)`` (the host applies the moves from them)."""
     width = env.blocks.index.shape[1]
     after = (jnp.zeros((0, 0), jnp.int64) if reallocation is None
              else jnp.full(reallocation.candidates.shape, -1, jnp.int64))
 
-    def move(carry):
-        stage, index, event, after, _ = carry
-        stage, turns = reallocation_scan(reallocation.weight, stage, env.alive, reallocation.candidates[event],
-                                         reallocation.hysteresis, n_stages)
+    def move(placed: Placement) -> Placement:
+        stage, turns = reallocation_scan(reallocation.weight, placed.stage, env.alive,
+                                         reallocation.candidates[placed.event], reallocation.hysteresis, n_stages)
         blocks, fits = traced_stage_blocks(stage, env.alive, n_stages, width)
-        return stage, blocks.index, event + 1, after.at[event].set(turns), fits
+        return Placement(stage, blocks.index, placed.event + 1, placed.after.at[placed.event].set(turns), fits)
 
     def one_step(carry):
-        done, state, places = carry
-        stage, index = places[0], places[1]
-        state = tick(state, env._replace(stage=stage, blocks=StageBlocks(index)), rule, routing, n_stages, load_aware)
+        done, state, placed = carry
+        state = tick(state, env._replace(stage=placed.stage, blocks=StageBlocks(placed.index)), rule, routing,
+                     n_stages, load_aware)
         done = done + 1
         if reallocation is not None:
-            due = (first_step + done) % reallocation.period == 0
-            places = jax.lax.cond(due, move, lambda carry: carry, places)
-        return done, state, places
+            placed = jax.lax.cond((first_step + done) % reallocation.period == 0, move, lambda placed: placed, placed)
+        return done, state, placed
 
     def going(carry):
-        done, _, places = carry
-        return (done < n_steps) & places[4]
+        done, _, placed = carry
+        return (done < n_steps) & placed.fits
 
-    places = (env.stage, env.blocks.index, jnp.zeros((), jnp.int32), after, jnp.ones((), bool))
-    done, state, (stage, index, _, after, _) = jax.lax.while_loop(going, one_step, (jnp.zeros((), jnp.int32), state,
-                                                                                    places))
-    return state, stage, StageBlocks(index), done, after
+    placed = Placement(env.stage, env.blocks.index, jnp.zeros((), jnp.int32), after, jnp.ones((), bool))
+    done, state, placed = jax.lax.while_loop(going, one_step, (jnp.zeros((), jnp.int32), state, placed))
+    return state, done, placed.after

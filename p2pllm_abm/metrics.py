@@ -249,7 +249,8 @@ class RequestClasses:
 def metric_rows(steps: Sequence[int], stage_stats: Sequence[pd.DataFrame],
                 class_stats: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """The metrics.parquet rows of the recorded ``steps`` (one stage and one request-class frame per
-    step), built at once: per step its stage rows, then its request-class rows."""
+    step), built at once: every step's stage rows, then every step's request-class rows (a stable
+    sort by step then puts each step's stage rows before its request-class rows)."""
     def scope(frames: Sequence[pd.DataFrame], name: str, other: str) -> pd.DataFrame:
         return pd.concat(frames, ignore_index=True).assign(
             step=np.repeat(np.asarray(steps, dtype=np.int64), [len(frame) for frame in frames]), scope=name,
@@ -259,7 +260,6 @@ def metric_rows(steps: Sequence[int], stage_stats: Sequence[pd.DataFrame],
                       ignore_index=True)
     integer = ["stage", "request_class", "peers", "clients"]
     frame[integer] = frame[integer].astype("Int64")
-    frame = frame.sort_values("step", kind="stable", ignore_index=True)
     return frame[["step", "scope", "stage", "request_class", *STAGE_METRICS, *CLASS_METRICS]]
 
 

@@ -549,8 +549,8 @@ class P2PLLMModel(mesa.Model):
                 row[: len(chosen)] = chosen
             reallocation = Reallocation(jnp.asarray(share_weight(peers.cost, alloc.reading)), jnp.asarray(padded),
                                         float(alloc.hysteresis), alloc.period)
-        state, stage, _, done, after = run_steps(self._state, self.environment, steps, self.steps, reallocation,
-                                                 **self._tick_options())
+        state, done, after = run_steps(self._state, self.environment, steps, self.steps, reallocation,
+                                       **self._tick_options())
         if not bool(all_finite(state)):  # step them one by one, which names the step and peer
             self.rng.bit_generator.state = drawn_from
             self._run_until(self.steps + steps, tqdm(disable=True))

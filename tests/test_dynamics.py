@@ -13,7 +13,7 @@ from p2pllm_abm import P2PLLMModel, load_config
 from p2pllm_abm.dynamics import (Environment, Geometry, expected_requests, path_choices, path_totals, peer_noise,
                                  stage_choices)
 from p2pllm_abm.economics import MarketParams, choice_probabilities
-from p2pllm_abm.equilibrium import stage_blocks
+from p2pllm_abm.equilibrium import block_size, block_width, stage_blocks, traced_stage_blocks
 from p2pllm_abm.metrics import class_rows
 from p2pllm_abm.network import PeerTable
 from p2pllm_abm.routing import path_objectives
@@ -131,3 +131,23 @@ def test_model_routes_spans_and_records_request_classes():
     again = P2PLLMModel(config)
     again.run(40)
     pd.testing.assert_frame_equal(again.metrics_frame(), model.metrics_frame())
+
+
+@settings(max_examples=20)  # few sizes and stage counts: each new shape compiles the eager operations again
+@given(n=st.sampled_from([1, 7, 40, 200]), n_stages=st.sampled_from([1, 3, 5]), live=st.floats(0.0, 1.0),
+       seed=st.integers(0, 2**32 - 1), wider=st.sampled_from([0, 16]))
+def test_blocks_built_inside_the_compiled_run_equal_the_hosts(n, n_stages, live, seed, wider):
+    """traced_stage_blocks (inside run_steps) against stage_blocks (the host's, which steps use):
+    the same index at any width that holds every stage, padded with -1; a width too small says so.
+    block_width, traced, picks block_size's width."""
+    rng = np.random.default_rng(seed)
+    stage, alive = rng.integers(0, n_stages, n), rng.random(n) < live
+    host = np.asarray(stage_blocks(stage, alive, n_stages).index)
+    width = host.shape[1] + wider
+    traced, fits = traced_stage_blocks(jnp.asarray(stage), jnp.asarray(alive), n_stages, width)
+    assert bool(fits)
+    np.testing.assert_array_equal(np.asarray(traced.index), np.pad(host, ((0, 0), (0, wider)), constant_values=-1))
+    largest = int(np.bincount(stage[alive], minlength=n_stages).max())
+    assert int(block_width(jnp.bincount(jnp.asarray(stage[alive]), length=n_stages))) == block_size(largest)
+    if largest > 1:
+        assert not bool(traced_stage_blocks(jnp.asarray(stage), jnp.asarray(alive), n_stages, largest - 1)[1])
