@@ -316,6 +316,32 @@ def test_payments_wait_for_their_channel_and_drained_channels_are_replaced():
     assert_books(w)
 
 
+@pytest.mark.parametrize("close", ["cooperative", "unilateral"])
+def test_a_channel_whose_close_was_sent_takes_no_more_updates(close):
+    """Payments agreed after a close was sent wait (owed) for the channel that replaces it: none is
+    lost to a final state signed before it, and a fair unilateral close is not made stale by them."""
+    w = world()
+    c, p = np.array([0]), np.array([1])
+    w.channels.pay(c, p, np.array([TOKEN]), step=1)
+    advance(w)
+    w.channels.pay(c, p, np.array([TOKEN]), step=2)
+    channel = int(w.channels.channel_of[0, 1])
+    if close == "cooperative":
+        w.channels.close_cooperative(channel)
+    else:
+        w.channels.close_unilateral(channel, w.channels.latest(channel), "peer")
+    nonce = int(w.channels.c.nonce[channel])
+    w.channels.pay(c, p, np.array([2 * TOKEN]), step=3)  # before the close is on chain
+    assert w.channels.c.nonce[channel] == nonce and w.channels.owed[0, 1] == 2 * TOKEN
+    for step in range(4, 12):
+        advance(w)
+        w.channels.pay(c, p, np.array([0]), step=step)
+    assert w.channels.c.status[channel] == SETTLED and w.channels.challenges_won == 0
+    assert w.channels.owed[0, 1] == 0 and w.channels.c.size == 2  # paid through the new channel
+    assert w.ledger.balance("peer:1") + w.channels.owed_to_peers(3)[1] == 100 * TOKEN - 50 * TOKEN + 4 * TOKEN
+    assert_books(w)
+
+
 def test_a_broke_client_opens_no_channel():
     w = world()
     w.channels.pay(np.array([0]), np.array([0]), np.array([2000 * TOKEN]), step=1)

@@ -57,7 +57,7 @@ class Channels:
         self.c = GrowingColumns(client=np.int64, peer=np.int64, deposit=np.int64, bal_client=np.int64,
                                 bal_peer=np.int64, nonce=np.int64, status=np.int8, deadline=np.int64,
                                 pub_nonce=np.int64, pub_client=np.int64, pub_peer=np.int64, closer=np.int64,
-                                challenged=bool, finalizing=bool)
+                                challenged=bool, finalizing=bool, close_sent=bool)
         self.signed: dict[int, SignedState] = {}  #: newest co-signed state, when updates are signed
         self.payloads: list[SignedState] = []  #: states published on chain, by transaction ref
         self.updates = 0  #: off-chain updates so far
@@ -81,7 +81,9 @@ class Channels:
         due = self.owed[c, p]
         ch = self.channel_of[c, p]
         status = np.where(ch >= 0, self.c.status[np.maximum(ch, 0)], FAILED)
-        live = status == OPEN
+        # a channel whose close was sent takes no more updates: no party co-signs after deciding to
+        # close (else the published state would be stale, or an update lost, when the close lands)
+        live = (status == OPEN) & ~self.c.close_sent[np.maximum(ch, 0)]
         paying = np.where(live, np.minimum(due, self.c.bal_client[np.maximum(ch, 0)]), 0)
         self._update(ch[paying > 0], paying[paying > 0])
         remaining = due - paying
@@ -149,7 +151,7 @@ class Channels:
         ids = self.c.append(client=client, peer=peer, deposit=deposit, bal_client=deposit, bal_peer=zeros,
                             nonce=zeros, status=np.full(n, OPENING, np.int8), deadline=zeros, pub_nonce=zeros,
                             pub_client=zeros, pub_peer=zeros, closer=zeros, challenged=np.zeros(n, bool),
-                            finalizing=np.zeros(n, bool))
+                            finalizing=np.zeros(n, bool), close_sent=np.zeros(n, bool))
         self.channel_of[client, peer] = ids
         self.chain.submit("channel_open", self.client_accounts[client], ids, self.peer_home[peer],
                           self.client_home[client])
@@ -157,10 +159,12 @@ class Channels:
 
     def close_cooperative(self, channel: int) -> None:
         """Both parties sign the final state; the client sends it."""
+        self.c.close_sent[channel] = True
         self._publish("channel_close", self.latest(channel, final=True), self._account(channel, "client"))
 
     def close_unilateral(self, channel: int, signed: SignedState, closer: str) -> None:
         """``closer`` ("client" or "peer") publishes ``signed`` (which may be stale)."""
+        self.c.close_sent[channel] = True
         self._publish("channel_close_unilateral", signed, self._account(channel, closer))
         self.c.closer[channel] = 0 if closer == "client" else 1
 
@@ -236,14 +240,14 @@ class Channels:
     def _close(self, ref: int) -> bool:
         signed = self.payloads[ref]
         if not (signed.state.final and self._valid(signed, (OPEN,))):
-            return False
+            return self._close_failed(signed.state.channel)
         self._settle(signed.state)
         return True
 
     def _close_unilateral(self, ref: int) -> bool:
         signed, cols = self.payloads[ref], self.c
         if not self._valid(signed, (OPEN,)):
-            return False
+            return self._close_failed(signed.state.channel)
         channel, state = signed.state.channel, signed.state
         cols.status[channel] = CLOSING
         cols.deadline[channel] = self.chain.slot + self.challenge_window
@@ -252,6 +256,12 @@ class Channels:
         self.ledger.channel_close_unilateral(channel, state.nonce, state.bal_client, state.bal_peer,
                                              bool(cols.closer[channel] == 0))
         return True
+
+    def _close_failed(self, channel: int) -> bool:
+        """A close that did not apply: a channel still open takes updates again. Returns False."""
+        if 0 <= channel < self.c.size and self.c.status[channel] == OPEN:
+            self.c.close_sent[channel] = False
+        return False
 
     def _challenge(self, ref: int) -> bool:
         signed, cols = self.payloads[ref], self.c
