@@ -29,6 +29,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import Array
+from jax.extend.random import threefry2x32_p
 
 from .economics import MarketParams, choice_logits, outside_logit, unit_cost
 from .allocation import reallocation_scan
@@ -199,16 +200,30 @@ def expected_requests(active: Array, env: Environment, price: Array) -> Array:
     return from_blocks(jnp.tensordot(active, probs, axes=1), env.blocks, price.shape[0])
 
 
-def _gumbel(key: Array, clients: int, shape: tuple[int, ...], dtype) -> Array:
-    # float32 noise: 3x cheaper to draw than float64 and only ties closer than ~1e-7 differ
-    return jax.random.gumbel(key, (clients, *shape), dtype=jnp.float32).astype(dtype)
+def slot_gumbel(key: Array, shape: tuple[int, int, int], dtype) -> Array:
+    """Standard Gumbel noise ``(clients, n_stages, width)`` by stage block slot, counter-based: the
+    value at ``(c, s, slot)`` is a Threefry-2x32 hash of ``key`` and the counter ``(c n_stages + s,
+    slot // 2)`` (one hash gives slots ``2j`` and ``2j + 1``), so it does not depend on the blocks'
+    padded width. A run's noise is then the same at any width: a single run and an ensemble replicate
+    (:mod:`p2pllm_abm.ensemble`, one width for all) draw alike. Drawn in float32 (3x cheaper than
+    float64; only ties closer than ~1e-7 differ) as ``-log(-log u)``, ``u`` from the hash's top 23 bits."""
+    clients, n_stages, width = shape
+    rows, pairs = clients * n_stages, (width + 1) // 2
+    words = jax.random.key_data(key)
+    counter = (jnp.broadcast_to(jnp.arange(rows, dtype=jnp.uint32)[:, None], (rows, pairs)),
+               jnp.broadcast_to(jnp.arange(pairs, dtype=jnp.uint32), (rows, pairs)))
+    even, odd = threefry2x32_p.bind(words[0], words[1], *counter)
+    bits = jnp.stack([even, odd], axis=-1).reshape(rows, 2 * pairs)[:, :width].reshape(shape)
+    uniform = jax.lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32) - 1.0
+    uniform = jnp.maximum(uniform, jnp.finfo(jnp.float32).tiny)
+    return (-jnp.log(-jnp.log(uniform))).astype(dtype)
 
 
 def peer_noise(key: Array, env: Environment, dtype) -> Array:
     """Each client's Gumbel noise per peer ``(clients, n)``, drawn per stage block slot as the stage
     choice draws it (so that without latency path routing chooses alike); 0 for dead peers."""
     clients = env.client_alpha.shape[0]
-    return from_blocks(_gumbel(key, clients, env.blocks.index.shape, dtype), env.blocks, env.cost.shape[0])
+    return from_blocks(slot_gumbel(key, (clients, *env.blocks.index.shape), dtype), env.blocks, env.cost.shape[0])
 
 
 def block_winners(perturbed: Array, blocks: StageBlocks, outside: Array) -> Array:
@@ -237,7 +252,7 @@ def stage_choices(key: Array, env: Environment, price: Array, n_stages: int) -> 
     (failover chooses again among them). With an outside option, a stage where ``w_0 + T G_0``
     beats every peer is left unbought (``-1``)."""
     logits = block_logits(env, price)
-    perturbed = logits + _gumbel(key, logits.shape[0], logits.shape[1:], price.dtype)
+    perturbed = logits + slot_gumbel(key, logits.shape, price.dtype)
     return block_winners(perturbed, env.blocks, walk_away_logits(key, env, n_stages, price.dtype)), perturbed
 
 
@@ -611,3 +626,15 @@ def run_steps(state: MarketState, env: Environment, n_steps: Array, first_step: 
     placed = Placement(env.stage, env.blocks.index, jnp.zeros((), jnp.int32), after, jnp.ones((), bool))
     done, state, placed = jax.lax.while_loop(going, one_step, (jnp.zeros((), jnp.int32), state, placed))
     return state, done, placed.after
+
+
+@partial(jax.jit, static_argnames=TICK_OPTIONS)
+def run_ensemble_steps(state: MarketState, env: Environment, n_steps: Array, first_step: Array,
+                       reallocation: Reallocation | None, rule: str, routing: str, n_stages: int,
+                       load_aware: bool = False) -> tuple[MarketState, Array, Array]:
+    """:func:`run_steps` for every member of an ensemble (:mod:`p2pllm_abm.ensemble`) in one compiled
+    call, vmapped over the leading axis of every argument: each member's own state, environment
+    (its prices, costs, stages and market scalars), step count, first step and reallocation events.
+    Members that finish (or outgrow the blocks' width) early keep their state while the others go on."""
+    one = partial(run_steps, rule=rule, routing=routing, n_stages=n_stages, load_aware=load_aware)
+    return jax.vmap(one)(state, env, n_steps, first_step, reallocation)

@@ -11,7 +11,7 @@ from scipy import stats
 
 from p2pllm_abm import P2PLLMModel, load_config
 from p2pllm_abm.dynamics import (Environment, Geometry, expected_requests, path_choices, path_totals, peer_noise,
-                                 stage_choices)
+                                 slot_gumbel, stage_choices)
 from p2pllm_abm.economics import MarketParams, choice_probabilities
 from p2pllm_abm.equilibrium import block_size, block_width, stage_blocks, traced_stage_blocks
 from p2pllm_abm.metrics import class_rows
@@ -54,6 +54,26 @@ def test_gumbel_choices_realise_boltzmann_probabilities():
         assert counts.sum() == counts[members].sum() == clients  # only live peers of stage s
         result = stats.chisquare(counts[members], clients * boltzmann[members])
         assert result.pvalue > 1e-3
+
+
+@settings(max_examples=20)
+@given(clients=st.integers(1, 5), n_stages=st.integers(1, 4), width=st.integers(1, 40), extra=st.integers(1, 40),
+       seed=st.integers(0, 2**31 - 1))
+def test_slot_noise_does_not_depend_on_the_blocks_width(clients, n_stages, width, extra, seed):
+    """A slot's noise is the same in blocks of any width (a single run and an ensemble draw alike)."""
+    key = jax.random.key(seed)
+    narrow = np.asarray(slot_gumbel(key, (clients, n_stages, width), jnp.float64))
+    wide = np.asarray(slot_gumbel(key, (clients, n_stages, width + extra), jnp.float64))
+    np.testing.assert_array_equal(wide[..., :width], narrow)
+
+
+def test_slot_noise_is_standard_gumbel_and_independent_across_slots():
+    """Kolmogorov-Smirnov against the standard Gumbel law, and no correlation between neighbouring
+    slots (which share a hash) or stages."""
+    noise = np.asarray(slot_gumbel(jax.random.key(11), (400, 5, 101), jnp.float64))
+    assert stats.kstest(noise.ravel(), stats.gumbel_r.cdf).pvalue > 1e-3
+    for a, b in [(noise[..., 0::2][..., :50], noise[..., 1::2]), (noise[:, 0], noise[:, 1])]:
+        assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.02
 
 
 @pytest.mark.parametrize("seed", range(3))
