@@ -9,6 +9,10 @@ flattened to dotted columns (``market.alpha``, ...), and summary figures (``step
 ledger run its summary block as ``ledger_*`` columns).
 ``steps.parquet``: one row per run x recorded step x stage, the stage rows of ``metrics.parquet``
 with ``run`` and the swept parameters. Failed and partial runs are listed, never fatal.
+
+An ensemble job (``run.replicates``, ``run.ensemble``; :mod:`p2pllm_abm.ensemble`) reads as its
+members, one row each, like separate runs: same ``run`` name, with ``replicate`` and the ensemble's
+parameters as columns (its config columns are the member's: seed, ``market.alpha``, ...).
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from p2pllm_abm.metrics import convergence_step, stage_rows, write_parquet
 from p2pllm_abm.paths import write_text_atomic
 from p2pllm_abm.sweep import COMPLETE, STATUS, outputs_intact, read_marker
 
-#: overrides that do not change a run's results
-IGNORED_OVERRIDES = ("run.progress", "run.resume", "sweep")
+#: overrides that do not change a run's results, and an ensemble job's own (its rows carry each
+#: member's labels instead: ``replicate`` and the ensemble's parameters)
+IGNORED_OVERRIDES = ("run.progress", "run.resume", "sweep", "run.replicates", "run.ensemble")
 
 
 @dataclass
@@ -149,7 +154,8 @@ def collect(multirun_dir: Path) -> Collection:
             stages = _read(run_dir, "metrics.parquet", lambda path: stage_rows(pd.read_parquet(path)))
             _read(run_dir, "peers.parquet", pq.ParquetFile)  # its footer must read (a truncated file does not)
             try:
-                record = run_record(run_dir, summary, stages)
+                members = [(labels, run_record(run_dir, member, member_stages))
+                           for labels, member, member_stages in ensemble_members(summary, stages)]
             except (KeyError, TypeError, ValueError) as error:
                 raise ValueError(f"summary.json lacks what a finished run writes ({type(error).__name__}: "
                                  f"{error})") from None
@@ -161,11 +167,12 @@ def collect(multirun_dir: Path) -> Collection:
             continue
         marker, why = read_marker(run_dir)
         intact, damage = outputs_intact(run_dir, marker["outputs"]) if marker else (False, "")
-        row.update({"status": "complete" if intact else "partial",
-                    **{k: v for k, v in record.items() if k not in overrides}})
         if not intact:
             problems.append(f"{name}: partial ({damage or why or f'no {COMPLETE}: interrupted or still running'})")
-        rows.append(row)
+        for labels, record in members:
+            swept.update(dict.fromkeys(labels))
+            rows.append({**row, **labels, "status": "complete" if intact else "partial",
+                         **{k: v for k, v in record.items() if k not in overrides and k not in labels}})
         step_frames.append(stages.assign(run=name, **overrides))
     if not rows:
         raise FileNotFoundError(f"multirun_dir = {str(multirun_dir)!r} holds no run directories "
@@ -174,6 +181,20 @@ def collect(multirun_dir: Path) -> Collection:
     runs = pd.DataFrame(rows)
     varied = [name for name in swept if runs[name].nunique(dropna=False) > 1]
     return Collection(runs, steps, varied, problems, multirun_dir)
+
+
+def ensemble_members(summary: dict[str, Any], stages: pd.DataFrame) -> list[tuple[dict[str, Any], dict, pd.DataFrame]]:
+    """``(labels, summary, stage rows)`` of each member of a run: a single run is one member without
+    labels; an ensemble job's members are in its summary's ``members``, and their rows in
+    ``stages`` are the ones with their labels."""
+    if "members" not in summary:
+        return [({}, summary, stages)]
+    members = []
+    for member in summary["members"]:
+        labels = member["labels"]
+        mine = np.logical_and.reduce([stages[name] == value for name, value in labels.items()])
+        members.append((labels, member, stages[mine]))
+    return members
 
 
 def _read(run_dir: Path, name: str, reader: Callable[[Path], Any]) -> Any:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import hydra
+import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .config import CONF_DIR, Config, ConfigError, RunConfig, check_group_choice, check_override, first_line
 from .metrics import convergence_objective, reset_peak_memory, stage_rows, write_parquet, write_run_outputs
+from .ensemble import Ensemble, runs_ensemble
 from .model import P2PLLMModel
 from .paper import checkpoint_table
 from .paths import ensure_writable
@@ -43,9 +45,11 @@ def flush_segment(run: RunConfig) -> int:
     return run.record_interval * max(1, round(run.steps / FLUSHES / run.record_interval))
 
 
-def run_experiment(config: Config, outdir: Path, report: bool = True) -> P2PLLMModel:
-    """Build the model, run ``config.run.steps`` steps and write the run directory; with
-    ``report``, print the checkpoint table and the files written.
+def run_experiment(config: Config, outdir: Path, report: bool = True) -> P2PLLMModel | Ensemble:
+    """Build the model (an :class:`~p2pllm_abm.ensemble.Ensemble` when ``run.replicates > 1`` or
+    ``run.ensemble`` is set), run ``config.run.steps`` steps and write the run directory; with
+    ``report``, print the checkpoint table (an ensemble: each member's final stages) and the files
+    written.
 
     The directory must be writable before the model is built. The run goes in segments of
     :func:`flush_segment` steps, each followed by an atomic rewrite of ``metrics.parquet``, so a
@@ -57,7 +61,8 @@ def run_experiment(config: Config, outdir: Path, report: bool = True) -> P2PLLMM
     except OSError as error:
         raise ConfigError("hydra.run.dir", str(outdir), f"a directory this process can write ({error})") from None
     reset_peak_memory()
-    model = P2PLLMModel(config)
+    ensemble = runs_ensemble(config)
+    model = Ensemble(config) if ensemble else P2PLLMModel(config)
     started = time.perf_counter()
     try:
         with tqdm(total=config.run.steps, disable=not config.run.progress, unit="step", desc="p2pllm-sim") as bar:
@@ -68,10 +73,11 @@ def run_experiment(config: Config, outdir: Path, report: bool = True) -> P2PLLMM
                 write_parquet(model.metrics_frame(), outdir / "metrics.parquet")
     finally:
         try:
-            paths = write_run_outputs(model, outdir, time.perf_counter() - started)
+            wall_time_s = time.perf_counter() - started
+            paths = (model.write_outputs(outdir, wall_time_s) if ensemble
+                     else write_run_outputs(model, outdir, wall_time_s))
             if config.run.figures:
                 from .figures import plot_stage_trajectories  # matplotlib + seaborn: 0.6 s to import
-
                 paths.update({p.name: p for p in plot_stage_trajectories(model.metrics_frame(), outdir,
                                                                          config.report.reference)})
         except OSError as error:
@@ -79,13 +85,18 @@ def run_experiment(config: Config, outdir: Path, report: bool = True) -> P2PLLMM
                               "outputs could not be written at the end of the run") from error
     if not report:
         return model
-    steps = sorted({s for s in config.report.table_steps if s <= model.steps} | {model.steps})  # the last step too
-    table = checkpoint_table(model.metrics_frame(), steps, config.report.reference)
-    header = "ours (paper)" if config.report.reference else "ours"
-    print(f"\nNodes and average price per layer at checkpoints [{header}], seed {config.seed}:")
-    print(table.to_string())
-    if model.ledger is not None:
-        print(ledger_report(model.ledger.summary(), config.ledger.unit))
+    if ensemble:
+        print(f"\nFinal stages of the {len(model.models)} members (layers 1..m; gap: relative Nash gap), "
+              f"step {model.steps}:")
+        print(model.final_table().to_string(index=False))
+    else:
+        steps = sorted({s for s in config.report.table_steps if s <= model.steps} | {model.steps})  # the last step too
+        table = checkpoint_table(model.metrics_frame(), steps, config.report.reference)
+        header = "ours (paper)" if config.report.reference else "ours"
+        print(f"\nNodes and average price per layer at checkpoints [{header}], seed {config.seed}:")
+        print(table.to_string())
+        if model.ledger is not None:
+            print(ledger_report(model.ledger.summary(), config.ledger.unit))
     print(f"\nRun directory: {outdir}")
     for name, path in paths.items():
         print(f"  {name}: {path}")
@@ -115,9 +126,12 @@ def quiet_library_logs() -> None:
 
 
 def experiment_objective(config: Config, outdir: Path) -> float:
-    """Run the experiment; its objective is :func:`~p2pllm_abm.metrics.convergence_objective`."""
+    """Run the experiment; its objective is :func:`~p2pllm_abm.metrics.convergence_objective` (an
+    ensemble's: the mean over its members)."""
     model = run_experiment(config, outdir)
-    return convergence_objective(stage_rows(model.metrics_frame()), config.run.steps)
+    members = model.models if isinstance(model, Ensemble) else [model]
+    return float(np.mean([convergence_objective(stage_rows(member.metrics_frame()), config.run.steps)
+                          for member in members]))
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")

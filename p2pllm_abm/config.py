@@ -9,8 +9,10 @@ value and what is allowed.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
+import itertools
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -175,6 +177,12 @@ class RunConfig:
     figures: bool = True  #: write PNG figures into the run directory
     #: in a multirun, skip a job whose run directory holds a completed run of the same config
     resume: bool = True
+    #: run this many replicates in one job (seeds seed .. seed + replicates - 1; p2pllm_abm.ensemble)
+    replicates: int = 1
+    #: parameters to run in the same job, by name (alpha or market.alpha) -> list of values; every
+    #: point of their grid, each with its replicates (p2pllm_abm.ensemble). null: none. (A dict typed
+    #: Any: Hydra cannot assign new keys to a typed dict, nor a dict to an Optional one.)
+    ensemble: Any = None
 
 
 @dataclass
@@ -343,7 +351,7 @@ def first_line(error: Exception) -> str:
 def _leaves(node: Any, prefix: str = ""):
     """``(dotted name, value)`` of every leaf of a nested dict."""
     for key, value in node.items():
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict) and value and f"{prefix}{key}" != "run.ensemble":  # its keys are field names
             yield from _leaves(value, f"{prefix}{key}.")
         else:
             yield prefix + str(key), value
@@ -523,6 +531,8 @@ def validate(cfg: Config) -> Config:
 
     _require(run.steps >= 0, "run.steps", run.steps, "an integer >= 0")
     _require(run.record_interval >= 1, "run.record_interval", run.record_interval, "an integer >= 1")
+    _require(run.replicates >= 1, "run.replicates", run.replicates, "an integer >= 1")
+    ensemble_grid(cfg)
     _require(len(rep.table_steps) > 0, "report.table_steps", list(rep.table_steps),
              "at least one recorded step (the last step is always added to the printed table)")
     for step in rep.table_steps:
@@ -537,6 +547,31 @@ def validate(cfg: Config) -> Config:
     _validate_ledger(cfg)
     _validate_security(cfg)
     return cfg
+
+
+def ensemble_grid(cfg: Config) -> dict[str, list[Any]]:
+    """``run.ensemble`` by dotted field name, each list checked: non-empty, and every point of the
+    grid (the product of the lists) a config that validates; the seed is not a parameter
+    (``run.replicates`` varies it), nor are the run's own settings."""
+    ensemble = {} if cfg.run.ensemble is None else cfg.run.ensemble
+    _require(isinstance(ensemble, dict), "run.ensemble", ensemble,
+             "null or a dict of parameter -> list of values, e.g. run.ensemble={alpha:[0.3,0.5]}")
+    single = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, ensemble=None))
+    grid = {}
+    for name, values in ensemble.items():
+        field_name = f"run.ensemble.{name}"
+        _require(isinstance(values, (list, tuple)) and len(values) > 0, field_name, values, "a non-empty list of values")
+        try:
+            dotted = dotted_name(name, values)
+        except ConfigError as error:
+            raise ConfigError(field_name, list(values), error.allowed) from None
+        _require(dotted != "seed" and not dotted.startswith("run."), field_name, list(values),
+                 "a model parameter, not seed (run.replicates varies it) or a run setting")
+        _require(dotted not in grid, field_name, list(values), f"each field once ({dotted} is given twice)")
+        grid[dotted] = [_plain(value) for value in values]
+    for point in itertools.product(*grid.values()) if grid else ():  # every member's config must validate
+        with_parameters(single, dict(zip(grid, point)))
+    return grid
 
 
 def _validate_load(cfg: Config) -> None:

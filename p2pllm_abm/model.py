@@ -73,6 +73,16 @@ from .welfare import stage_welfare
 MAX_UNSETTLED = 8
 
 
+class FusedCall(NamedTuple):
+    """A :func:`~p2pllm_abm.dynamics.run_steps` call's host side (:meth:`P2PLLMModel.fused_call`)."""
+
+    steps: int  #: steps asked for
+    events: list[int]  #: the steps that reallocate
+    candidates: list[np.ndarray]  #: each event's candidates, in turn order
+    reallocation: Reallocation | None  #: the call's reallocation input (None: off)
+    drawn_from: dict  #: the generator's state before the candidates were drawn
+
+
 class Dispatched(NamedTuple):
     """Market ticks dispatched but not yet checked (:meth:`P2PLLMModel._settle`)."""
 
@@ -534,13 +544,21 @@ class P2PLLMModel(mesa.Model):
                 self._record()
 
     def _fused_steps(self, steps: int) -> int:
-        """Up to ``steps`` steps in one :func:`~p2pllm_abm.dynamics.run_steps` call, each reallocation's
-        candidates drawn beforehand (as :meth:`reallocation_phase` draws them); returns the steps done."""
+        """Up to ``steps`` steps in one :func:`~p2pllm_abm.dynamics.run_steps` call; returns the steps done."""
+        call = self.fused_call(steps)
+        return self.finish_fused_call(call, *run_steps(self._state, self.environment, steps, self.steps,
+                                                       call.reallocation, **self._tick_options()))
+
+    def fused_call(self, steps: int) -> FusedCall:
+        """What a :func:`~p2pllm_abm.dynamics.run_steps` call of up to ``steps`` steps needs besides the
+        state and environment: each reallocation's candidates drawn beforehand (as
+        :meth:`reallocation_phase` draws them), padded to one shape per model (at most one event per
+        period), so that the call compiles once."""
         alloc, peers = self.config.allocation, self.peers
         events = [step for step in range(self.steps + 1, self.steps + steps + 1)
                   if alloc.enabled and step % alloc.period == 0]
-        reallocation, drawn_from = None, self.rng.bit_generator.state
-        if alloc.enabled:  # the same shapes at every call (at most one event per period), so one compile
+        reallocation, drawn_from, candidates = None, self.rng.bit_generator.state, []
+        if alloc.enabled:
             candidates = [move_candidates(peers.alive, alloc.move_fraction, self.rng) for _ in events]
             most = self.config.run.record_interval // alloc.period + 1
             movers = int(np.ceil(alloc.move_fraction * peers.alive.sum()))  # move_candidates' count
@@ -549,22 +567,28 @@ class P2PLLMModel(mesa.Model):
                 row[: len(chosen)] = chosen
             reallocation = Reallocation(jnp.asarray(share_weight(peers.cost, alloc.reading)), jnp.asarray(padded),
                                         float(alloc.hysteresis), alloc.period)
-        state, done, after = run_steps(self._state, self.environment, steps, self.steps, reallocation,
-                                       **self._tick_options())
-        if not bool(all_finite(state)):  # step them one by one, which names the step and peer
-            self.rng.bit_generator.state = drawn_from
-            self._run_until(self.steps + steps, tqdm(disable=True))
+        return FusedCall(steps, events, candidates, reallocation, drawn_from)
+
+    def finish_fused_call(self, call: FusedCall, state: MarketState, done: jax.Array, after: jax.Array) -> int:
+        """Take the results of ``call``'s :func:`~p2pllm_abm.dynamics.run_steps` (the final state, the
+        steps done and each event's turns): apply the moves, and when the call stopped early rewind the
+        generator to the candidates actually used. A non-finite result is replayed step by step, which
+        names the step and peer. Returns the steps done."""
+        alloc, peers = self.config.allocation, self.peers
+        if not bool(all_finite(state)):
+            self.rng.bit_generator.state = call.drawn_from
+            self._run_until(self.steps + call.steps, tqdm(disable=True))
             self._settle()
-            return steps
+            return call.steps
         done = int(done)
-        executed = [step for step in events if step <= self.steps + done]
-        if len(executed) < len(events):  # stopped early: draw again only the candidates used
-            self.rng.bit_generator.state = drawn_from
+        executed = [step for step in call.events if step <= self.steps + done]
+        if len(executed) < len(call.events):  # stopped early: draw again only the candidates used
+            self.rng.bit_generator.state = call.drawn_from
             for _ in executed:
                 move_candidates(peers.alive, alloc.move_fraction, self.rng)
         after = np.asarray(after)
         for event, step in enumerate(executed):
-            self._apply_moves(turns_to_moves(candidates[event], peers.stage, after[event]), step)
+            self._apply_moves(turns_to_moves(call.candidates[event], peers.stage, after[event]), step)
         self._state = state
         self._sync_peers()
         self.steps += done
@@ -648,6 +672,13 @@ class P2PLLMModel(mesa.Model):
             hop_overhead=float(self.config.clients.hop_overhead_ms),
             **self._alpha_groups,
         )
+
+    def widen_blocks(self, width: int) -> None:
+        """Lay the stage blocks out at least ``width`` wide from now on (an ensemble's members share
+        one width; the request noise does not depend on it)."""
+        if width > self._block_width:
+            self._block_width = width
+            self._environment = None
 
     def _stage_blocks(self) -> tuple[StageBlocks, jax.Array]:
         """The live peers by first stage and by end stage, for the ticks that read them (requests,

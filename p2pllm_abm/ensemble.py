@@ -1,0 +1,212 @@
+"""Ensembles: many runs of one model shape in one compiled call.
+
+Researchers mostly run many small replicates, and sweeps of the market's scalars (alpha, eta, T,
+demand, price floor) over one network shape. An :class:`Ensemble` holds such runs as members:
+
+- ``replicates=R``: member ``r`` is the run with ``seed + r``;
+- ``ensemble={"market.alpha": [0.3, 0.5], ...}``: every point of the grid (the product of the lists,
+  in order), each with its ``R`` replicates.
+
+Between two records every member's steps (requests, prices, eq. 7-8 reallocation; paper section
+5.1) run in one vmapped call (:func:`~p2pllm_abm.dynamics.run_ensemble_steps`); each member then
+records as a single run does. A member's stage blocks are as wide as the ensemble's widest, which
+changes nothing: request noise is drawn per block slot, independent of the width
+(:func:`~p2pllm_abm.dynamics.slot_gumbel`), and padding adds exact zeros. Member ``k`` therefore
+equals ``P2PLLMModel(configs[k])`` run on its own, up to the order in which XLA's batched
+reductions add (``tests/test_ensemble.py`` states the tolerance).
+
+Members whose runs need the host between steps (ledger, churn, failures, adversaries; see
+:attr:`~p2pllm_abm.model.P2PLLMModel.fusable`) run one after another, with the same outputs.
+Settings that change the compiled shapes (peers, stages, clients) are not ensemble parameters:
+sweep them with a Hydra multirun.
+
+>>> ensemble = Ensemble(load_config("paper_table1"), replicates=8, ensemble={"market.alpha": [0.3, 0.5]})
+>>> ensemble.run(1000)
+>>> ensemble.metrics_frame()  # replicate and market.alpha columns, one block per member
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .config import Config, ConfigError, ensemble_grid, validate, with_parameters
+from .dynamics import run_ensemble_steps
+from .metrics import peak_memory_mb, strict_json, summary, write_parquet
+from .model import P2PLLMModel
+from .paths import write_text_atomic
+
+
+def member_labels(config: Config) -> list[dict[str, Any]]:
+    """Each member's labels, in member order: its point of the ``run.ensemble`` grid (by dotted
+    name) and its ``replicate`` (the seed offset), replicates innermost."""
+    grid = ensemble_grid(config)
+    points = [dict(zip(grid, point)) for point in itertools.product(*grid.values())]
+    return [{**point, "replicate": r} for point in points for r in range(config.run.replicates)]
+
+
+def member_config(config: Config, labels: Mapping[str, Any]) -> Config:
+    """The config of the member with ``labels`` (:func:`member_labels`): its grid point set, its seed
+    ``config.seed + replicate``, and no replicates or ensemble of its own."""
+    single = dataclasses.replace(config, run=dataclasses.replace(config.run, replicates=1, ensemble=None))
+    parameters = {name: value for name, value in labels.items() if name != "replicate"}
+    return with_parameters(single, {**parameters, "seed": config.seed + labels["replicate"]})
+
+
+class Ensemble:
+    """Runs that share one compiled shape, advanced together (see the module's docstring).
+
+    ``replicates`` and ``ensemble`` default to the config's ``run.replicates`` and ``run.ensemble``."""
+
+    def __init__(self, config: Config, replicates: int | None = None,
+                 ensemble: Mapping[str, Sequence[Any]] | None = None) -> None:
+        run = dataclasses.replace(config.run, replicates=config.run.replicates if replicates is None else replicates,
+                                  ensemble=config.run.ensemble if ensemble is None else dict(ensemble))
+        self.config = validate(dataclasses.replace(config, run=run))
+        self.labels = member_labels(self.config)
+        self.models = [P2PLLMModel(member_config(config, labels)) for labels in self.labels]
+        #: whether the members run in one vmapped call (no host phases), else one after another
+        self.fused = all(model.fusable for model in self.models)
+        if self.fused:
+            self._check_shapes()
+
+    @property
+    def steps(self) -> int:
+        """Steps every member has done."""
+        return min(model.steps for model in self.models)
+
+    def run(self, steps: int, progress: bool = False) -> None:
+        """Advance every member ``steps`` steps (one vmapped call per record when :attr:`fused`),
+        record the last step, and show a progress bar when ``progress``."""
+        if steps < 0:
+            raise ValueError(f"steps = {steps} is invalid: allowed steps >= 0")
+        if not self.fused:
+            for model in tqdm(self.models, disable=not progress, unit="member", desc="p2pllm-sim ensemble"):
+                model.run(steps)
+            return
+        end = self.steps + steps
+        record = self.config.run.record_interval
+        with tqdm(total=steps, disable=not progress, unit="step", desc="p2pllm-sim ensemble") as bar:
+            while self.steps < end:
+                before = self.steps
+                self._fused_steps([min(model.steps + record - model.steps % record, end) - model.steps
+                                   for model in self.models])
+                for model in self.models:
+                    if model.steps % record == 0 and model._recorded_step != model.steps:
+                        model._record()
+                bar.update(self.steps - before)
+        for model in self.models:
+            if model._recorded_step != model.steps:
+                model._record()
+
+    def _fused_steps(self, steps: list[int]) -> None:
+        """Up to ``steps[k]`` steps of member ``k``, all in one :func:`~p2pllm_abm.dynamics.run_ensemble_steps`
+        call over blocks of one width (the members' widest)."""
+        width = max(model._block_width for model in self.models)
+        for model in self.models:
+            model.widen_blocks(width)
+        calls = [model.fused_call(n) for model, n in zip(self.models, steps)]
+        state, done, after = run_ensemble_steps(
+            stack([model._state for model in self.models]), stack([model.environment for model in self.models]),
+            jnp.asarray(steps), jnp.asarray([model.steps for model in self.models]),
+            stack([call.reallocation for call in calls]), **self.models[0]._tick_options())
+        done, after = np.asarray(done), np.asarray(after)
+        for model, call, member, n, turns in zip(self.models, calls, unstack(state), done, after):
+            model.finish_fused_call(call, member, n, turns)
+
+    def _check_shapes(self) -> None:
+        """Refuse members whose compiled inputs differ in kind or shape (they cannot share one call),
+        naming the ensemble parameters."""
+        width = max(model._block_width for model in self.models)
+        for model in self.models:
+            model.widen_blocks(width)
+
+        def signature(model: P2PLLMModel) -> Any:
+            inputs = (model._state, model.environment, model.fused_call(0).reallocation)
+            return (jax.tree.structure(inputs), [np.shape(leaf) for leaf in jax.tree.leaves(inputs)],
+                    model._tick_options())
+
+        first = signature(self.models[0])
+        for labels, model in zip(self.labels, self.models):
+            if signature(model) != first:
+                varied = {name: value for name, value in labels.items() if name != "replicate"}
+                raise ConfigError("run.ensemble", varied, "parameters that leave the compiled shapes and options "
+                                  "alone (market scalars such as alpha, eta, temperature, demand, price_floor); "
+                                  "sweep the others with a Hydra multirun")
+
+    def _frame(self, frames: list[pd.DataFrame]) -> pd.DataFrame:
+        """Members' frames, one after another, each with its labels as leading columns."""
+        labelled = [frame.assign(**labels)[[*labels, *frame.columns]] for labels, frame in zip(self.labels, frames)]
+        return pd.concat(labelled, ignore_index=True)
+
+    def metrics_frame(self) -> pd.DataFrame:
+        """Every member's :meth:`~p2pllm_abm.model.P2PLLMModel.metrics_frame` with its labels
+        (``replicate`` and the ensemble parameters)."""
+        return self._frame([model.metrics_frame() for model in self.models])
+
+    def peers_frame(self) -> pd.DataFrame:
+        """Every member's peers frame with its labels."""
+        return self._frame([model.peers_frame() for model in self.models])
+
+    def events_frame(self) -> pd.DataFrame:
+        """Every member's events frame with its labels."""
+        return self._frame([model.events_frame() for model in self.models])
+
+
+    def final_table(self) -> pd.DataFrame:
+        """One row per member: its labels, and per stage its final peers, mean price and relative
+        Nash gap (what ``p2pllm-sim`` prints for an ensemble)."""
+        rows = []
+        for labels, model in zip(self.labels, self.models):
+            stats = model.stage_stats
+            rows.append({**labels, **{f"{name} {s + 1}": value for name, column in
+                                      (("peers", "peers"), ("price", "mean_price"), ("gap", "relative_nash_gap"))
+                                      for s, value in enumerate(stats[column].tolist())}})
+        return pd.DataFrame(rows)
+
+    def write_outputs(self, outdir: Path, wall_time_s: float) -> dict[str, Path]:
+        """Write the run directory of an ensemble job: ``metrics.parquet``, ``peers.parquet`` and
+        ``events.parquet`` with the members' labels as columns (:meth:`metrics_frame`), and
+        ``summary.json`` holding ``members``, each member's :func:`~p2pllm_abm.metrics.summary` with
+        its labels (its wall time is the whole job's)."""
+        outdir = Path(outdir)
+        outdir.mkdir(parents=True, exist_ok=True)
+        paths = {name: outdir / name for name in ("metrics.parquet", "peers.parquet", "events.parquet", "summary.json")}
+        write_parquet(self.metrics_frame(), paths["metrics.parquet"])
+        write_parquet(self.peers_frame(), paths["peers.parquet"])
+        write_parquet(self.events_frame(), paths["events.parquet"])
+        members = [{"labels": labels, **summary(model, wall_time_s)} for labels, model in zip(self.labels, self.models)]
+        record = {"replicates": self.config.run.replicates, "ensemble": ensemble_grid(self.config),
+                  "fused": self.fused, "wall_time_s": wall_time_s, "peak_memory_mb": peak_memory_mb(),
+                  "members": members}
+        write_text_atomic(paths["summary.json"], json.dumps(strict_json(record), indent=2, allow_nan=False))
+        return paths
+
+
+def runs_ensemble(config: Config) -> bool:
+    """Whether ``config`` asks for more than one run (``run.replicates > 1`` or a ``run.ensemble``)."""
+    return config.run.replicates > 1 or bool(config.run.ensemble)
+
+
+@jax.jit
+def stack(trees: list[Any]) -> Any:
+    """Pytrees of one structure stacked leaf by leaf along a new leading axis (members), in one
+    compiled call."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+@jax.jit
+def unstack(tree: Any) -> list[Any]:
+    """:func:`stack` undone: one pytree per member, in one compiled call."""
+    members = jax.tree.leaves(tree)[0].shape[0]
+    return [jax.tree.map(lambda leaf: leaf[k], tree) for k in range(members)]
