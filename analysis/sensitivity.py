@@ -15,7 +15,8 @@ the :data:`OUTCOMES`; SALib gives per outcome and setting the indices with 95% c
 - ``samples.parquet``: the design, one row per run, with its outcomes;
 - ``sensitivity.png``: the indices with their intervals, one panel per outcome.
 
-The runs are separate models run in parallel (``--jobs``), not one vmapped ensemble.
+The runs go as ensembles (:mod:`p2pllm_abm.ensemble`: their steps vmapped into one compiled call
+per record), a few per joblib worker (``--jobs``); each run's outcomes equal that run on its own.
 """
 
 from __future__ import annotations
@@ -38,11 +39,13 @@ from SALib.sample import morris as morris_design  # noqa: E402
 from SALib.sample import sobol as sobol_design  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from p2pllm_abm import P2PLLMModel  # noqa: E402
+from p2pllm_abm.ensemble import Ensemble  # noqa: E402
 from p2pllm_abm.config import Config, ConfigError, dotted_name, with_parameters  # noqa: E402
 from p2pllm_abm.metrics import class_rows, convergence_objective, stage_rows  # noqa: E402
 
 METHODS = ("sobol", "morris")
+#: the design's runs go to each joblib worker as this many ensembles
+ENSEMBLES_PER_JOB = 4
 #: Morris' grid levels per setting
 MORRIS_LEVELS = 4
 
@@ -106,13 +109,17 @@ def design(method: str, ranges: dict[str, tuple[float, float]], samples: int, se
     return problem, morris_design.sample(problem, samples, num_levels=MORRIS_LEVELS, seed=seed)
 
 
-def run_outcomes(cfg: Config, values: dict[str, float], steps: int) -> dict[str, float]:
-    """The :data:`OUTCOMES` of one run of ``cfg`` with ``values`` set, ``steps`` steps long."""
-    model = P2PLLMModel(with_parameters(cfg, values))
-    model.run(steps)
-    metrics = model.metrics_frame()
-    stages, classes = stage_rows(metrics), class_rows(metrics)
-    return {name: read(stages, classes, steps) for name, read in OUTCOMES.items()}
+def run_outcomes(cfg: Config, points: Sequence[dict[str, float]], steps: int) -> list[dict[str, float]]:
+    """The :data:`OUTCOMES` of runs of ``cfg`` with each of ``points`` set, ``steps`` steps long, as
+    one :class:`~p2pllm_abm.ensemble.Ensemble` (their steps vmapped into one call per record)."""
+    ensemble = Ensemble.of([with_parameters(cfg, values) for values in points], labels=points)
+    ensemble.run(steps)
+    outcomes = []
+    for model in ensemble.models:
+        metrics = model.metrics_frame()
+        stages, classes = stage_rows(metrics), class_rows(metrics)
+        outcomes.append({name: read(stages, classes, steps) for name, read in OUTCOMES.items()})
+    return outcomes
 
 
 def analyse(method: str, problem: dict, points: np.ndarray, outcomes: pd.DataFrame, seed: int) -> pd.DataFrame:
@@ -181,9 +188,16 @@ def sensitivity(cfg: Config, experiment: str, ranges: dict[str, tuple[float, flo
         raise ConfigError("--samples", samples, "an integer >= 2")
     problem, points = design(method, ranges, samples, seed)
     names = problem["names"]
+    # a few ensembles per worker, so that the progress bar moves
+    chunks = np.array_split(np.arange(len(points)), min(len(points), ENSEMBLES_PER_JOB * max(jobs, 1)))
     jobs_iter = Parallel(n_jobs=jobs, return_as="generator")(
-        delayed(run_outcomes)(cfg, dict(zip(names, map(float, point))), steps) for point in points)
-    results = list(tqdm(jobs_iter, total=len(points), desc="sensitivity", unit="run", disable=not progress))
+        delayed(run_outcomes)(cfg, [dict(zip(names, map(float, points[k]))) for k in chunk], steps)
+        for chunk in chunks)
+    results = []
+    with tqdm(total=len(points), desc="sensitivity", unit="run", disable=not progress) as bar:
+        for chunk_outcomes in jobs_iter:
+            results.extend(chunk_outcomes)
+            bar.update(len(chunk_outcomes))
     outcomes = pd.DataFrame(results, columns=list(OUTCOMES))
     indices = analyse(method, problem, points, outcomes, seed)
     left_out = [name for name in OUTCOMES if not np.isfinite(outcomes[name]).all()]

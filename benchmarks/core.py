@@ -16,7 +16,10 @@ For 200 peers (paper_table1, 4 stages) and 10^4 / 10^5 peers x 16 stages it time
   toolkit): the limit on this hardware.
 
 Then (not with ``--quick``) the scale run: 10^5 peers x 64 stages x 1,000 steps with 64 clients,
-reallocation and metrics on, from a fresh model: its wall time and peak memory.
+reallocation and metrics on, from a fresh model: its wall time and peak memory; and the ensemble
+jobs: ``p2pllm-sim`` (paper_table1, 5,000 steps, no figures) with one replicate and with
+``run.replicates=64``, each a fresh process timed from start to exit (imports, compiling, the run
+and writing its outputs), against 64 separate one-replicate jobs (64 times one).
 
 Every figure is the median over repeats (VM timings swing 2-3x within minutes), after a warm-up
 run that compiles (for the full toolkit, twice the timed steps: reallocation widens the stage
@@ -27,7 +30,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -155,6 +162,27 @@ def scale_run() -> tuple[float, float, float]:
     return built - started, time.perf_counter() - built, peak_memory_mb()
 
 
+#: the ensemble target: 64 replicates of paper_table1 x 5,000 steps in one job
+ENSEMBLE_REPLICATES = 64
+
+
+def job_seconds(*overrides: str) -> float:
+    """Wall time of one ``p2pllm-sim`` job (paper_table1, no figures or progress bar) in a fresh
+    process, into a temporary run directory."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        started = time.perf_counter()
+        subprocess.run([str(Path(sys.executable).parent / "p2pllm-sim"), "run.figures=false", "run.progress=false",
+                        f"hydra.run.dir={run_dir}", *overrides], check=True, capture_output=True)
+        return time.perf_counter() - started
+
+
+def ensemble_jobs() -> tuple[float, float]:
+    """Seconds for a one-replicate job (median of :data:`REPEATS`) and for a job of
+    :data:`ENSEMBLE_REPLICATES` replicates."""
+    one = statistics.median(job_seconds() for _ in range(REPEATS))
+    return one, job_seconds(f"run.replicates={ENSEMBLE_REPLICATES}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="200 and 10^4 peers only")
@@ -176,6 +204,7 @@ def main() -> None:
         print(f"done: {label}", flush=True)
 
     scale = None if args.quick else scale_run()
+    jobs = None if args.quick else ensemble_jobs()
     variants = list(rows[0][1])
     print("\nTime per step (median of repeats; steps/s in brackets)\n")
     print(f"| {'peers x stages':<14} | " + " | ".join(f"{v:<24}" for v in variants)
@@ -193,8 +222,17 @@ def main() -> None:
         print(f"\nScale: 10^5 peers x 64 stages x {SCALE_STEPS:,} steps, 64 clients, reallocation every 10 steps, "
               f"metrics every 50: built in {fmt(build)}, ran in {fmt(run)} (compiling included), "
               f"peak memory {peak:,.0f} MiB")
+    if jobs is not None:
+        one, many = jobs
+        print(f"\nEnsemble: paper_table1 x 5,000 steps, one job each (fresh process, outputs written)\n\n"
+              f"| job | wall time | / one replicate |\n|---|---|---|\n"
+              f"| 1 replicate (median of {REPEATS}) | {fmt(one)} | 1.0x |\n"
+              f"| {ENSEMBLE_REPLICATES} replicates, run.replicates={ENSEMBLE_REPLICATES} | {fmt(many)} | "
+              f"{many / one:.1f}x |\n"
+              f"| {ENSEMBLE_REPLICATES} separate jobs (64 x one) | {fmt(ENSEMBLE_REPLICATES * one)} | "
+              f"{ENSEMBLE_REPLICATES:.1f}x |")
     print("\nTargets: per-agent / market >= 100x at 10^4 peers; market / fused <= 3x at 10^4 and 10^5 peers; "
-          "full / fused <= 3x; the scale run under 60 s.")
+          "full / fused <= 3x; the scale run under 60 s; 64 replicates in one job <= 8x one replicate.")
     print(f"jax {jax.__version__}, mesa {mesa.__version__}, numpy {np.__version__}; float64 on the CPU")
 
 

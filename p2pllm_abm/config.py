@@ -431,7 +431,7 @@ def validate(cfg: Config) -> Config:
     Raises :class:`ConfigError` naming the first offending field, its value and what is allowed.
     """
     net, mkt, alloc, cli, run, rep = cfg.network, cfg.market, cfg.allocation, cfg.clients, cfg.run, cfg.report
-    for name, value in _leaves(OmegaConf.to_container(OmegaConf.structured(cfg))):  # every integer field
+    for name, value in _leaves(dataclasses.asdict(cfg)):  # every integer field
         _require(not isinstance(value, int) or isinstance(value, bool) or abs(value) <= _MAX_AMOUNT, name, value,
                  f"an integer of magnitude <= 2**62 = {_MAX_AMOUNT} (int64 holds it)")
     _require(net.peers >= 1, "network.peers", net.peers, "an integer >= 1")

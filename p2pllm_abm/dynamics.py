@@ -5,13 +5,14 @@ routed and pays each peer on its path its current price; (2) every peer updates 
 ``market.update_rule`` (the paper's eq. 5 by default; see :mod:`p2pllm_abm.equilibrium` for the
 others). Requests are routed by ``clients.routing``:
 
-- ``"stage"`` (the paper's market): in each stage the peer with the smallest eq.-1 weight plus
-  Gumbel noise of scale T, the logit choice that realises exactly the Boltzmann probabilities of
-  eq. 3; latency plays no part in the choice.
-- ``"path"``: the whole path with the smallest sum of the same noisy weights plus ``(1 - alpha)``
-  times its latencies (client to first peer, hop by hop, last peer back to the client): Alg. 2
-  on perturbed weights, boundary by boundary. Without latency it makes exactly the stage choice;
-  it also routes spans.
+- ``"stage"`` (the paper's market): in each stage a peer drawn from the Boltzmann probabilities
+  of eq. 3 (by inverse CDF: the law of the logit choice, the smallest eq.-1 weight plus Gumbel
+  noise of scale T, with one uniform per client and stage instead of a Gumbel variate per peer);
+  latency plays no part in the choice.
+- ``"path"``: the whole path with the smallest sum of the noisy weights ``w + T G`` plus
+  ``(1 - alpha)`` times its latencies (client to first peer, hop by hop, last peer back to the
+  client): Alg. 2 on perturbed weights, boundary by boundary. Without latency it makes the stage
+  choice's law; it also routes spans.
 
 Either way the realised path's total price and time (costs plus latencies) are summed per request
 class (client alpha bin) for the metrics. Clients' choices and eq.-3 probabilities are computed on
@@ -187,25 +188,48 @@ def from_blocks(values: Array, blocks: StageBlocks, n: int) -> Array:
     return jnp.zeros((*values.shape[:-2], n), values.dtype).at[..., target].add(flat, mode="drop")
 
 
+def alpha_probabilities(env: Environment, price: Array) -> tuple[Array, Array]:
+    """Eq. 3 by stage block once per distinct client alpha (``env.alpha_values``; every client's own
+    without them), ``(rows, n_stages, width)``, and each client's row ``(clients,)``."""
+    if env.alpha_values is not None:
+        alpha, row = env.alpha_values, jnp.argmax(env.alpha_group, axis=1)
+    else:
+        alpha, row = env.client_alpha, jnp.arange(env.client_alpha.shape[0])
+    return block_probabilities(block_logits(env, price, alpha), env.params), row
+
+
 def expected_requests(active: Array, env: Environment, price: Array) -> Array:
     """Each peer's expected requests this tick, ``sum_c active_c P_ci`` (eq. 3 at ``price``): the
-    probabilities once per distinct client alpha (``env.alpha_values``), weighted by how many clients
-    with that alpha sent a request."""
+    probabilities once per distinct client alpha (:func:`alpha_probabilities`), weighted by how many
+    clients with that alpha sent a request."""
     active = active.astype(price.dtype)
-    if env.alpha_values is not None:
-        active, alpha = active @ env.alpha_group, env.alpha_values
-    else:
-        alpha = env.client_alpha
-    probs = block_probabilities(block_logits(env, price, alpha), env.params)
-    return from_blocks(jnp.tensordot(active, probs, axes=1), env.blocks, price.shape[0])
+    probs, _ = alpha_probabilities(env, price)
+    weights = active @ env.alpha_group if env.alpha_values is not None else active
+    return from_blocks(jnp.tensordot(weights, probs, axes=1), env.blocks, price.shape[0])
+
+
+def sample_blocks(probs: Array, row: Array, uniform: Array, blocks: StageBlocks, walk_away: Array | bool) -> Array:
+    """Per client and stage a peer drawn by inverse CDF: the first slot of its stage block whose
+    cumulative probability exceeds the client's ``uniform`` ``(clients, n_stages)``. ``probs`` are
+    by stage block, one row per distinct alpha, client ``c`` reading ``row[c]``. With ``walk_away``
+    the mass they leave is the outside option's (``-1``: the stage is not bought); without it they
+    are drawn from as normalised within each stage (``-1`` where they are all 0)."""
+    cumulative = jnp.cumsum(probs, axis=-1)
+    total = cumulative[..., -1][row]  # (clients, n_stages)
+    target = jnp.where(walk_away, uniform, uniform * total)
+    passed = jnp.sum(cumulative[row] <= target[..., None], axis=-1)
+    last = jnp.maximum(jnp.sum(blocks.index >= 0, axis=-1) - 1, 0)  # rounding never picks the padding
+    chosen = blocks.index[jnp.arange(blocks.index.shape[0]), jnp.minimum(passed, last)]
+    return jnp.where((walk_away & (uniform >= total)) | (total <= 0), -1, chosen)
 
 
 def slot_gumbel(key: Array, shape: tuple[int, int, int], dtype) -> Array:
     """Standard Gumbel noise ``(clients, n_stages, width)`` by stage block slot, counter-based: the
     value at ``(c, s, slot)`` is a Threefry-2x32 hash of ``key`` and the counter ``(c n_stages + s,
     slot // 2)`` (one hash gives slots ``2j`` and ``2j + 1``), so it does not depend on the blocks'
-    padded width. A run's noise is then the same at any width: a single run and an ensemble replicate
-    (:mod:`p2pllm_abm.ensemble`, one width for all) draw alike. Drawn in float32 (3x cheaper than
+    padded width: a run's noise is the same whatever widths its history left (they only grow), and
+    a single run and an ensemble member (:mod:`p2pllm_abm.ensemble`, one width for all) draw alike.
+    Drawn in float32 (3x cheaper than
     float64; only ties closer than ~1e-7 differ) as ``-log(-log u)``, ``u`` from the hash's top 23 bits."""
     clients, n_stages, width = shape
     rows, pairs = clients * n_stages, (width + 1) // 2
@@ -220,40 +244,30 @@ def slot_gumbel(key: Array, shape: tuple[int, int, int], dtype) -> Array:
 
 
 def peer_noise(key: Array, env: Environment, dtype) -> Array:
-    """Each client's Gumbel noise per peer ``(clients, n)``, drawn per stage block slot as the stage
-    choice draws it (so that without latency path routing chooses alike); 0 for dead peers."""
+    """Each client's Gumbel noise per peer ``(clients, n)`` for path routing, drawn per stage block
+    slot (:func:`slot_gumbel`); 0 for dead peers."""
     clients = env.client_alpha.shape[0]
     return from_blocks(slot_gumbel(key, (clients, *env.blocks.index.shape), dtype), env.blocks, env.cost.shape[0])
 
 
-def block_winners(perturbed: Array, blocks: StageBlocks, outside: Array) -> Array:
-    """Per client and stage the peer with the largest perturbed logit (``perturbed`` laid out by
-    stage block), ``-1`` where the outside option's ``outside`` ``(clients, n_stages)`` beats it (or
-    the stage has no live peer)."""
-    best = jnp.max(perturbed, axis=-1)
-    # the first slot holding the maximum, by a plain min: XLA's CPU argmax (a two-operand reduction)
-    # is not vectorised and costs 5x as much
-    slots = jnp.arange(perturbed.shape[-1], dtype=jnp.int32)
-    place = jnp.min(jnp.where(perturbed == best[..., None], slots, perturbed.shape[-1] - 1), axis=-1)
-    return jnp.where(best > outside, blocks.index[jnp.arange(blocks.index.shape[0]), place], -1)
+def stage_choices(key: Array, env: Environment, price: Array, n_stages: int) -> Array:
+    """Each client's chosen peer per stage, shape ``(clients, n_stages)``: a draw from eq. 3's
+    probabilities by inverse CDF (:func:`sample_blocks`, one uniform per client and stage), the law
+    of the logit choice ``argmin_i w_ci + T G_i`` without a Gumbel variate per peer (those cost most
+    of a tick). With an outside option a stage is left unbought (``-1``) with probability ``P_0``."""
+    probs, row = alpha_probabilities(env, price)
+    uniform = jax.random.uniform(key, (env.client_alpha.shape[0], n_stages), dtype=price.dtype)
+    return sample_blocks(probs, row, uniform, env.blocks, jnp.isfinite(outside_logit(env.params)))
 
 
-def walk_away_logits(key: Array, env: Environment, n_stages: int, dtype) -> Array:
-    """The outside option's perturbed logit per client and stage, from a key folded off ``key`` (so
-    the peers' noise, and every run without an outside option, stay as they are)."""
-    return outside_logit(env.params) + jax.random.gumbel(jax.random.fold_in(key, 1),
-                                                         (env.client_alpha.shape[0], n_stages), dtype=dtype)
-
-
-def stage_choices(key: Array, env: Environment, price: Array, n_stages: int) -> tuple[Array, Array]:
-    """Each client's chosen peer per stage, shape ``(clients, n_stages)``, by Gumbel-max
-    (``argmin_i w_ci + T G_i`` within each stage: the logit choice that realises eq. 3's
-    probabilities; the noise is drawn per stage block slot), and the perturbed logits by stage block
-    (failover chooses again among them). With an outside option, a stage where ``w_0 + T G_0``
-    beats every peer is left unbought (``-1``)."""
-    logits = block_logits(env, price)
-    perturbed = logits + slot_gumbel(key, logits.shape, price.dtype)
-    return block_winners(perturbed, env.blocks, walk_away_logits(key, env, n_stages, price.dtype)), perturbed
+def failover_choices(key: Array, env: Environment, price: Array, n_stages: int) -> Array:
+    """Each client's replacement per stage for a peer that failed: a draw from eq. 3's probabilities
+    among the stage's peers that are not failing (the logit choice's law once those are removed),
+    without walking away (the client already bought in the stage); ``-1`` where every peer fails."""
+    probs, row = alpha_probabilities(env, price)
+    probs = jnp.where(env.failing[jnp.maximum(env.blocks.index, 0)], 0.0, probs)
+    uniform = jax.random.uniform(key, (env.client_alpha.shape[0], n_stages), dtype=price.dtype)
+    return sample_blocks(probs, row, uniform, env.blocks, False)
 
 
 def path_scores(key: Array, env: Environment, price: Array) -> tuple[Array, Array]:
@@ -358,7 +372,7 @@ def route_requests(key: Array, env: Environment, price: Array, routing: str, n_s
     """Phase 1's choice (``clients.routing``) and, with failures, the failover (:mod:`p2pllm_abm.load`)."""
     n = price.shape[0]
     if routing == "stage":
-        chosen, perturbed = stage_choices(key, env, price, n_stages)
+        chosen = stage_choices(key, env, price, n_stages)
         no_path = jnp.broadcast_to(~jnp.all(env.blocks.index[:, 0] >= 0), chosen.shape[:1])
         walked = jnp.any(chosen < 0, axis=1)
     else:
@@ -372,12 +386,7 @@ def route_requests(key: Array, env: Environment, price: Array, routing: str, n_s
         return Routed(chosen, complete, no_path, walked, none, jnp.zeros(chosen.shape[0], jnp.int32))
     if routing == "stage":
         hit = (chosen >= 0) & env.failing[jnp.maximum(chosen, 0)]
-        # the failover choice: the same noise without the failed peers, and no walking away (the
-        # client already bought in the stage)
-        failing = env.failing[jnp.maximum(env.blocks.index, 0)]
-        replacement = block_winners(jnp.where(failing, -jnp.inf, perturbed), env.blocks,
-                                    jnp.full(chosen.shape, -jnp.inf, price.dtype))
-        hops = jnp.where(hit, replacement, chosen)
+        hops = jnp.where(hit, failover_choices(jax.random.fold_in(key, 1), env, price, n_stages), chosen)
         retries = jnp.sum(hit, axis=1)
         complete = jnp.all(hops >= 0, axis=1)
     else:

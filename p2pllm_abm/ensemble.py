@@ -10,8 +10,8 @@ demand, price floor) over one network shape. An :class:`Ensemble` holds such run
 Between two records every member's steps (requests, prices, eq. 7-8 reallocation; paper section
 5.1) run in one vmapped call (:func:`~p2pllm_abm.dynamics.run_ensemble_steps`); each member then
 records as a single run does. A member's stage blocks are as wide as the ensemble's widest, which
-changes nothing: request noise is drawn per block slot, independent of the width
-(:func:`~p2pllm_abm.dynamics.slot_gumbel`), and padding adds exact zeros. Member ``k`` therefore
+changes nothing: its random draws do not depend on the width (one uniform per client and stage,
+:func:`~p2pllm_abm.dynamics.stage_choices`), and the padding adds exact zeros. Member ``k`` therefore
 equals ``P2PLLMModel(configs[k])`` run on its own, up to the order in which XLA's batched
 reductions add (``tests/test_ensemble.py`` states the tolerance).
 
@@ -50,17 +50,21 @@ from .paths import write_text_atomic
 def member_labels(config: Config) -> list[dict[str, Any]]:
     """Each member's labels, in member order: its point of the ``run.ensemble`` grid (by dotted
     name) and its ``replicate`` (the seed offset), replicates innermost."""
+    return [{**point, "replicate": r} for point in grid_points(config) for r in range(config.run.replicates)]
+
+
+def grid_points(config: Config) -> list[dict[str, Any]]:
+    """The points of the ``run.ensemble`` grid, in order (one empty point without an ensemble)."""
     grid = ensemble_grid(config)
-    points = [dict(zip(grid, point)) for point in itertools.product(*grid.values())]
-    return [{**point, "replicate": r} for point in points for r in range(config.run.replicates)]
+    return [dict(zip(grid, point)) for point in itertools.product(*grid.values())]
 
 
-def member_config(config: Config, labels: Mapping[str, Any]) -> Config:
-    """The config of the member with ``labels`` (:func:`member_labels`): its grid point set, its seed
-    ``config.seed + replicate``, and no replicates or ensemble of its own."""
+def member_configs(config: Config) -> list[Config]:
+    """The members' configs, in :func:`member_labels`' order: each grid point set (and validated
+    once), then seeds ``config.seed + replicate``, with no replicates or ensemble of their own."""
     single = dataclasses.replace(config, run=dataclasses.replace(config.run, replicates=1, ensemble=None))
-    parameters = {name: value for name, value in labels.items() if name != "replicate"}
-    return with_parameters(single, {**parameters, "seed": config.seed + labels["replicate"]})
+    points = [with_parameters(single, point) if point else single for point in grid_points(config)]
+    return [dataclasses.replace(point, seed=config.seed + r) for point in points for r in range(config.run.replicates)]
 
 
 class Ensemble:
@@ -72,9 +76,23 @@ class Ensemble:
                  ensemble: Mapping[str, Sequence[Any]] | None = None) -> None:
         run = dataclasses.replace(config.run, replicates=config.run.replicates if replicates is None else replicates,
                                   ensemble=config.run.ensemble if ensemble is None else dict(ensemble))
-        self.config = validate(dataclasses.replace(config, run=run))
-        self.labels = member_labels(self.config)
-        self.models = [P2PLLMModel(member_config(config, labels)) for labels in self.labels]
+        config = validate(dataclasses.replace(config, run=run))
+        self._start(config, member_labels(config), member_configs(config))
+
+    @classmethod
+    def of(cls, configs: Sequence[Config], labels: Sequence[Mapping[str, Any]]) -> Ensemble:
+        """An ensemble of members given one by one, each config with its labels (for example the
+        points of a sensitivity design). They must share the compiled shapes and the record interval."""
+        ensemble = cls.__new__(cls)
+        ensemble._start(configs[0], [dict(member) for member in labels], list(configs))
+        return ensemble
+
+    def _start(self, config: Config, labels: list[dict[str, Any]], configs: list[Config]) -> None:
+        self.config, self.labels = config, labels
+        intervals = {member.run.record_interval for member in configs}
+        if len(intervals) > 1:
+            raise ConfigError("run.record_interval", sorted(intervals), "one record interval for every member")
+        self.models = [P2PLLMModel(member) for member in configs]
         #: whether the members run in one vmapped call (no host phases), else one after another
         self.fused = all(model.fusable for model in self.models)
         if self.fused:

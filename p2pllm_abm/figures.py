@@ -44,17 +44,22 @@ def published_points(reference: str | None) -> pd.DataFrame:
 
 def plot_stage_trajectories(metrics: pd.DataFrame, outdir: Path, reference: str | None = None) -> list[Path]:
     """One line per stage over the recorded steps, for each of :data:`STAGE_FIGURES`; with a
-    ``reference`` (``report.reference``), the published points of that table as crosses."""
+    ``reference`` (``report.reference``), the published points of that table as crosses. An
+    ensemble's lines are means over its replicates, with 95% bands."""
     outdir = Path(outdir)
     frame = stage_rows(metrics)
     frame = frame.assign(layer=frame["stage"].map(layer_name))
+    # an ensemble's metrics (p2pllm_abm.ensemble) lead with its members' labels: a line is the mean
+    # over replicates (band: 95% CI), one line style per value of the first ensemble parameter
+    labels = list(frame.columns[: frame.columns.get_loc("step")])
+    style = next((name for name in labels if name != "replicate"), None)
     paper = published_points(reference)
     paper = paper[paper["step"] <= frame["step"].max()]
     paths = []
     with sns.axes_style("whitegrid"):
         for name, (column, label) in STAGE_FIGURES.items():
             fig, ax = plt.subplots(figsize=(6, 3.5))
-            sns.lineplot(data=frame, x="step", y=column, hue="layer", ax=ax)
+            sns.lineplot(data=frame, x="step", y=column, hue="layer", style=style, ax=ax)
             if len(paper):
                 sns.scatterplot(data=paper, x="step", y=column, hue="layer", marker="X", s=60, ax=ax,
                                 edgecolor="black", legend=False)

@@ -231,6 +231,7 @@ class P2PLLMModel(mesa.Model):
         self.datacollector = PeerTableCollector(model_reporters(self.peers.n_stages, self.request_classes.count),
                                                 columns)
         self._records: list[tuple[int, pd.DataFrame, pd.DataFrame]] = []  #: (step, stage, class statistics)
+        self._record_rows: tuple[int, pd.DataFrame | None] = (0, None)  #: see _recorded_rows
         self._metric_rows: list[pd.DataFrame] = []  #: the ledger's and security's metrics rows
         self._record()
 
@@ -623,9 +624,22 @@ class P2PLLMModel(mesa.Model):
     def metrics_frame(self) -> pd.DataFrame:
         """Tidy metrics: one row per recorded step and stage (``scope = "stage"``) and per recorded
         step and request class (``scope = "request_class"``), see :mod:`p2pllm_abm.metrics`."""
-        steps, stages, classes = zip(*self._records)
-        frame = pd.concat([metric_rows(steps, stages, classes), *self._metric_rows], ignore_index=True)
+        rows = self._recorded_rows()
+        if not self._metric_rows:
+            return rows.copy()
+        frame = pd.concat([rows, *self._metric_rows], ignore_index=True)
         return frame.sort_values("step", kind="stable", ignore_index=True)  # each step: stage, class, then the rest
+
+    def _recorded_rows(self) -> pd.DataFrame:
+        """The stage and request-class rows of every record so far, by step: built once per record
+        (a run's outputs are rewritten as it goes, and an ensemble's for every member)."""
+        done, frame = self._record_rows
+        if done < len(self._records):
+            steps, stages, classes = zip(*self._records[done:])
+            new = metric_rows(steps, stages, classes).sort_values("step", kind="stable", ignore_index=True)
+            frame = new if frame is None else pd.concat([frame, new], ignore_index=True)
+            self._record_rows = (len(self._records), frame)
+        return frame
 
     def peers_frame(self) -> pd.DataFrame:
         """One row per peer per recorded step."""

@@ -118,7 +118,7 @@ def test_outside_option_bounds_a_lone_peer_and_its_realised_share_matches():
                       client_alpha=jnp.full(clients, 0.5), request_rate=1.0, params=params, blocks=stage_blocks(stage, alive, 1),
                       damping=0.5, geometry=None)
     import jax
-    chosen, _ = stage_choices(jax.random.key(0), env, jnp.array([price]), 1)
+    chosen = stage_choices(jax.random.key(0), env, jnp.array([price]), 1)
     bought = float(np.mean(np.asarray(chosen)[:, 0] == 0))
     assert bought == pytest.approx(probs, abs=4 * np.sqrt(probs * (1 - probs) / clients))
 

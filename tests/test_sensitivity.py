@@ -6,9 +6,10 @@ import pytest
 from SALib.sample import morris as morris_design
 
 from analysis.__main__ import main
-from analysis.sensitivity import MORRIS_LEVELS, OUTCOMES, parse_ranges, run_outcomes
-from p2pllm_abm import load_config
-from p2pllm_abm.config import ConfigError
+from analysis.sensitivity import MORRIS_LEVELS, OUTCOMES, parse_ranges
+from p2pllm_abm import P2PLLMModel, load_config
+from p2pllm_abm.config import ConfigError, with_parameters
+from p2pllm_abm.metrics import class_rows, stage_rows
 
 EXPERIMENT = ["--experiment", "paper_28", "--override", "run.record_interval=20", "--steps", "40", "--jobs", "1"]
 
@@ -29,7 +30,10 @@ def test_an_inert_setting_has_no_effect_and_alpha_moves_the_price(tmp_path, caps
     np.testing.assert_array_equal(samples[problem["names"]].to_numpy(), design)
     cfg = load_config("paper_28", overrides=["run.record_interval=20"])
     row = samples.iloc[4]
-    again = run_outcomes(cfg, {"market.alpha": row["market.alpha"], "clients.hop_overhead_ms": 1.0}, 40)
+    alone = P2PLLMModel(with_parameters(cfg, {"market.alpha": row["market.alpha"], "clients.hop_overhead_ms": 1.0}))
+    alone.run(40)  # that run on its own, not in an ensemble
+    metrics = alone.metrics_frame()
+    again = {name: read(stage_rows(metrics), class_rows(metrics), 40) for name, read in OUTCOMES.items()}
     assert again == pytest.approx({name: row[name] for name in OUTCOMES}, nan_ok=True)
     assert (tmp_path / "sensitivity.png").stat().st_size > 10_000
     assert "mu_star" in capsys.readouterr().out
