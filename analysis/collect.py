@@ -197,6 +197,27 @@ def ensemble_members(summary: dict[str, Any], stages: pd.DataFrame) -> list[tupl
     return members
 
 
+def single_run_summary(run_dir: Path, reader: str) -> dict[str, Any]:
+    """The summary.json of a directory holding one run; an ensemble job's directory is refused
+    (``reader`` names what needs one run)."""
+    summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    if "members" in summary:
+        raise ValueError(f"run_dir = {str(run_dir)!r} holds an ensemble job ({len(summary['members'])} members): "
+                         f"allowed the directory of a single run for {reader} (run one member on its own: its "
+                         "seed and parameters are in summary.json's members)")
+    return summary
+
+
+def first_member(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of an ensemble job's frame (its members' labels lead, before ``step``) that belong
+    to its first member; a single run's frame as it is."""
+    labels = list(frame.columns[: frame.columns.get_loc("step")])
+    if not labels:
+        return frame
+    first = frame[labels].iloc[0]
+    return frame[np.logical_and.reduce([frame[name] == first[name] for name in labels])].drop(columns=labels)
+
+
 def _read(run_dir: Path, name: str, reader: Callable[[Path], Any]) -> Any:
     """``reader(run_dir / name)``; a file that does not read is a ``ValueError`` naming it."""
     try:

@@ -43,7 +43,7 @@ from p2pllm_abm.metrics import CONVERGENCE_GAP  # noqa: E402
 from p2pllm_abm.figures import published_points  # noqa: E402
 from p2pllm_abm.paper import layer_name  # noqa: E402
 
-from .collect import Collection  # noqa: E402
+from .collect import Collection, first_member  # noqa: E402
 
 BAND = ("ci", 95)
 
@@ -134,8 +134,9 @@ def price_vs_alpha(collection: Collection) -> tuple[plt.Figure, str]:
 
 def revenue_curve(collection: Collection) -> tuple[plt.Figure, str]:
     run_dir = collection.source / collection.complete_runs["run"].iloc[0]
-    config = json.loads((run_dir / "summary.json").read_text())["config"]
-    peers = pd.read_parquet(run_dir / "peers.parquet")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    config = summary["members"][0]["config"] if "members" in summary else summary["config"]  # an ensemble: its first
+    peers = first_member(pd.read_parquet(run_dir / "peers.parquet"))
     peers = peers[(peers["step"] == peers["step"].max()) & peers["alive"] & (peers["stage"] == 0)]
     market = config["market"]
     params = market_params(OmegaConf.merge(OmegaConf.structured(MarketConfig), market))  # older runs: defaults

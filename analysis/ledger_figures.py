@@ -14,7 +14,6 @@ liquidity, escrow vs channels). PNG and PDF each.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -28,7 +27,7 @@ from p2pllm_abm.ledger import gini  # noqa: E402
 from p2pllm_abm.metrics import shard_rows  # noqa: E402
 from p2pllm_abm.paper import layer_name  # noqa: E402
 
-from .collect import collect  # noqa: E402
+from .collect import collect, single_run_summary  # noqa: E402
 
 
 def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
@@ -54,7 +53,7 @@ def money_over_time(peers: pd.DataFrame, unit: int) -> pd.DataFrame:
 def plot_ledger_run(run_dir: Path, out: Path | None = None) -> list[Path]:
     """``ledger_money_<run>``: money, its concentration and confirmation latency over a run."""
     run_dir = Path(run_dir)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = single_run_summary(run_dir, "the ledger figure")
     if "ledger" not in summary:
         raise ValueError(f"run_dir = {str(run_dir)!r} is not a ledger run: allowed a run with ledger.enabled=true")
     money = money_over_time(pd.read_parquet(run_dir / "peers.parquet"), summary["config"]["ledger"]["unit"])

@@ -8,7 +8,6 @@ network.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -28,6 +27,8 @@ from p2pllm_abm.paper import layer_name  # noqa: E402
 from p2pllm_abm.pareto import pareto_paths, sample_path_objectives, weighted_sum_sweep  # noqa: E402
 from p2pllm_abm.routing import best_path, build_dag  # noqa: E402
 
+from .collect import single_run_summary  # noqa: E402
+
 #: alphas whose weighted-sum choice is annotated in Figure 2
 ANNOTATED_ALPHAS = (0.05, 0.25, 0.5, 0.75, 0.95)
 #: above this many edges Figure 1 draws only the chosen path's edges
@@ -42,13 +43,13 @@ def network_from_run(run_dir: Path, step: int | None = None) -> PeerTable:
     if not peers_path.is_file() or not summary_path.is_file():
         raise FileNotFoundError(f"run_dir = {str(run_dir)!r} lacks peers.parquet or summary.json: "
                                 "allowed a p2pllm-sim run directory")
+    network = single_run_summary(run_dir, "the network figure")["config"]["network"]
     frame = pd.read_parquet(peers_path)
     recorded = sorted(frame["step"].unique())
     step = recorded[-1] if step is None else step
     if step not in recorded:
         raise ValueError(f"step = {step} was not recorded in {run_dir}: allowed one of {recorded}")
     rows = frame[frame["step"] == step].sort_values("peer_id")
-    network = json.loads(summary_path.read_text())["config"]["network"]
     return PeerTable(
         stage_start=rows["stage_start"].to_numpy(), stage_end=rows["stage_end"].to_numpy(),
         cost=rows["cost"].to_numpy(), price=rows["price"].to_numpy(),

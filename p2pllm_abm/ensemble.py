@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from .config import Config, ConfigError, ensemble_grid, validate, with_parameters
 from .dynamics import run_ensemble_steps
-from .metrics import peak_memory_mb, strict_json, summary, write_parquet
+from .metrics import metric_rows, peak_memory_mb, strict_json, summary, write_parquet
 from .model import P2PLLMModel
 from .paths import write_text_atomic
 
@@ -93,6 +93,8 @@ class Ensemble:
         if len(intervals) > 1:
             raise ConfigError("run.record_interval", sorted(intervals), "one record interval for every member")
         self.models = [P2PLLMModel(member) for member in configs]
+        self._metric_pieces: list[pd.DataFrame] = []  #: metrics rows built so far (see metrics_frame)
+        self._records_read = [0] * len(self.models)  #: each member's records in them
         #: whether the members run in one vmapped call (no host phases), else one after another
         self.fused = all(model.fusable for model in self.models)
         if self.fused:
@@ -169,8 +171,22 @@ class Ensemble:
 
     def metrics_frame(self) -> pd.DataFrame:
         """Every member's :meth:`~p2pllm_abm.model.P2PLLMModel.metrics_frame` with its labels
-        (``replicate`` and the ensemble parameters)."""
-        return self._frame([model.metrics_frame() for model in self.models])
+        (``replicate`` and the ensemble parameters), one member after another. The rows of records
+        not read before are built in one call for all members (a job rewrites this frame as it goes)."""
+        if any(model._metric_rows for model in self.models):  # ledger or security rows: member by member
+            return self._frame([model.metrics_frame() for model in self.models])
+        member, steps, stages, classes = [], [], [], []
+        for k, (model, done) in enumerate(zip(self.models, self._records_read)):
+            for step, stage, request_class in model._records[done:]:
+                member.append(k), steps.append(step), stages.append(stage), classes.append(request_class)
+        if steps:
+            rows = metric_rows(steps, stages, classes)  # stage rows then class rows, in (member, record) order
+            counts = [len(frame) for frame in (*stages, *classes)]
+            self._metric_pieces.append(rows.assign(member=np.repeat(np.concatenate([member, member]), counts)))
+            self._records_read = [len(model._records) for model in self.models]
+        rows = pd.concat(self._metric_pieces, ignore_index=True).sort_values(["member", "step"], kind="stable")
+        labels = pd.DataFrame(self.labels).iloc[rows["member"].to_numpy()].reset_index(drop=True)
+        return pd.concat([labels, rows.drop(columns="member").reset_index(drop=True)], axis=1)
 
     def peers_frame(self) -> pd.DataFrame:
         """Every member's peers frame with its labels."""

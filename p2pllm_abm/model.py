@@ -35,7 +35,11 @@ change every step, so ticks run one at a time.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -91,6 +95,23 @@ class Dispatched(NamedTuple):
     first_step: int
     ticks: int
     finite: jax.Array  #: whether their final prices and revenues are finite (on the device)
+
+
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Run the block with Ctrl-C (SIGINT) deferred to its end, so that what it appends stays
+    together; outside the main thread (where signals cannot be handled) it just runs the block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def spare_rows(cfg: Config) -> int:
@@ -840,12 +861,14 @@ class P2PLLMModel(mesa.Model):
         #: cumulative requests per outcome (p2pllm_abm.load.OUTCOMES) as of this record
         self.outcomes = np.asarray(state.outcomes).copy()
         self._state = reset_window(state)
-        self._records.append((self.steps, self.stage_stats, self.class_stats))
         self.reported = reported_columns(self.stage_stats, self.class_stats)  #: what the model reporters read
         if self.ledger is not None:
             self.peers.update_ledger_columns(self.ledger.peer_columns())
-            self._metric_rows.extend(ledger_metric_rows(self.steps, self.ledger))
-        if self.security is not None:
-            self._metric_rows.append(self.security.behaviour_rows(self.steps, self.peers))
-        self.datacollector.collect(self)
-        self._recorded_step = self.steps
+        with deferred_interrupt():  # a record is in every output or in none (Ctrl-C waits for it)
+            self._records.append((self.steps, self.stage_stats, self.class_stats))
+            if self.ledger is not None:
+                self._metric_rows.extend(ledger_metric_rows(self.steps, self.ledger))
+            if self.security is not None:
+                self._metric_rows.append(self.security.behaviour_rows(self.steps, self.peers))
+            self.datacollector.collect(self)
+            self._recorded_step = self.steps

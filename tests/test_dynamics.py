@@ -81,14 +81,15 @@ def test_stage_choices_walk_away_with_the_outside_options_probability():
         assert stats.chisquare(observed, clients * expected).pvalue > 1e-3
 
 
-@settings(max_examples=20)
+@settings(max_examples=8, deadline=None)  # every shape compiles
 @given(clients=st.integers(1, 5), n_stages=st.integers(1, 4), width=st.integers(1, 40), extra=st.integers(1, 40),
        seed=st.integers(0, 2**31 - 1))
 def test_slot_noise_does_not_depend_on_the_blocks_width(clients, n_stages, width, extra, seed):
-    """A slot's noise is the same in blocks of any width (a single run and an ensemble draw alike)."""
-    key = jax.random.key(seed)
-    narrow = np.asarray(slot_gumbel(key, (clients, n_stages, width), jnp.float64))
-    wide = np.asarray(slot_gumbel(key, (clients, n_stages, width + extra), jnp.float64))
+    """A slot's noise is the same in blocks of any width (path routing's noise does not depend on
+    the padding its history left)."""
+    key, draw = jax.random.key(seed), jax.jit(slot_gumbel, static_argnums=(1, 2))
+    narrow = np.asarray(draw(key, (clients, n_stages, width), jnp.float64))
+    wide = np.asarray(draw(key, (clients, n_stages, width + extra), jnp.float64))
     np.testing.assert_array_equal(wide[..., :width], narrow)
 
 

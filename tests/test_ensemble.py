@@ -6,7 +6,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from analysis.collect import collect
+from analysis.collect import collect, first_member
+from analysis.routing_figures import network_from_run
 from p2pllm_abm import P2PLLMModel, load_config
 from p2pllm_abm.cli import experiment_objective
 from p2pllm_abm.config import ConfigError
@@ -50,12 +51,17 @@ def test_a_parameter_grid_times_replicates_equals_its_single_runs():
     assert ensemble.labels[1:3] == [{"market.alpha": 0.3, "market.eta": 2.0, "replicate": 1},
                                     {"market.alpha": 0.7, "market.eta": 2.0, "replicate": 0}]
     ensemble.run(40)
+    ensemble.metrics_frame()
     for labels, member in zip(ensemble.labels, ensemble.models):
         assert member.config.market.alpha == labels["market.alpha"]
         assert_member_equals_single_run(member, labels, config)
+    ensemble.run(20)  # the frame is built as records come: read once before these, once after
     frame = ensemble.metrics_frame()
+    members = [model.metrics_frame() for model in ensemble.models]
+    expected = pd.concat([pd.concat([pd.DataFrame([labels] * len(rows)), rows], axis=1)
+                          for labels, rows in zip(ensemble.labels, members)], ignore_index=True)
+    pd.testing.assert_frame_equal(frame, expected, check_exact=True)
     assert list(frame.columns[:3]) == ["market.alpha", "market.eta", "replicate"]
-    assert len(frame) == sum(len(model.metrics_frame()) for model in ensemble.models)
 
 
 def test_members_with_host_phases_run_one_after_another_with_the_same_outputs():
@@ -109,6 +115,12 @@ def test_an_ensemble_job_is_collected_like_its_separate_runs(tmp_path):
     assert (ensemble.runs["status"] == "complete").all()
     steps = ensemble.steps.sort_values(["market.alpha", "replicate", "step", "stage"], kind="stable")
     assert len(steps) == 4 * 3 * 4  # members x records x stages
+    job_dir = tmp_path / "ensemble" / "job"
+    single_dir = tmp_path / "singles" / "a0.3_s0"
+    pd.testing.assert_frame_equal(first_member(pd.read_parquet(job_dir / "peers.parquet")).reset_index(drop=True),
+                                  pd.read_parquet(single_dir / "peers.parquet"), rtol=RTOL)
+    with pytest.raises(ValueError, match="holds an ensemble job \\(4 members\\)"):
+        network_from_run(job_dir)
 
 
 def test_member_labels_put_replicates_innermost():

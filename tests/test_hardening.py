@@ -233,6 +233,26 @@ def test_ctrl_c_mid_run_writes_what_was_recorded(tmp_path):
     assert pd.read_parquet(tmp_path / "peers.parquet")["step"].max() == metrics["step"].max()
 
 
+def test_ctrl_c_during_a_record_waits_for_the_record():
+    """A record's rows go into the metrics and the peers' snapshots together (else an interrupted
+    run's outputs disagree on their last step)."""
+    import os
+    import signal
+    import threading
+
+    from p2pllm_abm.model import deferred_interrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("the rest of the block")
+    assert done == ["the rest of the block"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_summary_json_is_strict_json_with_the_reason_for_every_missing_number(tmp_path):
     import json
 
