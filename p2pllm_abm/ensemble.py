@@ -122,12 +122,10 @@ class Ensemble:
                 self._fused_steps([min(model.steps + record - model.steps % record, end) - model.steps
                                    for model in self.models])
                 for model in self.models:
-                    if model.steps % record == 0 and model._recorded_step != model.steps:
-                        model._record()
+                    model.record_if_due()
                 bar.update(self.steps - before)
         for model in self.models:
-            if model._recorded_step != model.steps:
-                model._record()
+            model.record_if_due(last=True)
 
     def _fused_steps(self, steps: list[int]) -> None:
         """Up to ``steps[k]`` steps of member ``k``, all in one :func:`~p2pllm_abm.dynamics.run_ensemble_steps`

@@ -535,7 +535,12 @@ class P2PLLMModel(mesa.Model):
             finally:
                 self._in_run = False
         self._settle()
-        if self._recorded_step != self.steps:
+        self.record_if_due(last=True)
+
+    def record_if_due(self, last: bool = False) -> None:
+        """Record the current step when it is due (a multiple of ``run.record_interval``; with
+        ``last``, any step: a run's last) and not recorded yet."""
+        if self._recorded_step != self.steps and (last or self.steps % self.config.run.record_interval == 0):
             self._record()
 
     @functools.cached_property
@@ -562,8 +567,7 @@ class P2PLLMModel(mesa.Model):
         while self.steps < end:
             done = self._fused_steps(min(self.steps + record - self.steps % record, end) - self.steps)
             bar.update(done)
-            if self.steps % record == 0 and self._recorded_step != self.steps:
-                self._record()
+            self.record_if_due()
 
     def _fused_steps(self, steps: int) -> int:
         """Up to ``steps`` steps in one :func:`~p2pllm_abm.dynamics.run_steps` call; returns the steps done."""
