@@ -110,8 +110,8 @@ def deferred_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
+    if received:  # delivered again, to the handler the process had
+        signal.raise_signal(signal.SIGINT)
 
 
 def spare_rows(cfg: Config) -> int:

@@ -120,7 +120,7 @@ def test_expected_requests_sum_each_requesting_clients_eq3_probabilities(grouped
                                atol=1e-15)
 
 
-@settings(max_examples=30)
+@settings(max_examples=15)
 @given(peers=span_networks(served=True), alpha=st.floats(0.0, 0.95), temperature=st.floats(0.1, 3.0),
        home=st.tuples(st.floats(0, 1), st.floats(0, 1)), seed=st.integers(0, 2**31 - 1))
 def test_path_routing_minimises_noisy_weights_plus_latency(peers, alpha, temperature, home, seed):

@@ -245,12 +245,16 @@ def test_ctrl_c_during_a_record_waits_for_the_record():
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals reach the main thread only")
     done = []
-    with pytest.raises(KeyboardInterrupt):
-        with deferred_interrupt():
-            os.kill(os.getpid(), signal.SIGINT)
-            done.append("the rest of the block")
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # pytest-xdist's workers ignore it
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with deferred_interrupt():
+                os.kill(os.getpid(), signal.SIGINT)
+                done.append("the rest of the block")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert done == ["the rest of the block"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_summary_json_is_strict_json_with_the_reason_for_every_missing_number(tmp_path):
