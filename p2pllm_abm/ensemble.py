@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,9 +41,8 @@ from tqdm.auto import tqdm
 
 from .config import Config, ConfigError, ensemble_grid, validate, with_parameters
 from .dynamics import run_ensemble_steps
-from .metrics import metric_rows, peak_memory_mb, strict_json, summary, write_parquet
+from .metrics import metric_rows, peak_memory_mb, summary, write_outputs
 from .model import P2PLLMModel
-from .paths import write_text_atomic
 
 
 def member_labels(config: Config) -> list[dict[str, Any]]:
@@ -130,9 +128,7 @@ class Ensemble:
     def _fused_steps(self, steps: list[int]) -> None:
         """Up to ``steps[k]`` steps of member ``k``, all in one :func:`~p2pllm_abm.dynamics.run_ensemble_steps`
         call over blocks of one width (the members' widest)."""
-        width = max(model._block_width for model in self.models)
-        for model in self.models:
-            model.widen_blocks(width)
+        self._share_block_width()
         calls = [model.fused_call(n) for model, n in zip(self.models, steps)]
         state, done, after = run_ensemble_steps(
             stack([model._state for model in self.models]), stack([model.environment for model in self.models]),
@@ -142,12 +138,16 @@ class Ensemble:
         for model, call, member, n, turns in zip(self.models, calls, unstack(state), done, after):
             model.finish_fused_call(call, member, n, turns)
 
-    def _check_shapes(self) -> None:
-        """Refuse members whose compiled inputs differ in kind or shape (they cannot share one call),
-        naming the ensemble parameters."""
+    def _share_block_width(self) -> None:
+        """Widen every member's stage blocks to the widest member's (one compiled shape)."""
         width = max(model._block_width for model in self.models)
         for model in self.models:
             model.widen_blocks(width)
+
+    def _check_shapes(self) -> None:
+        """Refuse members whose compiled inputs differ in kind or shape (they cannot share one call),
+        naming the ensemble parameters."""
+        self._share_block_width()
 
         def signature(model: P2PLLMModel) -> Any:
             inputs = (model._state, model.environment, model.fused_call(0).reallocation)
@@ -207,22 +207,17 @@ class Ensemble:
         return pd.DataFrame(rows)
 
     def write_outputs(self, outdir: Path, wall_time_s: float) -> dict[str, Path]:
-        """Write the run directory of an ensemble job: ``metrics.parquet``, ``peers.parquet`` and
-        ``events.parquet`` with the members' labels as columns (:meth:`metrics_frame`), and
-        ``summary.json`` holding ``members``, each member's :func:`~p2pllm_abm.metrics.summary` with
-        its labels (its wall time is the whole job's)."""
-        outdir = Path(outdir)
-        outdir.mkdir(parents=True, exist_ok=True)
-        paths = {name: outdir / name for name in ("metrics.parquet", "peers.parquet", "events.parquet", "summary.json")}
-        write_parquet(self.metrics_frame(), paths["metrics.parquet"])
-        write_parquet(self.peers_frame(), paths["peers.parquet"])
-        write_parquet(self.events_frame(), paths["events.parquet"])
+        """Write the run directory of an ensemble job: ``metrics.parquet``, ``peers.parquet``,
+        ``events.parquet`` (and with the ledger on ``ledger.parquet``) with the members' labels as
+        columns (:meth:`metrics_frame`), and ``summary.json`` holding ``members``, each member's
+        :func:`~p2pllm_abm.metrics.summary` with its labels (its wall time is the whole job's)."""
         members = [{"labels": labels, **summary(model, wall_time_s)} for labels, model in zip(self.labels, self.models)]
         record = {"replicates": self.config.run.replicates, "ensemble": ensemble_grid(self.config),
                   "fused": self.fused, "wall_time_s": wall_time_s, "peak_memory_mb": peak_memory_mb(),
                   "members": members}
-        write_text_atomic(paths["summary.json"], json.dumps(strict_json(record), indent=2, allow_nan=False))
-        return paths
+        ledger = self.models[0].ledger is not None
+        journal = self._frame([model.ledger.ledger.journal_frame() for model in self.models]) if ledger else None
+        return write_outputs(self, record, outdir, journal)
 
 
 def runs_ensemble(config: Config) -> bool:

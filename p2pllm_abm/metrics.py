@@ -496,17 +496,24 @@ def summary(model: P2PLLMModel, wall_time_s: float) -> dict[str, Any]:
 def write_run_outputs(model: P2PLLMModel, outdir: Path, wall_time_s: float) -> dict[str, Path]:
     """Write metrics.parquet, peers.parquet and summary.json (and, with the ledger on, its journal
     as ledger.parquet) into ``outdir``; return their paths."""
+    journal = model.ledger.ledger.journal_frame() if model.ledger is not None else None
+    return write_outputs(model, summary(model, wall_time_s), outdir, journal)
+
+
+def write_outputs(run: Any, record: dict[str, Any], outdir: Path, journal: pd.DataFrame | None = None) -> dict[str, Path]:
+    """Write a run directory: ``run``'s (a model's or an ensemble's) metrics, peers and events
+    frames as parquet, ``record`` as summary.json (strict JSON) and a ledger ``journal`` if given;
+    return their paths."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     paths = {name: outdir / name for name in ("metrics.parquet", "peers.parquet", "events.parquet", "summary.json")}
-    write_parquet(model.metrics_frame(), paths["metrics.parquet"])
-    write_parquet(model.peers_frame(), paths["peers.parquet"])
-    write_parquet(model.events_frame(), paths["events.parquet"])
-    write_text_atomic(paths["summary.json"], json.dumps(strict_json(summary(model, wall_time_s)), indent=2,
-                                                         allow_nan=False))
-    if model.ledger is not None:
+    write_parquet(run.metrics_frame(), paths["metrics.parquet"])
+    write_parquet(run.peers_frame(), paths["peers.parquet"])
+    write_parquet(run.events_frame(), paths["events.parquet"])
+    write_text_atomic(paths["summary.json"], json.dumps(strict_json(record), indent=2, allow_nan=False))
+    if journal is not None:
         paths["ledger.parquet"] = outdir / "ledger.parquet"
-        write_parquet(model.ledger.ledger.journal_frame(), paths["ledger.parquet"])
+        write_parquet(journal, paths["ledger.parquet"])
     return paths
 
 

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from analysis.collect import collect, first_member
 from analysis.routing_figures import network_from_run
 from p2pllm_abm import P2PLLMModel, load_config
-from p2pllm_abm.cli import experiment_objective
+from p2pllm_abm.cli import experiment_objective, run_experiment
 from p2pllm_abm.config import ConfigError
 from p2pllm_abm.ensemble import Ensemble, member_labels
 from p2pllm_abm.equilibrium import block_size
@@ -127,3 +127,14 @@ def test_member_labels_put_replicates_innermost():
     config = load_config("paper_table1", ["run.replicates=2", "run.ensemble={alpha:[0.2,0.4]}"])
     assert member_labels(config) == [{"market.alpha": 0.2, "replicate": 0}, {"market.alpha": 0.2, "replicate": 1},
                                      {"market.alpha": 0.4, "replicate": 0}, {"market.alpha": 0.4, "replicate": 1}]
+
+
+def test_an_ensemble_of_ledger_runs_writes_each_members_journal(tmp_path):
+    config = load_config("paper_28", ["ledger.enabled=true", "run.steps=20", "run.record_interval=10",
+                                      "report.table_steps=[0,10,20]", "run.replicates=2", "run.progress=false",
+                                      "run.figures=false"])
+    ensemble = run_experiment(config, tmp_path, report=False)
+    journal = pd.read_parquet(tmp_path / "ledger.parquet")
+    for labels, member in zip(ensemble.labels, ensemble.models):
+        mine = journal[journal["replicate"] == labels["replicate"]].drop(columns="replicate").reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, member.ledger.ledger.journal_frame(), check_exact=True)
