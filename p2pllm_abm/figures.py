@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     if not metrics_path.is_file():
         parser.error(f"run_dir = {str(run_dir)!r} has no metrics.parquet: allowed a p2pllm-sim run directory")
     summary = run_dir / "summary.json"
-    reference = json.loads(summary.read_text())["config"]["report"]["reference"] if summary.is_file() else None
+    record = json.loads(summary.read_text()) if summary.is_file() else {}
+    config = record["members"][0]["config"] if "members" in record else record.get("config")  # an ensemble's: its first
+    reference = config["report"]["reference"] if config else None
     for path in plot_stage_trajectories(pd.read_parquet(metrics_path), run_dir, reference):
         print(path)
 

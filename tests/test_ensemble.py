@@ -13,6 +13,7 @@ from p2pllm_abm.cli import experiment_objective, run_experiment
 from p2pllm_abm.config import ConfigError
 from p2pllm_abm.ensemble import Ensemble, member_labels
 from p2pllm_abm.equilibrium import block_size
+from p2pllm_abm.figures import main as redraw
 from p2pllm_abm.sweep import run_job
 
 #: members agree with their single runs to this relative tolerance: XLA may contract a batched
@@ -121,6 +122,8 @@ def test_an_ensemble_job_is_collected_like_its_separate_runs(tmp_path):
                                   pd.read_parquet(single_dir / "peers.parquet"), rtol=RTOL)
     with pytest.raises(ValueError, match="holds an ensemble job \\(4 members\\)"):
         network_from_run(job_dir)
+    redraw([str(job_dir)])  # python -m p2pllm_abm.figures: the members' means, one line style per alpha
+    assert (job_dir / "mean_price_per_stage.png").stat().st_size > 10_000
 
 
 def test_member_labels_put_replicates_innermost():
