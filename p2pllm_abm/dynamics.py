@@ -227,10 +227,9 @@ def slot_gumbel(key: Array, shape: tuple[int, int, int], dtype) -> Array:
     """Standard Gumbel noise ``(clients, n_stages, width)`` by stage block slot, counter-based: the
     value at ``(c, s, slot)`` is a Threefry-2x32 hash of ``key`` and the counter ``(c n_stages + s,
     slot // 2)`` (one hash gives slots ``2j`` and ``2j + 1``), so it does not depend on the blocks'
-    padded width: a run's noise is the same whatever widths its history left (they only grow), and
-    a single run and an ensemble member (:mod:`p2pllm_abm.ensemble`, one width for all) draw alike.
-    Drawn in float32 (3x cheaper than
-    float64; only ties closer than ~1e-7 differ) as ``-log(-log u)``, ``u`` from the hash's top 23 bits."""
+    padded width: a run's noise is the same whatever widths its history left (they only grow).
+    Drawn in float32 (3x cheaper than float64; only ties closer than ~1e-7 differ) as
+    ``-log(-log u)``, ``u`` from the hash's top 23 bits."""
     clients, n_stages, width = shape
     rows, pairs = clients * n_stages, (width + 1) // 2
     words = jax.random.key_data(key)
