@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test dashboard readme-figures bench bench-equilibrium bench-routing bench-sweeps bench-ledger bench-dynamics verify welfare learning security petals clean
+.PHONY: run test test-slow dashboard readme-figures bench bench-equilibrium bench-routing bench-sweeps bench-ledger bench-dynamics verify welfare learning security petals clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,8 +23,12 @@ run: $(STAMP)
 
 # -n auto: one pytest worker per core (pytest-xdist); the serial tests (a Ctrl-C sent to a run) then alone
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto -m "not serial"
+	$(BIN)/python -m pytest -q -n auto -m "not serial and not slow"
 	$(BIN)/python -m pytest -q -m serial
+
+# The tests marked slow (a SLURM-free submitit sweep, the Optuna sweep, killing a sweep): about 1 minute
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -n auto -m slow
 
 # The interactive dashboard (Mesa's SolaraViz, p2pllm_abm/app.py) on http://127.0.0.1:8765 (DASHBOARD_PORT).
 DASHBOARD_PORT ?= 8765

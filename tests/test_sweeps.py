@@ -34,7 +34,7 @@ def joblib_sweep(tmp_path_factory):
     return sweep_dir, multirun(sweep_dir, "market.alpha=0.25,0.75", "market.temperature=1,2", "seed=0,1")
 
 
-@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+@pytest.mark.parametrize("launcher", ["joblib", pytest.param("submitit_local", marks=pytest.mark.slow)])
 def test_four_job_multirun_is_collected_with_parameter_columns(launcher, tmp_path):
     stdout = multirun(tmp_path, "market.alpha=0.25,0.75", "seed=0,1", launcher=launcher)
     assert "4 jobs, 4 done, 0 skipped (already complete), 0 failed" in stdout
@@ -173,6 +173,7 @@ def test_ready_sweeps_compose():
     assert load_config("paper_table1", ["sweep=network_size", "size=n10000_m64"]).network.stages == 64
 
 
+@pytest.mark.slow  # make test-slow
 def test_optuna_sweep_minimises_the_returned_objective(tmp_path):
     result = sim("-m", "sweep=optuna", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path}", *TINY[1:])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -238,6 +239,7 @@ def test_collect_lists_every_broken_run_with_its_reason_and_never_aborts(joblib_
         assert any(problem.startswith(run.name) and reason in problem for problem in collection.problems), reason
 
 
+@pytest.mark.slow  # make test-slow
 def test_killing_a_sweep_leaves_no_workers_and_the_same_command_resumes_it(tmp_path):
     import signal
     import subprocess
