@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from p2pllm_abm import P2PLLMModel, load_config
 from p2pllm_abm.agents import ClientAgent, PeerAgent
-from p2pllm_abm.metrics import CLASS_METRICS, PEER_COLUMNS, STAGE_METRICS, stage_medians, stage_rows, write_run_outputs
+from p2pllm_abm.metrics import (CLASS_METRICS, PEER_COLUMNS, STAGE_METRICS, nullable, stage_medians, stage_rows,
+                                write_run_outputs)
 
 
 def small(*overrides, experiment="paper_28"):
@@ -231,3 +232,10 @@ def test_stage_medians_equal_a_pandas_groupby(values, n_stages, seed):
     stage = np.random.default_rng(seed).integers(0, n_stages, len(values))
     expected = pd.Series(values).groupby(stage).median().reindex(range(n_stages)).to_numpy()
     np.testing.assert_allclose(stage_medians(values, stage, n_stages), expected, rtol=1e-15, equal_nan=True)
+
+
+@given(values=st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=8))
+def test_nullable_columns_equal_pandas_own(values):
+    """metrics.nullable builds what pd.array(values, dtype="Float64") builds: NaN null, inf kept."""
+    expected = pd.array(np.asarray(values, dtype=float), dtype="Float64")
+    pd.testing.assert_extension_array_equal(nullable(values), expected)
