@@ -136,8 +136,8 @@ class ClientsConfig:
     #: fixed: [] (= market.alpha) or [a]; uniform: [low, high]; beta: [a, b]
     alpha_params: list[float] = field(default_factory=list)
     request_rate: float = 1.0  #: probability that a client sends a request in a step
-    #: how a request picks its peers: "stage" (the paper's market: per stage, the smallest eq.-1
-    #: weight plus Gumbel noise of scale T; latency ignored) or "path" (the whole path with the
+    #: how a request picks its peers: "stage" (the paper's market: per stage, a draw from eq. 3's
+    #: probabilities, the logit choice's law; latency ignored) or "path" (the whole path with the
     #: smallest sum of noisy weights plus (1 - alpha) x latencies, client endpoints included)
     #: or "petals" (Petals' min-latency routing: the path of least compute time + latencies + a per-hop
     #: overhead, no price, no noise, no load)

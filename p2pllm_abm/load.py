@@ -17,7 +17,8 @@ wait is 0 and the tick is exactly the paper's.
 **Failures and failover.** A peer in this tick's ``failing`` set fails mid-request: every hop
 routed to it fails. The client fails over as Petals does (``InferenceSession._update_sequence``):
 with per-stage routing it re-chooses that stage's peer among the live peers that did not fail,
-with the same noise (so it takes its next choice); with path routing (``path``, ``petals``) it
+drawn from eq. 3's probabilities among them (the logit choice's law once the failed peers are
+removed); with path routing (``path``, ``petals``) it
 keeps the hops before the first failed boundary and re-routes the rest of the path from there
 (:func:`splice_paths`). The replacement recomputes the hop, replaying the prefix; the time lost at
 the failed peer (its wait and compute) is added to the request's time. A failed peer's backlog is
