@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from p2pllm_abm.metrics import convergence_step, stage_rows, write_parquet
+from p2pllm_abm.metrics import convergence_step, label_columns, stage_rows, write_parquet
 from p2pllm_abm.paths import write_text_atomic
 from p2pllm_abm.sweep import COMPLETE, STATUS, outputs_intact, read_marker
 
@@ -211,7 +211,7 @@ def single_run_summary(run_dir: Path, reader: str) -> dict[str, Any]:
 def first_member(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows of an ensemble job's frame (its members' labels lead, before ``step``) that belong
     to its first member; a single run's frame as it is."""
-    labels = list(frame.columns[: frame.columns.get_loc("step")])
+    labels = label_columns(frame)
     if not labels:
         return frame
     first = frame[labels].iloc[0]

@@ -39,7 +39,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from p2pllm_abm.config import Config, MarketConfig, field_value, load_config  # noqa: E402
 from p2pllm_abm.economics import expected_revenue, market_params  # noqa: E402
 from p2pllm_abm.equilibrium import best_response  # noqa: E402
-from p2pllm_abm.metrics import CONVERGENCE_GAP  # noqa: E402
+from p2pllm_abm.metrics import CONVERGENCE_GAP, run_config  # noqa: E402
 from p2pllm_abm.figures import published_points  # noqa: E402
 from p2pllm_abm.paper import layer_name  # noqa: E402
 
@@ -134,8 +134,7 @@ def price_vs_alpha(collection: Collection) -> tuple[plt.Figure, str]:
 
 def revenue_curve(collection: Collection) -> tuple[plt.Figure, str]:
     run_dir = collection.source / collection.complete_runs["run"].iloc[0]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    config = summary["members"][0]["config"] if "members" in summary else summary["config"]  # an ensemble: its first
+    config = run_config(json.loads((run_dir / "summary.json").read_text()))  # an ensemble: its first member's
     peers = first_member(pd.read_parquet(run_dir / "peers.parquet"))
     peers = peers[(peers["step"] == peers["step"].max()) & peers["alive"] & (peers["stage"] == 0)]
     market = config["market"]

@@ -532,7 +532,8 @@ def validate(cfg: Config) -> Config:
     _require(run.steps >= 0, "run.steps", run.steps, "an integer >= 0")
     _require(run.record_interval >= 1, "run.record_interval", run.record_interval, "an integer >= 1")
     _require(run.replicates >= 1, "run.replicates", run.replicates, "an integer >= 1")
-    ensemble_grid(cfg)
+    if run.ensemble is not None:
+        grid_configs(cfg)  # every member's config must validate
     _require(len(rep.table_steps) > 0, "report.table_steps", list(rep.table_steps),
              "at least one recorded step (the last step is always added to the printed table)")
     for step in rep.table_steps:
@@ -550,13 +551,12 @@ def validate(cfg: Config) -> Config:
 
 
 def ensemble_grid(cfg: Config) -> dict[str, list[Any]]:
-    """``run.ensemble`` by dotted field name, each list checked: non-empty, and every point of the
-    grid (the product of the lists) a config that validates; the seed is not a parameter
-    (``run.replicates`` varies it), nor are the run's own settings."""
+    """``run.ensemble`` by dotted field name, each list checked to be non-empty; the seed is not a
+    parameter (``run.replicates`` varies it), nor are the run's own settings. Whether every point of
+    the grid is a valid config is :func:`validate`'s check (it builds them)."""
     ensemble = {} if cfg.run.ensemble is None else cfg.run.ensemble
     _require(isinstance(ensemble, dict), "run.ensemble", ensemble,
              "null or a dict of parameter -> list of values, e.g. run.ensemble={alpha:[0.3,0.5]}")
-    single = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, ensemble=None))
     grid = {}
     for name, values in ensemble.items():
         field_name = f"run.ensemble.{name}"
@@ -569,9 +569,21 @@ def ensemble_grid(cfg: Config) -> dict[str, list[Any]]:
                  "a model parameter, not seed (run.replicates varies it) or a run setting")
         _require(dotted not in grid, field_name, list(values), f"each field once ({dotted} is given twice)")
         grid[dotted] = [_plain(value) for value in values]
-    for point in itertools.product(*grid.values()) if grid else ():  # every member's config must validate
-        with_parameters(single, dict(zip(grid, point)))
     return grid
+
+
+def grid_points(cfg: Config) -> list[dict[str, Any]]:
+    """The points of the ``run.ensemble`` grid (:func:`ensemble_grid`), in order: the product of its
+    lists, the last varying fastest (one empty point without an ensemble)."""
+    grid = ensemble_grid(cfg)
+    return [dict(zip(grid, point)) for point in itertools.product(*grid.values())]
+
+
+def grid_configs(cfg: Config) -> list[Config]:
+    """``cfg`` at every point of its ``run.ensemble`` grid, each validated (:func:`with_parameters`),
+    with no ensemble of its own."""
+    single = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, ensemble=None))
+    return [with_parameters(single, point) if point else single for point in grid_points(cfg)]
 
 
 def _validate_load(cfg: Config) -> None:

@@ -28,7 +28,6 @@ sweep them with a Hydra multirun.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .config import Config, ConfigError, ensemble_grid, validate, with_parameters
+from .config import Config, ConfigError, ensemble_grid, grid_configs, grid_points, validate
 from .dynamics import run_ensemble_steps
 from .metrics import metric_rows, peak_memory_mb, summary, write_outputs
 from .model import P2PLLMModel
@@ -51,17 +50,10 @@ def member_labels(config: Config) -> list[dict[str, Any]]:
     return [{**point, "replicate": r} for point in grid_points(config) for r in range(config.run.replicates)]
 
 
-def grid_points(config: Config) -> list[dict[str, Any]]:
-    """The points of the ``run.ensemble`` grid, in order (one empty point without an ensemble)."""
-    grid = ensemble_grid(config)
-    return [dict(zip(grid, point)) for point in itertools.product(*grid.values())]
-
-
 def member_configs(config: Config) -> list[Config]:
-    """The members' configs, in :func:`member_labels`' order: each grid point set (and validated
-    once), then seeds ``config.seed + replicate``, with no replicates or ensemble of their own."""
-    single = dataclasses.replace(config, run=dataclasses.replace(config.run, replicates=1, ensemble=None))
-    points = [with_parameters(single, point) if point else single for point in grid_points(config)]
+    """The members' configs, in :func:`member_labels`' order: each grid point set, then seeds
+    ``config.seed + replicate``, with no replicates or ensemble of their own."""
+    points = grid_configs(dataclasses.replace(config, run=dataclasses.replace(config.run, replicates=1)))
     return [dataclasses.replace(point, seed=config.seed + r) for point in points for r in range(config.run.replicates)]
 
 
@@ -193,7 +185,6 @@ class Ensemble:
     def events_frame(self) -> pd.DataFrame:
         """Every member's events frame with its labels."""
         return self._frame([model.events_frame() for model in self.models])
-
 
     def final_table(self) -> pd.DataFrame:
         """One row per member: its labels, and per stage its final peers, mean price and relative

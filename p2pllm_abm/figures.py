@@ -14,7 +14,7 @@ from matplotlib.colors import Normalize  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .metrics import stage_rows  # noqa: E402
+from .metrics import label_columns, run_config, stage_rows  # noqa: E402
 from .paper import REFERENCES, layer_name  # noqa: E402
 from .paths import atomic_path  # noqa: E402
 
@@ -51,8 +51,7 @@ def plot_stage_trajectories(metrics: pd.DataFrame, outdir: Path, reference: str 
     frame = frame.assign(layer=frame["stage"].map(layer_name))
     # an ensemble's metrics (p2pllm_abm.ensemble) lead with its members' labels: a line is the mean
     # over replicates (band: normal 95% interval), one line style per value of the first ensemble parameter
-    labels = list(frame.columns[: frame.columns.get_loc("step")])
-    style = next((name for name in labels if name != "replicate"), None)
+    style = next((name for name in label_columns(frame) if name != "replicate"), None)
     paper = published_points(reference)
     paper = paper[paper["step"] <= frame["step"].max()]
     paths = []
@@ -87,9 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     if not metrics_path.is_file():
         parser.error(f"run_dir = {str(run_dir)!r} has no metrics.parquet: allowed a p2pllm-sim run directory")
     summary = run_dir / "summary.json"
-    record = json.loads(summary.read_text()) if summary.is_file() else {}
-    config = record["members"][0]["config"] if "members" in record else record.get("config")  # an ensemble's: its first
-    reference = config["report"]["reference"] if config else None
+    reference = run_config(json.loads(summary.read_text()))["report"]["reference"] if summary.is_file() else None
     for path in plot_stage_trajectories(pd.read_parquet(metrics_path), run_dir, reference):
         print(path)
 

@@ -499,6 +499,17 @@ def summary(model: P2PLLMModel, wall_time_s: float) -> dict[str, Any]:
     }
 
 
+def label_columns(frame: pd.DataFrame) -> list[str]:
+    """The leading columns of an ensemble job's frame that name its members (``replicate`` and the
+    ensemble's parameters, before ``step``; :mod:`p2pllm_abm.ensemble`); none for a single run."""
+    return list(frame.columns[: frame.columns.get_loc("step")])
+
+
+def run_config(summary: dict[str, Any]) -> dict[str, Any]:
+    """The config in a run directory's summary.json; an ensemble job's: its first member's."""
+    return summary["members"][0]["config"] if "members" in summary else summary["config"]
+
+
 def write_run_outputs(model: P2PLLMModel, outdir: Path, wall_time_s: float) -> dict[str, Path]:
     """Write metrics.parquet, peers.parquet and summary.json (and, with the ledger on, its journal
     as ledger.parquet) into ``outdir``; return their paths."""
