@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from p2pllm_abm.metrics import convergence_step, label_columns, stage_rows, write_parquet
+from p2pllm_abm.metrics import NON_FINITE_REASONS, convergence_step, label_columns, stage_rows, write_parquet
 from p2pllm_abm.paths import write_text_atomic
 from p2pllm_abm.sweep import COMPLETE, STATUS, outputs_intact, read_marker
 
@@ -106,9 +106,26 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def run_record(run_dir: Path, summary: dict[str, Any], stages: pd.DataFrame) -> dict[str, Any]:
-    """Summary figures of one finished run."""
-    final = summary["final"]
+#: what summary.json's nulls stood for, by the reason it records for them (metrics.strict_json)
+NON_FINITE_VALUES = {NON_FINITE_REASONS[kind]: float(kind) for kind in NON_FINITE_REASONS}
+
+
+def summary_numbers(values: list[Any], path: str, reasons: dict[str, str]) -> np.ndarray:
+    """A list of numbers from summary.json at ``path``, each null back to the non-finite value its
+    reason in ``reasons`` (summary.json's ``non_finite``) names: an unbounded Nash gap is inf again."""
+    return np.array([NON_FINITE_VALUES.get(reasons.get(f"{path}[{k}]"), np.nan) if value is None else value
+                     for k, value in enumerate(values)], dtype=float)
+
+
+def run_record(run_dir: Path, summary: dict[str, Any], stages: pd.DataFrame, reasons: dict[str, str] | None = None,
+               prefix: str = "") -> dict[str, Any]:
+    """Summary figures of one finished run (``summary``: its summary.json, or an ensemble member's at
+    ``prefix`` in it, whose nulls ``reasons`` explains)."""
+    reasons = summary.get("non_finite", {}) if reasons is None else reasons
+
+    def final(key: str) -> np.ndarray:
+        return summary_numbers(summary["final"][key], f"{prefix}final.{key}", reasons)
+
     return {
         **flatten(summary["config"]),
         "steps": summary["steps"],
@@ -116,9 +133,9 @@ def run_record(run_dir: Path, summary: dict[str, Any], stages: pd.DataFrame) -> 
         "steps_per_s": summary["steps_per_s"],
         "peak_memory_mb": summary.get("peak_memory_mb"),
         "stage_size": summary["config"]["network"]["peers"] / summary["config"]["network"]["stages"],
-        "final_mean_price": float(np.mean(final["mean_price_per_stage"])),
-        "final_nash_gap": float(np.max(final["nash_gap_per_stage"])),
-        "final_relative_nash_gap": float(np.max(final["relative_nash_gap_per_stage"])),
+        "final_mean_price": float(np.mean(final("mean_price_per_stage"))),
+        "final_nash_gap": float(np.max(final("nash_gap_per_stage"))),
+        "final_relative_nash_gap": float(np.max(final("relative_nash_gap_per_stage"))),
         "converged_step": convergence_step(stages),
         "allocation_efficient": summary["allocation"].get("efficient"),
         # a ledger run's summary block, scalar figures only (ledger_conserved, ledger_onchain_tx_per_request, ...)
@@ -154,8 +171,9 @@ def collect(multirun_dir: Path) -> Collection:
             stages = _read(run_dir, "metrics.parquet", lambda path: stage_rows(pd.read_parquet(path)))
             _read(run_dir, "peers.parquet", pq.ParquetFile)  # its footer must read (a truncated file does not)
             try:
-                members = [(labels, run_record(run_dir, member, member_stages))
-                           for labels, member, member_stages in ensemble_members(summary, stages)]
+                reasons = summary.get("non_finite", {})
+                members = [(labels, run_record(run_dir, member, member_stages, reasons, prefix))
+                           for labels, member, member_stages, prefix in ensemble_members(summary, stages)]
             except (KeyError, TypeError, ValueError) as error:
                 raise ValueError(f"summary.json lacks what a finished run writes ({type(error).__name__}: "
                                  f"{error})") from None
@@ -183,17 +201,18 @@ def collect(multirun_dir: Path) -> Collection:
     return Collection(runs, steps, varied, problems, multirun_dir)
 
 
-def ensemble_members(summary: dict[str, Any], stages: pd.DataFrame) -> list[tuple[dict[str, Any], dict, pd.DataFrame]]:
-    """``(labels, summary, stage rows)`` of each member of a run: a single run is one member without
-    labels; an ensemble job's members are in its summary's ``members``, and their rows in
-    ``stages`` are the ones with their labels."""
+def ensemble_members(summary: dict[str, Any],
+                     stages: pd.DataFrame) -> list[tuple[dict[str, Any], dict, pd.DataFrame, str]]:
+    """``(labels, summary, stage rows, path)`` of each member of a run: a single run is one member
+    without labels at path ``""``; an ensemble job's members are its summary's ``members`` (path
+    ``members[k].``), and their rows in ``stages`` are the ones with their labels."""
     if "members" not in summary:
-        return [({}, summary, stages)]
+        return [({}, summary, stages, "")]
     members = []
-    for member in summary["members"]:
+    for k, member in enumerate(summary["members"]):
         labels = member["labels"]
         mine = np.logical_and.reduce([stages[name] == value for name, value in labels.items()])
-        members.append((labels, member, stages[mine]))
+        members.append((labels, member, stages[mine], f"members[{k}]."))
     return members
 
 

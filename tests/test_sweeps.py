@@ -11,10 +11,10 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from analysis.__main__ import main as analysis
-from analysis.collect import Collection, collect, parse_overrides
+from analysis.collect import Collection, collect, parse_overrides, summary_numbers
 from p2pllm_abm import load_config
 from p2pllm_abm.config import CONF_DIR, to_config
-from p2pllm_abm.metrics import convergence_objective, convergence_step
+from p2pllm_abm.metrics import convergence_objective, convergence_step, strict_json
 from p2pllm_abm.sweep import COMPLETE, ERROR, config_digest, thread_environment, threads_per_job
 from tests.test_cli import sim
 
@@ -333,3 +333,13 @@ def test_trajectories_of_the_published_network_carry_its_points():
     fig, _ = table1_trajectories(swept)
     marked = [any(len(c.get_offsets()) == 12 for c in ax.collections) for ax in fig.axes]
     assert marked == [False, True, False, True]  # axes: (peers, alpha 0.3), (peers, 0.5), (price, 0.3), (price, 0.5)
+
+
+@pytest.mark.parametrize("prefix", ["", "members[3]."])
+def test_collect_reads_summary_nulls_back_as_the_values_they_stand_for(prefix):
+    """strict_json writes inf, -inf and NaN as null with a reason; collect reads them back (an
+    unbounded Nash gap stays inf, not a run that fails to read), for a single run and a member."""
+    values = [0.5, np.inf, -np.inf, np.nan]
+    written = strict_json({"final": {"gap": values}})
+    reasons = {f"{prefix}{path}": reason for path, reason in written["non_finite"].items()}
+    np.testing.assert_array_equal(summary_numbers(written["final"]["gap"], f"{prefix}final.gap", reasons), values)
