@@ -85,30 +85,33 @@ def share_gains(cost: np.ndarray, stage: np.ndarray, alive: np.ndarray, n_stages
 
 def reallocation_scan(weight: Array, stage: Array, alive: Array, candidates: Array, hysteresis: float | Array,
                       n_stages: int) -> tuple[Array, Array]:
-    """Eq. 7-8's sequential moves as one traceable scan over ``candidates`` (peer indices; ``-1``
-    pads are skipped): a candidate moves to its eq.-8 optimal stage when the share there exceeds
-    its current share by more than the factor ``1 + hysteresis`` (and more than rounding,
+    """Eq. 7-8's sequential moves as one traceable scan over ``candidates`` (distinct peer indices;
+    ``-1`` pads are skipped): a candidate moves to its eq.-8 optimal stage when the share there
+    exceeds its current share by more than the factor ``1 + hysteresis`` (and more than rounding,
     :data:`TIE_TOLERANCE`), and every move updates the capacities the next candidate sees.
     ``weight`` is each peer's share weight :func:`share_weight`, ``(n,)`` or per stage ``(n, m)``.
-    Returns the new stages and each candidate's stage after its turn (``-1`` for pads)."""
+    Returns the new stages and each candidate's stage after its turn (``-1`` for pads).
+
+    A peer has one turn at most, so its stage at its turn is the one it started in: the candidates'
+    stages and weights are gathered before the scan, which carries only the ``n_stages``
+    capacities (carrying the ``(n,)`` stages costs a copy of them per turn inside a compiled loop)."""
     weight = jnp.asarray(weight)
     per_stage = weight if weight.ndim == 2 else jnp.broadcast_to(weight[:, None], (weight.shape[0], n_stages))
     rows = jnp.arange(stage.shape[0])
     capacity = jax.ops.segment_sum(jnp.where(alive, per_stage[rows, stage], 0.0), stage, num_segments=n_stages)
+    valid = candidates >= 0
+    row = jnp.maximum(candidates, 0)
 
-    def turn(carry, peer):
-        stage, capacity = carry
-        row = jnp.maximum(peer, 0)
-        current, own = stage[row], per_stage[row]
+    def turn(capacity, candidate):
+        valid, current, own = candidate
         shares = own / (capacity + own).at[current].set(capacity[current])  # eq. 7, counting itself elsewhere
         target = jnp.argmax(shares)
-        move = (peer >= 0) & (shares[target] > shares[current] * (1.0 + hysteresis) * (1.0 + TIE_TOLERANCE))
+        move = valid & (shares[target] > shares[current] * (1.0 + hysteresis) * (1.0 + TIE_TOLERANCE))
         moved = capacity.at[current].add(-own[current]).at[target].add(own[target])
-        stage = stage.at[row].set(jnp.where(move, target, current))  # in place: O(1), not O(n), per turn
-        return (stage, jnp.where(move, moved, capacity)), jnp.where(peer >= 0, stage[row], -1)
+        return jnp.where(move, moved, capacity), jnp.where(valid, jnp.where(move, target, current), -1)
 
-    (stage, _), after = jax.lax.scan(turn, (stage, capacity), candidates)
-    return stage, after
+    _, after = jax.lax.scan(turn, capacity, (valid, stage[row], per_stage[row]))
+    return stage.at[jnp.where(valid, row, stage.shape[0])].set(after.astype(stage.dtype), mode="drop"), after
 
 
 _reallocation_jit = jax.jit(reallocation_scan, static_argnames=("n_stages",))

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from .config import Config, ConfigError, ensemble_grid, grid_configs, grid_points, validate
 from .dynamics import run_ensemble_steps
-from .metrics import metric_rows, peak_memory_mb, summary, write_outputs
+from .metrics import metric_rows, peak_memory_mb, record_rows, summary, write_outputs
 from .model import P2PLLMModel
 
 
@@ -171,7 +171,7 @@ class Ensemble:
                 member.append(k), steps.append(step), stages.append(stage), classes.append(request_class)
         if steps:
             rows = metric_rows(steps, stages, classes)  # stage rows then class rows, in (member, record) order
-            counts = [len(frame) for frame in (*stages, *classes)]
+            counts = record_rows(stages) + record_rows(classes)
             self._metric_pieces.append(rows.assign(member=np.repeat(np.concatenate([member, member]), counts)))
             self._records_read = [len(model._records) for model in self.models]
         rows = pd.concat(self._metric_pieces, ignore_index=True).sort_values(["member", "step"], kind="stable")

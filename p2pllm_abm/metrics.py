@@ -146,18 +146,28 @@ def stage_medians(values: np.ndarray, stage: np.ndarray, n_stages: int) -> np.nd
                                      + ordered[np.minimum(high, len(values) - 1)]) / 2, np.nan)
 
 
+#: stage and request-class metrics that are nullable floats: null, not NaN, where undefined (no
+#: welfare at alpha = 0, no load measured, no request in a class)
+NULLABLE_METRICS = frozenset((*WELFARE_METRICS, *LOAD_METRICS, "path_price", "path_time", *REQUEST_LOAD_METRICS))
+
+#: one record's statistics of one scope (stage or request class): a column per metric, a row per
+#: stage or class; NaN where a :data:`NULLABLE_METRICS` column is null (see :func:`statistics_frame`)
+Columns = dict[str, np.ndarray]
+
+
 def nullable(values: Any) -> pd.arrays.FloatingArray:
     """``values`` as a nullable float column, NaN as null (``pd.array(values, dtype="Float64")``,
-    built directly: a record makes about 30 of them, and the inferring constructor costs 8x more)."""
+    built directly: the inferring constructor costs 8x more)."""
     data = np.array(values, dtype=np.float64)
     return pd.arrays.FloatingArray(data, np.isnan(data))
 
 
 def stage_statistics(peers: PeerTable, tick_revenue: np.ndarray, tick_expected_revenue: np.ndarray,
-                     certificate: NashGap, welfare: Welfare | None = None) -> pd.DataFrame:
-    """One row per stage with :data:`STAGE_METRICS`, over live peers (the welfare columns null
-    without ``welfare``: at alpha = 0 surplus has no price scale). Sums and means by ``np.bincount``:
-    a pandas groupby costs about ten times as much per record."""
+                     certificate: NashGap, welfare: Welfare | None = None) -> Columns:
+    """The columns ``stage`` and :data:`STAGE_METRICS`, one row per stage, over live peers (the
+    welfare columns null without ``welfare``: at alpha = 0 surplus has no price scale; the load
+    columns null until :func:`load_statistics` fills them in). Sums and means by ``np.bincount``: a
+    pandas groupby costs about ten times as much per record."""
     live, m = peers.alive, peers.n_stages
     stage = peers.stage[live]
     count = np.bincount(stage, minlength=m)
@@ -182,12 +192,11 @@ def stage_statistics(peers: PeerTable, tick_revenue: np.ndarray, tick_expected_r
             "nash_gap": np.asarray(certificate.stage_gap),
             "relative_nash_gap": np.asarray(certificate.stage_relative_gap),
         }
-    for name in WELFARE_METRICS:  # null, not NaN, where undefined
-        values = np.asarray(getattr(welfare, name)) if welfare is not None else np.full(m, np.nan)
-        columns[name] = nullable(values)
-    for name in LOAD_METRICS:  # filled in by load_statistics
-        columns[name] = nullable(np.full(m, np.nan))
-    return pd.DataFrame({name: columns[name] for name in ("stage", *STAGE_METRICS)})
+    for name in WELFARE_METRICS:
+        columns[name] = np.asarray(getattr(welfare, name), dtype=np.float64) if welfare is not None else np.full(m, np.nan)
+    for name in LOAD_METRICS:
+        columns[name] = np.full(m, np.nan)
+    return {name: columns[name] for name in ("stage", *STAGE_METRICS)}
 
 
 def _percentiles(samples: np.ndarray, axis: int) -> list[np.ndarray]:
@@ -197,12 +206,11 @@ def _percentiles(samples: np.ndarray, axis: int) -> list[np.ndarray]:
         return list(np.nanpercentile(samples, [50, 95, 99], axis=axis))
 
 
-def load_statistics(peers: PeerTable, state, capacity: bool,
-                    classes: RequestClasses) -> tuple[dict[str, Any], dict[str, Any]]:
+def load_statistics(peers: PeerTable, state, capacity: bool, classes: RequestClasses) -> tuple[Columns, Columns]:
     """The load columns since the previous record from the market ``state`` (a
     :class:`~p2pllm_abm.dynamics.MarketState`): per stage :data:`LOAD_METRICS`, per request class
-    :data:`REQUEST_LOAD_METRICS` (nullable floats: null where there was nothing to measure; utilisation
-    null without ``capacity``)."""
+    :data:`REQUEST_LOAD_METRICS` (NaN, null in the frames, where there was nothing to measure;
+    utilisation null without ``capacity``)."""
     ticks = max(int(state.window_ticks), 1)
     stage, m = peers.stage, peers.n_stages  # every row: peers down or gone now served before
     served = np.bincount(stage, weights=np.asarray(state.window_served), minlength=m)
@@ -217,10 +225,10 @@ def load_statistics(peers: PeerTable, state, capacity: bool,
     times = np.asarray(state.request_samples)[:rows]
     per_class = [times[:, classes.one_hot[:, k] > 0].ravel() for k in range(classes.count)]
     request = np.array([_percentiles(values, 0) if len(values) else [np.nan] * 3 for values in per_class]).T
-    stage_columns = {"throughput": nullable(served / ticks), "utilisation": nullable(utilisation),
-                     "queued": nullable(queue), **{f"hop_time_p{q}": nullable(v) for q, v in zip((50, 95, 99), hop)}}
-    class_columns = {"request_throughput": nullable(np.asarray(state.class_requests) / ticks),
-                     **{f"request_time_p{q}": nullable(v) for q, v in zip((50, 95, 99), request)}}
+    stage_columns = {"throughput": served / ticks, "utilisation": utilisation, "queued": queue,
+                     **{f"hop_time_p{q}": v for q, v in zip((50, 95, 99), hop)}}
+    class_columns = {"request_throughput": np.asarray(state.class_requests) / ticks,
+                     **{f"request_time_p{q}": v for q, v in zip((50, 95, 99), request)}}
     return stage_columns, class_columns
 
 
@@ -236,31 +244,42 @@ class RequestClasses:
         index = np.minimum((np.asarray(client_alpha) * count).astype(np.int64), count - 1)
         return cls(count, np.eye(count)[index])
 
-    def statistics(self, requests: np.ndarray, price_sum: np.ndarray, time_sum: np.ndarray) -> pd.DataFrame:
-        """One row per class with :data:`CLASS_METRICS` from the per-class sums (means are NaN
-        for a class without requests)."""
+    def statistics(self, requests: np.ndarray, price_sum: np.ndarray, time_sum: np.ndarray) -> Columns:
+        """The columns ``request_class`` and :data:`CLASS_METRICS`, one row per class, from the
+        per-class sums (the path means null for a class without requests: no path to average; the
+        load columns null until :func:`load_statistics` fills them in)."""
         edges = np.linspace(0.0, 1.0, self.count + 1)
         with np.errstate(invalid="ignore", divide="ignore"):
             price, time = price_sum / requests, time_sum / requests
-        return pd.DataFrame({
+        return {
             "request_class": np.arange(self.count), "alpha_low": edges[:-1], "alpha_high": edges[1:],
-            "clients": self.one_hot.sum(axis=0).astype(np.int64), "path_requests": requests,
-            # null (not NaN) for a class without requests: no path to average
-            "path_price": nullable(np.where(requests > 0, price, np.nan)),
-            "path_time": nullable(np.where(requests > 0, time, np.nan)),
-            **{name: nullable(np.full(self.count, np.nan)) for name in REQUEST_LOAD_METRICS},
-        })
+            "clients": self.one_hot.sum(axis=0).astype(np.int64), "path_requests": np.asarray(requests),
+            "path_price": np.where(requests > 0, price, np.nan), "path_time": np.where(requests > 0, time, np.nan),
+            **{name: np.full(self.count, np.nan) for name in REQUEST_LOAD_METRICS},
+        }
 
 
-def metric_rows(steps: Sequence[int], stage_stats: Sequence[pd.DataFrame],
-                class_stats: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """The metrics.parquet rows of the recorded ``steps`` (one stage and one request-class frame per
-    step), built at once: every step's stage rows, then every step's request-class rows (a stable
-    sort by step then puts each step's stage rows before its request-class rows)."""
-    def scope(frames: Sequence[pd.DataFrame], name: str, other: str) -> pd.DataFrame:
-        return pd.concat(frames, ignore_index=True).assign(
-            step=np.repeat(np.asarray(steps, dtype=np.int64), [len(frame) for frame in frames]), scope=name,
-            **{other: pd.NA})
+def statistics_frame(records: Sequence[Columns]) -> pd.DataFrame:
+    """The rows of one scope's statistics of one or more records (:data:`Columns`), one record after
+    another, with the :data:`NULLABLE_METRICS` as nullable floats (NaN as null). A run builds its
+    frames from the records at once: a DataFrame per record costs more than the record's arithmetic."""
+    return pd.DataFrame({name: (nullable if name in NULLABLE_METRICS else np.asarray)(
+        np.concatenate([record[name] for record in records])) for name in records[0]})
+
+
+def record_rows(records: Sequence[Columns]) -> list[int]:
+    """The rows (stages, or request classes) of each record."""
+    return [len(next(iter(record.values()))) for record in records]
+
+
+def metric_rows(steps: Sequence[int], stage_stats: Sequence[Columns], class_stats: Sequence[Columns]) -> pd.DataFrame:
+    """The metrics.parquet rows of the recorded ``steps`` (one stage and one request-class record of
+    :data:`Columns` per step), built at once: every step's stage rows, then every step's
+    request-class rows (a stable sort by step then puts each step's stage rows before its
+    request-class rows)."""
+    def scope(records: Sequence[Columns], name: str, other: str) -> pd.DataFrame:
+        return statistics_frame(records).assign(
+            step=np.repeat(np.asarray(steps, dtype=np.int64), record_rows(records)), scope=name, **{other: pd.NA})
 
     frame = pd.concat([scope(stage_stats, "stage", "request_class"), scope(class_stats, "request_class", "stage")],
                       ignore_index=True)
@@ -336,13 +355,32 @@ class StepRecords(Sequence):
         return self.by_step.get(step % len(self))
 
 
+class PeerRecords(Sequence):
+    """One step's agent records as Mesa keeps them (``(step, agent_id, *values)`` per peer, in the
+    order of the agent reporters), held as the PeerTable's columns at that step: a record copies
+    arrays, and the tuples are built only when read (``mesa.batch_run`` does)."""
+
+    def __init__(self, step: int, agent_id: np.ndarray, columns: dict[str, np.ndarray]):
+        self.step, self.agent_id, self.columns = step, agent_id, columns
+
+    def __len__(self) -> int:
+        return len(self.agent_id)
+
+    def __getitem__(self, row):
+        return list(self)[row]
+
+    def __iter__(self):
+        return zip(repeat(self.step), self.agent_id.tolist(), *(values.tolist() for values in self.columns.values()))
+
+
 class PeerTableCollector(mesa.DataCollector):
     """Mesa's DataCollector, with agent reporters read column-wise from the PeerTable and model
     variables kept by step.
 
     The stock collector calls every reporter on every agent in Python (about 100 ms per collect at
-    10^5 peers); this one zips the table's columns (:data:`PEER_COLUMNS`) in one pass. Agent
-    records cover the peers; ``AgentID`` is the PeerAgent's ``unique_id``. A model records every
+    10^5 peers); this one copies the table's columns (:data:`PEER_COLUMNS`) of the present peers
+    (:class:`PeerRecords`), and builds the agent-variables frame from them. Agent records cover the
+    peers; ``AgentID`` is the PeerAgent's ``unique_id``. A model records every
     ``run.record_interval`` steps, and ``model_vars[name][k]`` is step ``k``'s record (None at a
     step not recorded, :class:`StepRecords`), which is how ``mesa.batch_run`` reads it; the
     model-variables frame holds the recorded steps, indexed by step.
@@ -356,32 +394,54 @@ class PeerTableCollector(mesa.DataCollector):
         super()._new_model_reporter(name, reporter)
         self.model_vars[name] = StepRecords(self)
 
-    def collect(self, model: P2PLLMModel) -> None:
-        self.step = model.steps
-        super().collect(model)
-
     def get_model_vars_dataframe(self) -> pd.DataFrame:
         steps = list(self.model_vars["step"].by_step)
         return pd.DataFrame({name: [values.by_step[k] for k in steps] for name, values in self.model_vars.items()},
                             index=steps)
 
-    def _record_agents(self, model: P2PLLMModel):
+    def _record_agents(self, model: P2PLLMModel) -> PeerRecords:
         present = model.peers.present  # free rows and peers that left have no agent
         columns = peer_columns(model.peers)
-        return zip(repeat(model.steps), model.peer_unique_ids[present].tolist(),
-                   *(columns[name][present].tolist() for name in self.agent_reporters))
+        return PeerRecords(model.steps, model.peer_unique_ids[present],
+                           {name: columns[name][present] for name in self.agent_reporters})
+
+    def collect(self, model: P2PLLMModel) -> None:
+        self.step = model.steps
+        records, self.agent_reporters = self.agent_reporters, {}  # Mesa's collect would list the tuples
+        try:
+            super().collect(model)
+        finally:
+            self.agent_reporters = records
+        self._agent_records[model.steps] = self._record_agents(model)
+
+    def get_agent_vars_dataframe(self) -> pd.DataFrame:
+        """Mesa's frame (index ``Step, AgentID``, a column per agent reporter), from the columns."""
+        records = list(self._agent_records.values())
+        if not records:
+            return super().get_agent_vars_dataframe()
+        return pd.DataFrame({
+            "Step": np.repeat(np.array([record.step for record in records], dtype=np.int64), [len(r) for r in records]),
+            "AgentID": np.concatenate([record.agent_id for record in records]),
+            **{name: np.concatenate([record.columns[name] for record in records]) for name in self.agent_reporters},
+        }).set_index(["Step", "AgentID"])
 
 
 #: the request-class metrics with a model reporter per class
 CLASS_REPORTED = ("path_requests", "path_price", "path_time")
 
 
-def reported_columns(stage_stats: pd.DataFrame, class_stats: pd.DataFrame) -> dict[str, Any]:
+def reported_columns(stage_stats: Columns, class_stats: Columns) -> dict[str, Any]:
     """What the model reporters read at a record: every stage metric's column and every reported
-    class metric's (as ``<metric>_class``), indexed by stage or class: one lookup per reporter, not a
-    pandas access (126 of them per record for Table 1)."""
-    return {**{name: stage_stats[name].array for name in STAGE_METRICS},
-            **{f"{name}_class": class_stats[name].array for name in CLASS_REPORTED}}
+    class metric's (as ``<metric>_class``), indexed by stage or class, as in the frames (a
+    :data:`NULLABLE_METRICS` column's null reads ``pd.NA``): one lookup per reporter, not a pandas
+    access (126 of them per record for Table 1)."""
+    def column(columns: Columns, name: str) -> Any:
+        values = columns[name]
+        if name not in NULLABLE_METRICS:
+            return values
+        return [pd.NA if value != value else value for value in values]  # a nullable column's items: NaN reads NA
+    return {**{name: column(stage_stats, name) for name in STAGE_METRICS},
+            **{f"{name}_class": column(class_stats, name) for name in CLASS_REPORTED}}
 
 
 def model_reporters(n_stages: int, n_classes: int) -> dict[str, Any]:

@@ -62,9 +62,9 @@ from .load import peer_capacity
 from .economics import market_params
 from .equilibrium import BLOCK_RULES, StageBlocks, certify, padded_size, stage_blocks
 from .ledger import MarketLedger
-from .metrics import (EVENT_KINDS, LEDGER_PEER_COLUMNS, PEER_COLUMNS, PeerTableCollector, RequestClasses,
+from .metrics import (EVENT_KINDS, LEDGER_PEER_COLUMNS, PEER_COLUMNS, Columns, PeerTableCollector, RequestClasses,
                       ledger_metric_rows, load_statistics, metric_rows, model_reporters, reported_columns,
-                      stage_statistics)
+                      stage_statistics, statistics_frame)
 from .network import PeerTable
 from .pareto import ParetoFrontier, pareto_paths
 from .resources import check_memory
@@ -251,8 +251,9 @@ class P2PLLMModel(mesa.Model):
                    + (("utilisation",) if cfg.network.step_ms is not None else ()))
         self.datacollector = PeerTableCollector(model_reporters(self.peers.n_stages, self.request_classes.count),
                                                 columns)
-        self._records: list[tuple[int, pd.DataFrame, pd.DataFrame]] = []  #: (step, stage, class statistics)
+        self._records: list[tuple[int, Columns, Columns]] = []  #: (step, stage, class statistics)
         self._record_rows: tuple[int, pd.DataFrame | None] = (0, None)  #: see _recorded_rows
+        self._last_frames: tuple[int, pd.DataFrame | None, pd.DataFrame | None] = (0, None, None)  #: see stage_stats
         self._metric_rows: list[pd.DataFrame] = []  #: the ledger's and security's metrics rows
         self._record()
 
@@ -655,6 +656,25 @@ class P2PLLMModel(mesa.Model):
         frame = pd.concat([rows, *self._metric_rows], ignore_index=True)
         return frame.sort_values("step", kind="stable", ignore_index=True)  # each step: stage, class, then the rest
 
+    @property
+    def stage_stats(self) -> pd.DataFrame:
+        """The last record's per-stage statistics: one row per stage, ``stage`` and :data:`~p2pllm_abm.metrics.STAGE_METRICS`."""
+        return self._last_record_frame(1)
+
+    @property
+    def class_stats(self) -> pd.DataFrame:
+        """The last record's per-request-class statistics: ``request_class`` and :data:`~p2pllm_abm.metrics.CLASS_METRICS`."""
+        return self._last_record_frame(2)
+
+    def _last_record_frame(self, scope: int) -> pd.DataFrame:
+        """Scope ``scope`` (1: stages, 2: request classes) of the last record as a frame, built when first
+        read (records keep arrays: a DataFrame per record costs more than the record's arithmetic)."""
+        built, *frames = self._last_frames
+        if built != len(self._records):
+            frames = [statistics_frame([columns]) for columns in self._records[-1][1:]]
+            self._last_frames = (len(self._records), *frames)
+        return frames[scope - 1]
+
     def _recorded_rows(self) -> pd.DataFrame:
         """The stage and request-class rows of every record so far, by step: built once per record
         (a run's outputs are rewritten as it goes, and an ensemble's for every member)."""
@@ -850,26 +870,25 @@ class P2PLLMModel(mesa.Model):
         #: per-stage welfare at the recorded prices (p2pllm_abm.welfare; None at alpha = 0)
         self.welfare = (stage_welfare(self._state.price, env.cost, env.stage, env.alive, self.market_params,
                                       n_stages=self.peers.n_stages) if self.market_params.alpha > 0 else None)
-        self.stage_stats = stage_statistics(self.peers, np.asarray(self._state.tick_revenue),
-                                            np.asarray(self._state.tick_expected_revenue), self.certificate,
-                                            self.welfare)
         state = self._state
-        self.class_stats = self.request_classes.statistics(
-            np.asarray(state.class_requests), np.asarray(state.class_price), np.asarray(state.class_time))
-        load = load_statistics(self.peers, state, env.capacity is not None, self.request_classes)
+        stage_load, class_load = load_statistics(self.peers, state, env.capacity is not None, self.request_classes)
+        stage_stats = {**stage_statistics(self.peers, np.asarray(state.tick_revenue),
+                                          np.asarray(state.tick_expected_revenue), self.certificate, self.welfare),
+                       **stage_load}
+        class_stats = {**self.request_classes.statistics(np.asarray(state.class_requests),
+                                                         np.asarray(state.class_price), np.asarray(state.class_time)),
+                       **class_load}
         if env.capacity is not None:
             with np.errstate(invalid="ignore", divide="ignore"):
                 self.peers.utilisation = np.asarray(state.window_served) / np.asarray(state.window_capacity)
-        self.stage_stats = self.stage_stats.assign(**load[0])
-        self.class_stats = self.class_stats.assign(**load[1])
         #: cumulative requests per outcome (p2pllm_abm.load.OUTCOMES) as of this record
         self.outcomes = np.asarray(state.outcomes).copy()
         self._state = reset_window(state)
-        self.reported = reported_columns(self.stage_stats, self.class_stats)  #: what the model reporters read
+        self.reported = reported_columns(stage_stats, class_stats)  #: what the model reporters read
         if self.ledger is not None:
             self.peers.update_ledger_columns(self.ledger.peer_columns())
         with deferred_interrupt():  # a record is in every output or in none (Ctrl-C waits for it)
-            self._records.append((self.steps, self.stage_stats, self.class_stats))
+            self._records.append((self.steps, stage_stats, class_stats))
             if self.ledger is not None:
                 self._metric_rows.extend(ledger_metric_rows(self.steps, self.ledger))
             if self.security is not None:

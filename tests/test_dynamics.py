@@ -13,7 +13,8 @@ from p2pllm_abm import P2PLLMModel, load_config
 from p2pllm_abm.dynamics import (Environment, Geometry, expected_requests, path_choices, path_totals, peer_noise,
                                  slot_gumbel, stage_choices)
 from p2pllm_abm.economics import MarketParams, choice_probabilities
-from p2pllm_abm.equilibrium import block_size, block_width, stage_blocks, traced_stage_blocks
+from p2pllm_abm.equilibrium import (COUNTED_RANK_STAGES, block_size, block_width, stage_blocks,
+                                    traced_stage_blocks)
 from p2pllm_abm.metrics import class_rows
 from p2pllm_abm.network import PeerTable
 from p2pllm_abm.routing import path_objectives
@@ -169,12 +170,14 @@ def test_model_routes_spans_and_records_request_classes():
 
 
 @settings(max_examples=20)  # few sizes and stage counts: each new shape compiles the eager operations again
-@given(n=st.sampled_from([1, 7, 40, 200]), n_stages=st.sampled_from([1, 3, 5]), live=st.floats(0.0, 1.0),
+@given(n=st.sampled_from([1, 7, 40, 200]), n_stages=st.sampled_from([1, 3, 5, COUNTED_RANK_STAGES + 8]),
+       live=st.floats(0.0, 1.0),
        seed=st.integers(0, 2**32 - 1), wider=st.sampled_from([0, 16]))
 def test_blocks_built_inside_the_compiled_run_equal_the_hosts(n, n_stages, live, seed, wider):
     """traced_stage_blocks (inside run_steps) against stage_blocks (the host's, which steps use):
     the same index at any width that holds every stage, padded with -1; a width too small says so.
-    block_width, traced, picks block_size's width."""
+    block_width, traced, picks block_size's width. Stage counts on both sides of
+    COUNTED_RANK_STAGES: ranks by running counts and by a sort."""
     rng = np.random.default_rng(seed)
     stage, alive = rng.integers(0, n_stages, n), rng.random(n) < live
     host = np.asarray(stage_blocks(stage, alive, n_stages).index)

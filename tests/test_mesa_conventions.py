@@ -129,3 +129,24 @@ def test_step_records_hold_only_the_records():
     assert steps[48:52] == [None, None, 50, None]
     with pytest.raises(IndexError):
         steps[501]
+
+
+def test_agent_records_read_as_mesas_tuples_and_frame():
+    """The collector keeps each record's peer columns (PeerRecords), not Mesa's tuples: read as a
+    sequence they are Mesa's ``(step, agent_id, *values)`` tuples of that step, and the agent-variables
+    frame equals the one Mesa builds from those tuples (its dtypes included), with peers that left."""
+    model = P2PLLMModel(record_interval=5, seed=4, join_rate=0.5, leave_rate=0.05, **SMALL)
+    model.run(15)
+    assert model.churn_counts["leave"] > 0 and model.churn_counts["join"] > 0
+    collector = model.datacollector
+    records = collector._agent_records
+    assert sorted(records) == [0, 5, 10, 15]
+    last = records[15]
+    assert len(last) == int(model.peers.present.sum()) and last[0] == list(last)[0]
+    first = next(iter(last))
+    peer = model.peers.present.nonzero()[0][0]
+    assert first[:2] == (15, int(model.peer_unique_ids[peer])) and first[2] == int(model.peers.peer_id[peer])
+    rows = [row for step in records for row in records[step]]
+    expected = pd.DataFrame.from_records(rows, columns=["Step", "AgentID", *collector.agent_reporters],
+                                         index=["Step", "AgentID"])
+    pd.testing.assert_frame_equal(collector.get_agent_vars_dataframe(), expected, check_exact=True)
