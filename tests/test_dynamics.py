@@ -11,7 +11,7 @@ from scipy import stats
 
 from p2pllm_abm import P2PLLMModel, load_config
 from p2pllm_abm.dynamics import (Environment, Geometry, expected_requests, path_choices, path_totals, peer_noise,
-                                 slot_gumbel, stage_choices)
+                                 slot_gumbel, slots_at_most, stage_choices)
 from p2pllm_abm.economics import MarketParams, choice_probabilities
 from p2pllm_abm.equilibrium import (COUNTED_RANK_STAGES, block_size, block_width, stage_blocks,
                                     traced_stage_blocks)
@@ -189,3 +189,22 @@ def test_blocks_built_inside_the_compiled_run_equal_the_hosts(n, n_stages, live,
     assert int(block_width(jnp.bincount(jnp.asarray(stage[alive]), length=n_stages))) == block_size(largest)
     if largest > 1:
         assert not bool(traced_stage_blocks(jnp.asarray(stage), jnp.asarray(alive), n_stages, largest - 1)[1])
+
+
+@settings(max_examples=60)
+@given(rows=st.integers(1, 3), n_stages=st.integers(1, 5), width=st.integers(1, 70), clients=st.integers(1, 12),
+       seed=st.integers(0, 2**32 - 1))
+def test_the_binary_search_counts_the_slots_a_comparison_counts(rows, n_stages, width, clients, seed):
+    """slots_at_most (the inverse-CDF draw's search) against comparing every slot: cumulative
+    probabilities with zero steps, flat padded tails, and targets on a slot's value exactly."""
+    rng = np.random.default_rng(seed)
+    probs = np.where(rng.random((rows, n_stages, width)) < 0.3, 0.0, rng.random((rows, n_stages, width)))
+    probs[np.arange(width) >= rng.integers(0, width + 1, (rows, n_stages))[..., None]] = 0.0  # padding
+    cumulative = np.cumsum(probs, axis=-1)
+    row = rng.integers(0, rows, clients)
+    target = rng.random((clients, n_stages)) * cumulative[row][..., -1] * 1.1
+    on_a_slot = cumulative[row[:, None], np.arange(n_stages)[None, :], rng.integers(0, width, (clients, n_stages))]
+    target = np.where(rng.random((clients, n_stages)) < 0.3, on_a_slot, target)
+    expected = np.sum(cumulative[row] <= target[..., None], axis=-1)
+    np.testing.assert_array_equal(np.asarray(slots_at_most(jnp.asarray(cumulative), jnp.asarray(row),
+                                                           jnp.asarray(target))), expected)
