@@ -22,7 +22,6 @@ With the ledger on, ``metrics.parquet`` also has ``scope = "shard"`` and ``scope
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -199,11 +198,29 @@ def stage_statistics(peers: PeerTable, tick_revenue: np.ndarray, tick_expected_r
     return {name: columns[name] for name in ("stage", *STAGE_METRICS)}
 
 
-def _percentiles(samples: np.ndarray, axis: int) -> list[np.ndarray]:
-    """p50, p95 and p99 of ``samples`` along ``axis`` ignoring NaN (NaN where none)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: no request there
-        return list(np.nanpercentile(samples, [50, 95, 99], axis=axis))
+#: the load percentiles (:data:`LOAD_METRICS`, :data:`REQUEST_LOAD_METRICS`)
+PERCENTILES = (50, 95, 99)
+
+
+def nan_percentiles(samples: np.ndarray) -> np.ndarray:
+    """:data:`PERCENTILES` of every column of ``samples`` ``(rows, columns)`` ignoring NaN (NaN
+    where a column has none), ``(3, columns)``: ``np.nanpercentile(samples, PERCENTILES, axis=0)``'s
+    numbers (its ``linear`` method: the same order statistics and interpolation arithmetic), for
+    all columns at once by one sort (``np.nanpercentile`` goes column by column, and cost 40% of a
+    record)."""
+    if not len(samples):
+        return np.full((len(PERCENTILES), samples.shape[1]), np.nan)
+    ordered = np.sort(samples, axis=0)  # NaN last
+    count = np.sum(~np.isnan(samples), axis=0)
+    virtual = (count - 1) * np.true_divide(PERCENTILES, 100)[:, None]  # numpy's index of the linear method
+    last = np.maximum(count - 1, 0)
+    below = np.clip(np.floor(virtual), 0, last).astype(np.intp)
+    above = np.minimum(below + 1, last)  # at the largest value: it twice
+    columns = np.arange(samples.shape[1])
+    a, b, gamma = ordered[below, columns], ordered[above, columns], virtual - np.floor(virtual)
+    with np.errstate(invalid="ignore"):  # columns without values
+        value = np.where(gamma >= 0.5, b - (b - a) * (1 - gamma), a + (b - a) * gamma)
+    return np.where(count > 0, value, np.nan)
 
 
 def load_statistics(peers: PeerTable, state, capacity: bool, classes: RequestClasses) -> tuple[Columns, Columns]:
@@ -221,14 +238,16 @@ def load_statistics(peers: PeerTable, state, capacity: bool, classes: RequestCla
         with np.errstate(invalid="ignore", divide="ignore"):
             utilisation = served / np.bincount(stage, weights=np.asarray(state.window_capacity), minlength=m)
     rows = min(int(state.sample_count), np.asarray(state.request_samples).shape[0])
-    hop = _percentiles(np.asarray(state.hop_samples)[:rows].reshape(-1, m), axis=0) if rows else [np.full(m, np.nan)] * 3
+    hop = nan_percentiles(np.asarray(state.hop_samples)[:rows].reshape(-1, m))
     times = np.asarray(state.request_samples)[:rows]
     per_class = [times[:, classes.one_hot[:, k] > 0].ravel() for k in range(classes.count)]
-    request = np.array([_percentiles(values, 0) if len(values) else [np.nan] * 3 for values in per_class]).T
+    longest = max((len(values) for values in per_class), default=0)
+    request = nan_percentiles(np.stack([np.pad(values, (0, longest - len(values)), constant_values=np.nan)
+                                        for values in per_class], axis=1))
     stage_columns = {"throughput": served / ticks, "utilisation": utilisation, "queued": queue,
-                     **{f"hop_time_p{q}": v for q, v in zip((50, 95, 99), hop)}}
+                     **{f"hop_time_p{q}": v for q, v in zip(PERCENTILES, hop)}}
     class_columns = {"request_throughput": np.asarray(state.class_requests) / ticks,
-                     **{f"request_time_p{q}": v for q, v in zip((50, 95, 99), request)}}
+                     **{f"request_time_p{q}": v for q, v in zip(PERCENTILES, request)}}
     return stage_columns, class_columns
 
 

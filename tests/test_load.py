@@ -1,6 +1,7 @@
 """Capacity, queues, failures and failover (p2pllm_abm/load.py and the tick that uses it)."""
 
 import itertools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from p2pllm_abm import P2PLLMModel, load_config
 from p2pllm_abm.dynamics import best_paths, petals_scores, route_requests
 from p2pllm_abm.load import arrival_ranks, serve, splice_paths
-from p2pllm_abm.metrics import request_summary, stage_rows
+from p2pllm_abm.metrics import PERCENTILES, nan_percentiles, request_summary, stage_rows
 from p2pllm_abm.network import PeerTable, latency
 from tests.strategies import span_networks
 from tests.test_dynamics import environment
@@ -224,3 +225,19 @@ def test_failures_with_the_ledger_penalise_failed_hops_and_conserve_money():
     assert model.ledger.summary()["conserved"]
     rows = model.ledger.sla.escrows
     assert (rows.delivered[: rows.size] == np.inf).sum() == model.ledger.failed_hops  # one penalty row each
+
+
+@settings(max_examples=200)
+@given(rows=st.integers(0, 30), columns=st.integers(1, 5), missing=st.floats(0.0, 1.0), rounded=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_load_percentiles_are_numpys_nanpercentile(rows, columns, missing, rounded, seed):
+    """nan_percentiles (all columns by one sort) gives np.nanpercentile's numbers exactly: NaN
+    ignored, columns of one value, ties (rounded samples), and columns without any value (NaN)."""
+    rng = np.random.default_rng(seed)
+    samples = rng.exponential(10.0, (rows, columns))
+    samples = np.round(samples) if rounded else samples
+    samples[rng.random((rows, columns)) < missing] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+        expected = np.nanpercentile(samples, PERCENTILES, axis=0) if rows else np.full((3, columns), np.nan)
+    np.testing.assert_array_equal(nan_percentiles(samples), expected)
