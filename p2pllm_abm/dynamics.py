@@ -211,8 +211,8 @@ def expected_requests(active: Array, env: Environment, price: Array) -> Array:
 def slots_at_most(cumulative: Array, row: Array, target: Array) -> Array:
     """How many slots of each stage's nondecreasing ``cumulative`` ``(rows, n_stages, width)`` are
     ``<= target`` ``(clients, n_stages)``, client ``c`` reading row ``row[c]``: a binary search, one
-    probe per client and stage per halving (comparing every slot reads ``clients x n x`` values a
-    tick: 40% of a tick at 10^4 peers)."""
+    probe per client and stage per halving (comparing every slot reads ``clients x n`` values a
+    tick: a tenth of a tick at 10^4 peers and 64 clients)."""
     width = cumulative.shape[-1]
     stage = jnp.arange(cumulative.shape[1])[None, :]
     low, high = jnp.zeros(target.shape, jnp.int32), jnp.full(target.shape, width, jnp.int32)

@@ -386,7 +386,9 @@ class PeerRecords(Sequence):
         return len(self.agent_id)
 
     def __getitem__(self, row):
-        return list(self)[row]
+        if isinstance(row, slice):
+            return list(self)[row]
+        return (self.step, self.agent_id[row].item(), *(values[row].item() for values in self.columns.values()))
 
     def __iter__(self):
         return zip(repeat(self.step), self.agent_id.tolist(), *(values.tolist() for values in self.columns.values()))

@@ -253,7 +253,7 @@ class P2PLLMModel(mesa.Model):
                                                 columns)
         self._records: list[tuple[int, Columns, Columns]] = []  #: (step, stage, class statistics)
         self._record_rows: tuple[int, pd.DataFrame | None] = (0, None)  #: see _recorded_rows
-        self._last_frames: tuple[int, pd.DataFrame | None, pd.DataFrame | None] = (0, None, None)  #: see stage_stats
+        self._last_frames: tuple[int, tuple[pd.DataFrame, pd.DataFrame] | None] = (0, None)  #: see stage_stats
         self._metric_rows: list[pd.DataFrame] = []  #: the ledger's and security's metrics rows
         self._record()
 
@@ -659,21 +659,22 @@ class P2PLLMModel(mesa.Model):
     @property
     def stage_stats(self) -> pd.DataFrame:
         """The last record's per-stage statistics: one row per stage, ``stage`` and :data:`~p2pllm_abm.metrics.STAGE_METRICS`."""
-        return self._last_record_frame(1)
+        return self._last_record_frames()[0]
 
     @property
     def class_stats(self) -> pd.DataFrame:
         """The last record's per-request-class statistics: ``request_class`` and :data:`~p2pllm_abm.metrics.CLASS_METRICS`."""
-        return self._last_record_frame(2)
+        return self._last_record_frames()[1]
 
-    def _last_record_frame(self, scope: int) -> pd.DataFrame:
-        """Scope ``scope`` (1: stages, 2: request classes) of the last record as a frame, built when first
-        read (records keep arrays: a DataFrame per record costs more than the record's arithmetic)."""
-        built, *frames = self._last_frames
+    def _last_record_frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The last record's stage and request-class statistics as frames, built when first read
+        (records keep arrays: a DataFrame per record costs more than the record's arithmetic)."""
+        built, frames = self._last_frames
         if built != len(self._records):
-            frames = [statistics_frame([columns]) for columns in self._records[-1][1:]]
-            self._last_frames = (len(self._records), *frames)
-        return frames[scope - 1]
+            _, stage_columns, class_columns = self._records[-1]
+            frames = (statistics_frame([stage_columns]), statistics_frame([class_columns]))
+            self._last_frames = (len(self._records), frames)
+        return frames
 
     def _recorded_rows(self) -> pd.DataFrame:
         """The stage and request-class rows of every record so far, by step: built once per record

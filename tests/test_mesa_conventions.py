@@ -142,7 +142,8 @@ def test_agent_records_read_as_mesas_tuples_and_frame():
     records = collector._agent_records
     assert sorted(records) == [0, 5, 10, 15]
     last = records[15]
-    assert len(last) == int(model.peers.present.sum()) and last[0] == list(last)[0]
+    assert len(last) == int(model.peers.present.sum())
+    assert [last[k] for k in range(len(last))] == list(last) and last[-1] == list(last)[-1] and last[1:3] == list(last)[1:3]
     first = next(iter(last))
     peer = model.peers.present.nonzero()[0][0]
     assert first[:2] == (15, int(model.peer_unique_ids[peer])) and first[2] == int(model.peers.peer_id[peer])
