@@ -6,21 +6,55 @@ import pytest
 from p2pllm_abm import ConfigError, P2PLLMModel, load_config
 from p2pllm_abm.config import validate
 from p2pllm_abm.costs import PROFILED, device_estimates, devices, load_profile, span_costs, stage_times
+from p2pllm_abm.paths import CONF_DIR
 
 PROFILE = "llama-134m_4stages_cpu.json"
+#: every profile shipped in conf/profiles/: the CPU one, and those measured on an NVIDIA H200
+SHIPPED = sorted(path.name for path in (CONF_DIR / "profiles").glob("*.json"))
+GPU_PROFILES = [name for name in SHIPPED if "_h200_" in name]
 
 
-def test_shipped_profile_is_measured_with_metadata():
-    profile = load_profile(PROFILE)
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_profiles_are_measured_with_metadata(name):
+    profile = load_profile(name)
     meta = profile["metadata"]
     for key in ("device", "torch", "transformers", "dtype", "threads", "date", "shapes", "reference_gflops",
                 "memory_bandwidth_gbs"):
         assert key in meta
+    assert name.startswith(f"{meta['preset']}_4stages_")
     assert [s["source"] for s in profile["stages"]] == ["measured"] * 4
     assert all(e["source"] == "estimated" for stages in profile["estimates"].values() for e in stages)
+    assert device_estimates(profile) == profile["estimates"]  # the stored estimates are what the code computes
     # the last stage carries the LM head: more bytes per decode step, more time
     assert profile["stages"][3]["weight_bytes"] > profile["stages"][2]["weight_bytes"]
     assert profile["stages"][3]["decode_ms"] > profile["stages"][2]["decode_ms"]
+    assert all(s["decode_over_memory_bound"] > 1 for s in profile["stages"])  # nothing beats the memory bound
+
+
+def test_gpu_profiles_were_measured_on_the_gpu_in_their_dtype():
+    """The H200 profiles: a CUDA device, the dtype in the name, the reference probe an 8192^3 matmul
+    in that dtype, and a bandwidth and probe an H200 can give (under its 4.8 TB/s and 989 bf16 TFLOP/s)."""
+    assert len(GPU_PROFILES) == 4
+    for name in GPU_PROFILES:
+        meta = load_profile(name)["metadata"]
+        dtype = {"bf16": "bfloat16", "fp32": "float32"}[name.removesuffix(".json").rsplit("_", 1)[1]]
+        assert meta["device_type"] == "cuda" and "H200" in meta["device"] and meta["dtype"] == dtype
+        assert meta["reference_probe"] == f"8192^3 matmul in {dtype}"
+        assert 1000 < meta["memory_bandwidth_gbs"] < 4800 and meta["reference_gflops"] < 989_400
+
+
+def test_a_gpu_profile_grounds_the_experiment():
+    """With the llama-7b H200 profile, a peer on the profiled device costs its stage's measured
+    decode time, and one on an RTX 4090 that time scaled by the bandwidths."""
+    name = "llama-7b_4stages_h200_bf16.json"
+    model = P2PLLMModel(load_config("grounded_costs", overrides=[
+        f"network.cost_profile={name}",
+        "network.device_mix={rtx4090: 1.0, profiled: 1.0, h100_sxm: 0, a100_sxm: 0, rtx3060: 0, apple_m2: 0}"]))
+    profile, peers = load_profile(name), model.peers
+    measured = np.array([s["decode_ms"] for s in profile["stages"]])
+    scaled = measured * profile["metadata"]["memory_bandwidth_gbs"] / devices()["rtx4090"]["bandwidth_gbs"]
+    for stage in range(4):
+        assert set(np.round(peers.cost[peers.stage == stage], 12)) == set(np.round([measured[stage], scaled[stage]], 12))
 
 
 def test_device_scaling_follows_the_roofline():

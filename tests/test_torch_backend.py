@@ -144,3 +144,17 @@ def test_a_shipped_profile_is_not_overwritten_without_force(capsys):
         main(["--preset", "tiny", "--stages", "2", "--out", str(shipped)])
     assert error.value.code == 2 and "is a shipped profile" in capsys.readouterr().err
     assert shipped.read_bytes() == before
+
+
+def test_the_profile_is_measured_in_the_dtype_asked_for(tmp_path):
+    """``--dtype bfloat16``: the shards and the reference probe in bf16, said in the metadata."""
+    from torch_backend.profile import main
+
+    out = tmp_path / "tiny_bf16.json"
+    main(["--preset", "tiny", "--stages", "2", "--seq-len", "16", "--kv-len", "16", "--threads", "1",
+          "--min-run-time", "0.05", "--dtype", "bfloat16", "--out", str(out)])
+    profile = json.loads(out.read_text())
+    assert profile["metadata"]["dtype"] == "bfloat16"
+    assert profile["metadata"]["reference_probe"] == "1024^3 matmul in bfloat16"
+    float32 = profile_shards("tiny", 2, seq_len=16, kv_len=16, threads=1, min_run_time=0.05)
+    assert [s["weight_bytes"] for s in profile["stages"]] == [s["weight_bytes"] // 2 for s in float32["stages"]]

@@ -12,9 +12,9 @@ up to three times, keeping the least spread one; a shipped profile (``conf/profi
 overwritten with ``--force``.
 
 The VM this runs on swings 2-3x within minutes, so every profile records a reference probe (a
-fixed fp32 matmul's GFLOP/s) and the measured memory bandwidth: compare orderings and ratios
-across profiles, not milliseconds. On this CPU time fp32 (bf16 matmuls run hundreds of times
-slower here).
+fixed matmul's GFLOP/s in the profile's dtype: 1024^3 on a CPU, 8192^3 on a GPU) and the measured
+memory bandwidth: compare orderings and ratios across profiles, not milliseconds. On this CPU time
+fp32 (``--dtype``; bf16 matmuls run hundreds of times slower here); on a GPU, bf16 as served.
 """
 
 from __future__ import annotations
@@ -82,9 +82,18 @@ def least_spread(measure: Callable[[], benchmark.Measurement], label: str,
     return best
 
 
-def reference_probe(device: torch.device, threads: int, size: int = 1024) -> float:
-    """GFLOP/s of a ``size`` x ``size`` fp32 matmul: the machine's speed when the profile ran."""
-    a = torch.randn(size, size, device=device)
+#: the reference probe's matrix size per device type: large enough on a GPU to reach its tensor
+#: cores' rate (a small matmul there measures kernel launches), small enough on a CPU to take seconds
+PROBE_SIZE = {"cpu": 1024, "cuda": 8192}
+#: the dtypes a profile may be measured in (``--dtype``)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def reference_probe(device: torch.device, threads: int, dtype: torch.dtype = torch.float32,
+                    size: int = PROBE_SIZE["cpu"]) -> float:
+    """GFLOP/s of a ``size`` x ``size`` matmul in ``dtype``: the machine's speed when the profile
+    ran, in the profile's dtype (what :mod:`p2pllm_abm.costs` scales prefill times by)."""
+    a = torch.randn(size, size, device=device).to(dtype)
     median = _measure("a @ a", "", {"a": a}, device, threads, 0.3).median
     return 2 * size**3 / median / 1e9
 
@@ -129,7 +138,8 @@ def profile_shards(preset: str, n_stages: int, batch: int = 1, seq_len: int = 12
     torch.set_num_threads(threads)
     model = build_model(preset, seed, dtype).to(device)
     shards = split(model, layer_bounds(model.config.num_hidden_layers, n_stages))
-    probe, bandwidth = reference_probe(device, threads), bandwidth_probe(device, threads)
+    probe_size = PROBE_SIZE.get(device.type, PROBE_SIZE["cpu"])
+    probe, bandwidth = reference_probe(device, threads, dtype, probe_size), bandwidth_probe(device, threads)
     stages = []
     for index, shard in enumerate(shards):
         def inputs(tokens: int) -> torch.Tensor:
@@ -161,6 +171,7 @@ def profile_shards(preset: str, n_stages: int, batch: int = 1, seq_len: int = 12
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "preset": preset, "shapes": vars(PRESETS[preset]), "batch": batch, "seq_len": seq_len,
             "kv_len": kv_len, "reference_gflops": probe, "memory_bandwidth_gbs": bandwidth,
+            "reference_probe": f"{probe_size}^3 matmul in {str(dtype).removeprefix('torch.')}",
         },
         "stages": stages,
     }
@@ -192,6 +203,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kv-len", type=int, default=128)
     parser.add_argument("--threads", type=int, help="default: torch's")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
+                        help="weights, activations and the reference probe (float32 on a CPU: its bf16 matmuls "
+                             "are slow; bfloat16 on a GPU, as served)")
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per timed statement")
     parser.add_argument("--out", type=Path, default=Path("profile.json"))
     parser.add_argument("--force", action="store_true", help=f"overwrite a shipped profile in {PROFILES_DIR}")
@@ -202,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} = {getattr(args, name)} is invalid: allowed >= 1")
     profile = profile_shards(args.preset, args.stages, args.batch, args.seq_len, args.kv_len, args.threads,
-                             args.device, min_run_time=args.min_run_time)
+                             args.device, DTYPES[args.dtype], min_run_time=args.min_run_time)
     args.out.write_text(json.dumps(profile, indent=2))
     print(format_table(profile))
     print(f"\nWrote {args.out}")
