@@ -13,8 +13,8 @@ overwritten with ``--force``.
 
 The VM this runs on swings 2-3x within minutes, so every profile records a reference probe (a
 fixed matmul's GFLOP/s in the profile's dtype: 1024^3 on a CPU, 8192^3 on a GPU) and the measured
-memory bandwidth: compare orderings and ratios across profiles, not milliseconds. On this CPU time
-fp32 (``--dtype``; bf16 matmuls run hundreds of times slower here); on a GPU, bf16 as served.
+memory bandwidth: compare orderings and ratios across profiles, not milliseconds. The shipped CPU
+profile is fp32 (the default); the GPU ones bf16 as served, and one fp32 to compare (``--dtype``).
 """
 
 from __future__ import annotations
@@ -204,8 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, help="default: torch's")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
-                        help="weights, activations and the reference probe (float32 on a CPU: its bf16 matmuls "
-                             "are slow; bfloat16 on a GPU, as served)")
+                        help="weights, activations and the reference probe (the shipped CPU profile: float32; "
+                             "the GPU ones: bfloat16, as served)")
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per timed statement")
     parser.add_argument("--out", type=Path, default=Path("profile.json"))
     parser.add_argument("--force", action="store_true", help=f"overwrite a shipped profile in {PROFILES_DIR}")
