@@ -105,12 +105,10 @@ class Ensemble:
                 model.run(steps)
             return
         end = self.steps + steps
-        record = self.config.run.record_interval
         with tqdm(total=steps, disable=not progress, unit="step", desc="p2pllm-sim ensemble") as bar:
             while self.steps < end:
                 before = self.steps
-                self._fused_steps([min(model.steps + record - model.steps % record, end) - model.steps
-                                   for model in self.models])
+                self._fused_steps([model.steps_to_record(end) for model in self.models])
                 for model in self.models:
                     model.record_if_due()
                 bar.update(self.steps - before)

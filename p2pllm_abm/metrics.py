@@ -239,11 +239,8 @@ def load_statistics(peers: PeerTable, state, capacity: bool, classes: RequestCla
             utilisation = served / np.bincount(stage, weights=np.asarray(state.window_capacity), minlength=m)
     rows = min(int(state.sample_count), np.asarray(state.request_samples).shape[0])
     hop = nan_percentiles(np.asarray(state.hop_samples)[:rows].reshape(-1, m))
-    times = np.asarray(state.request_samples)[:rows]
-    per_class = [times[:, classes.one_hot[:, k] > 0].ravel() for k in range(classes.count)]
-    longest = max((len(values) for values in per_class), default=0)
-    request = nan_percentiles(np.stack([np.pad(values, (0, longest - len(values)), constant_values=np.nan)
-                                        for values in per_class], axis=1))
+    times = np.asarray(state.request_samples)[:rows]  # (ticks, clients): each class's column holds its clients' times
+    request = nan_percentiles(np.where(classes.one_hot > 0, times[:, :, None], np.nan).reshape(-1, classes.count))
     stage_columns = {"throughput": served / ticks, "utilisation": utilisation, "queued": queue,
                      **{f"hop_time_p{q}": v for q, v in zip(PERCENTILES, hop)}}
     class_columns = {"request_throughput": np.asarray(state.class_requests) / ticks,

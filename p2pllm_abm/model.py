@@ -564,11 +564,16 @@ class P2PLLMModel(mesa.Model):
         """:meth:`run`'s loop when :attr:`fusable`: one compiled call up to each record (it returns
         early when reallocation makes a stage outgrow the stage blocks), then the record."""
         self._settle()
-        record = self.config.run.record_interval
         while self.steps < end:
-            done = self._fused_steps(min(self.steps + record - self.steps % record, end) - self.steps)
+            done = self._fused_steps(self.steps_to_record(end))
             bar.update(done)
             self.record_if_due()
+
+    def steps_to_record(self, end: int) -> int:
+        """Steps from now to the next step that records (a multiple of ``run.record_interval``), or to
+        ``end`` if that comes first."""
+        record = self.config.run.record_interval
+        return min(self.steps + record - self.steps % record, end) - self.steps
 
     def _fused_steps(self, steps: int) -> int:
         """Up to ``steps`` steps in one :func:`~p2pllm_abm.dynamics.run_steps` call; returns the steps done."""
