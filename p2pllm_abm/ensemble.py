@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from .config import Config, ConfigError, ensemble_grid, grid_configs, grid_points, validate
 from .dynamics import run_ensemble_steps
 from .metrics import metric_rows, peak_memory_mb, record_rows, summary, write_outputs
-from .model import P2PLLMModel
+from .model import FusedCall, P2PLLMModel
 
 
 def member_labels(config: Config) -> list[dict[str, Any]]:
@@ -105,25 +105,34 @@ class Ensemble:
                 model.run(steps)
             return
         end = self.steps + steps
+        recorded: list[tuple[P2PLLMModel, Any]] = []  # members' records whose host part is still to take
         with tqdm(total=steps, disable=not progress, unit="step", desc="p2pllm-sim ensemble") as bar:
             while self.steps < end:
                 before = self.steps
-                self._fused_steps([model.steps_to_record(end) for model in self.models])
-                for model in self.models:
-                    model.record_if_due()
+                calls, results = self._dispatch([model.steps_to_record(end) for model in self.models])
+                for model, state in recorded:  # while the steps run
+                    model._finish_record(state)
+                self._finish(calls, *results)
+                recorded = [(model, model._start_record()) for model in self.models if model.record_due()]
                 bar.update(self.steps - before)
+        for model, state in recorded:
+            model._finish_record(state)
         for model in self.models:
             model.record_if_due(last=True)
 
-    def _fused_steps(self, steps: list[int]) -> None:
+    def _dispatch(self, steps: list[int]) -> tuple[list[FusedCall], tuple[Any, jax.Array, jax.Array]]:
         """Up to ``steps[k]`` steps of member ``k``, all in one :func:`~p2pllm_abm.dynamics.run_ensemble_steps`
-        call over blocks of one width (the members' widest)."""
+        call over blocks of one width (the members' widest), dispatched: each member's call and the
+        call's (stacked) results, for :meth:`_finish`."""
         self._share_block_width()
         calls = [model.fused_call(n) for model, n in zip(self.models, steps)]
-        state, done, after = run_ensemble_steps(
+        return calls, run_ensemble_steps(
             stack([model._state for model in self.models]), stack([model.environment for model in self.models]),
             jnp.asarray(steps), jnp.asarray([model.steps for model in self.models]),
             stack([call.reallocation for call in calls]), **self.models[0]._tick_options())
+
+    def _finish(self, calls: list[FusedCall], state: Any, done: jax.Array, after: jax.Array) -> None:
+        """Each member takes its part of a :meth:`_dispatch` call's results."""
         done, after = np.asarray(done), np.asarray(after)
         for model, call, member, n, turns in zip(self.models, calls, unstack(state), done, after):
             model.finish_fused_call(call, member, n, turns)

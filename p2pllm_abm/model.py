@@ -541,8 +541,12 @@ class P2PLLMModel(mesa.Model):
     def record_if_due(self, last: bool = False) -> None:
         """Record the current step when it is due (a multiple of ``run.record_interval``; with
         ``last``, any step: a run's last) and not recorded yet."""
-        if self._recorded_step != self.steps and (last or self.steps % self.config.run.record_interval == 0):
+        if self.record_due(last):
             self._record()
+
+    def record_due(self, last: bool = False) -> bool:
+        """Whether :meth:`record_if_due` would record now."""
+        return self._recorded_step != self.steps and (last or self.steps % self.config.run.record_interval == 0)
 
     @functools.cached_property
     def fusable(self) -> bool:
@@ -562,24 +566,28 @@ class P2PLLMModel(mesa.Model):
 
     def _run_fused(self, end: int, bar: tqdm) -> None:
         """:meth:`run`'s loop when :attr:`fusable`: one compiled call up to each record (it returns
-        early when reallocation makes a stage outgrow the stage blocks), then the record."""
+        early when reallocation makes a stage outgrow the stage blocks), then the record. A record's
+        host part (statistics, the DataCollector) is taken while the next call's steps run: the
+        record's device part and the next call are dispatched first (:meth:`_start_record`)."""
         self._settle()
+        recorded = None  # the state of a record whose host part is still to take
         while self.steps < end:
-            done = self._fused_steps(self.steps_to_record(end))
+            call = self.fused_call(self.steps_to_record(end))
+            results = run_steps(self._state, self.environment, call.steps, self.steps, call.reallocation,
+                                **self._tick_options())
+            if recorded is not None:
+                self._finish_record(recorded)
+            done = self.finish_fused_call(call, *results)
             bar.update(done)
-            self.record_if_due()
+            recorded = self._start_record() if self.record_due() else None
+        if recorded is not None:
+            self._finish_record(recorded)
 
     def steps_to_record(self, end: int) -> int:
         """Steps from now to the next step that records (a multiple of ``run.record_interval``), or to
         ``end`` if that comes first."""
         record = self.config.run.record_interval
         return min(self.steps + record - self.steps % record, end) - self.steps
-
-    def _fused_steps(self, steps: int) -> int:
-        """Up to ``steps`` steps in one :func:`~p2pllm_abm.dynamics.run_steps` call; returns the steps done."""
-        call = self.fused_call(steps)
-        return self.finish_fused_call(call, *run_steps(self._state, self.environment, steps, self.steps,
-                                                       call.reallocation, **self._tick_options()))
 
     def fused_call(self, steps: int) -> FusedCall:
         """What a :func:`~p2pllm_abm.dynamics.run_steps` call of up to ``steps`` steps needs besides the
@@ -869,6 +877,12 @@ class P2PLLMModel(mesa.Model):
         return min(next_event, end) - self.steps
 
     def _record(self) -> None:
+        self._finish_record(self._start_record())
+
+    def _start_record(self) -> MarketState:
+        """A record's device part, dispatched without waiting for it: the Nash certificate and the
+        welfare at the current prices, and the state the run goes on from (the record's windows
+        emptied). Returns the recorded state, for :meth:`_finish_record`."""
         self._settle()
         env = self.environment
         self.certificate = certify(self._state.price, env.cost, env.stage, env.alive, self.market_params,
@@ -877,6 +891,14 @@ class P2PLLMModel(mesa.Model):
         self.welfare = (stage_welfare(self._state.price, env.cost, env.stage, env.alive, self.market_params,
                                       n_stages=self.peers.n_stages) if self.market_params.alpha > 0 else None)
         state = self._state
+        self._state = reset_window(state)
+        return state
+
+    def _finish_record(self, state: MarketState) -> None:
+        """A record's host part, from the recorded ``state`` (:meth:`_start_record`): the stage, load
+        and request-class statistics, the reporters' columns and the DataCollector's rows. The model
+        must still be at the recorded step."""
+        env = self.environment
         stage_load, class_load = load_statistics(self.peers, state, env.capacity is not None, self.request_classes)
         stage_stats = {**stage_statistics(self.peers, np.asarray(state.tick_revenue),
                                           np.asarray(state.tick_expected_revenue), self.certificate, self.welfare),
@@ -889,7 +911,6 @@ class P2PLLMModel(mesa.Model):
                 self.peers.utilisation = np.asarray(state.window_served) / np.asarray(state.window_capacity)
         #: cumulative requests per outcome (p2pllm_abm.load.OUTCOMES) as of this record
         self.outcomes = np.asarray(state.outcomes).copy()
-        self._state = reset_window(state)
         self.reported = reported_columns(stage_stats, class_stats)  #: what the model reporters read
         if self.ledger is not None:
             self.peers.update_ledger_columns(self.ledger.peer_columns())

@@ -84,10 +84,13 @@ def stepped_and_fused(cfg, steps: int) -> tuple[P2PLLMModel, P2PLLMModel]:
 ])
 def test_the_compiled_run_equals_stepping_bit_for_bit(overrides):
     """model.run compiles every step between two records into one call (ticks and eq. 7-8
-    reallocation, dynamics.run_steps); model.step runs the phases one by one. Every output agrees."""
+    reallocation, dynamics.run_steps) and takes each record's host part while the next call runs;
+    model.step runs the phases one by one and records in place. Every output agrees."""
     fused, stepped = stepped_and_fused(small(*overrides, "run.record_interval=25", experiment="paper_table1"), 100)
     assert fused.fusable
     pd.testing.assert_frame_equal(fused.metrics_frame(), stepped.metrics_frame())
+    for frame in ("get_model_vars_dataframe", "get_agent_vars_dataframe"):
+        pd.testing.assert_frame_equal(getattr(fused.datacollector, frame)(), getattr(stepped.datacollector, frame)())
     pd.testing.assert_frame_equal(fused.peers_frame(), stepped.peers_frame())
     pd.testing.assert_frame_equal(fused.events_frame(), stepped.events_frame())
     for column in ("price", "revenue", "requests", "expected_requests", "stage_start", "stage_end", "cost"):
