@@ -37,6 +37,9 @@ from .allocation import reallocation_scan
 from .equilibrium import StageBlocks, block_arrays, price_update, traced_stage_blocks
 from .load import (OUTCOMES, SAMPLE_TICKS, expected_wait, first_failed_column, hop_waits, serve, splice_paths)
 from .network import latency
+from .threefry import register_cpu_lowering
+
+register_cpu_lowering()  # the ticks' random bits, unchanged, in fewer CPU kernels (p2pllm_abm.threefry)
 
 
 class MarketState(NamedTuple):
