@@ -26,6 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from .compile_cache import enable_compilation_cache
 from .config import CONF_DIR, Config, ConfigError, RunConfig, check_group_choice, check_override, first_line
 from .metrics import convergence_objective, reset_peak_memory, stage_rows, write_parquet, write_run_outputs
 from .ensemble import Ensemble, runs_ensemble
@@ -60,6 +61,7 @@ def run_experiment(config: Config, outdir: Path, report: bool = True) -> P2PLLMM
         ensure_writable(outdir)
     except OSError as error:
         raise ConfigError("hydra.run.dir", str(outdir), f"a directory this process can write ({error})") from None
+    enable_compilation_cache(config.run.compilation_cache)
     reset_peak_memory()
     ensemble = runs_ensemble(config)
     model = Ensemble(config) if ensemble else P2PLLMModel(config)

@@ -183,6 +183,9 @@ class RunConfig:
     #: point of their grid, each with its replicates (p2pllm_abm.ensemble). null: none. (A dict typed
     #: Any: Hydra cannot assign new keys to a typed dict, nor a dict to an Optional one.)
     ensemble: Any = None
+    #: keep compiled programs on disk for later processes (p2pllm_abm.compile_cache): "auto"
+    #: ($JAX_COMPILATION_CACHE_DIR, else ~/.cache/p2pllm-abm/jax), a directory, or null (none)
+    compilation_cache: Optional[str] = "auto"
 
 
 @dataclass
@@ -532,6 +535,8 @@ def validate(cfg: Config) -> Config:
     _require(run.steps >= 0, "run.steps", run.steps, "an integer >= 0")
     _require(run.record_interval >= 1, "run.record_interval", run.record_interval, "an integer >= 1")
     _require(run.replicates >= 1, "run.replicates", run.replicates, "an integer >= 1")
+    _require(run.compilation_cache is None or (isinstance(run.compilation_cache, str) and run.compilation_cache != ""),
+             "run.compilation_cache", run.compilation_cache, "null, 'auto' or a directory")
     if run.ensemble is not None:
         grid_configs(cfg)  # every member's config must validate
     _require(len(rep.table_steps) > 0, "report.table_steps", list(rep.table_steps),

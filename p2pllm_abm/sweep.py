@@ -49,10 +49,10 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 
 
 def config_digest(config: Config) -> str:
-    """SHA-256 of the job's config (``run.progress`` and ``run.resume`` left out: they do not
-    change results)."""
+    """SHA-256 of the job's config (``run.progress``, ``run.resume`` and ``run.compilation_cache``
+    left out: they do not change results)."""
     data = OmegaConf.to_container(OmegaConf.structured(config))
-    for ignored in ("progress", "resume"):
+    for ignored in ("progress", "resume", "compilation_cache"):
         data["run"].pop(ignored)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
