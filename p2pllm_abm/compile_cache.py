@@ -25,15 +25,21 @@ from .paths import ensure_writable
 MAX_BYTES = 1 << 30
 
 
+#: the environment variable ``run.compilation_cache = "auto"`` reads first
+DIRECTORY_VARIABLE = "P2PLLM_ABM_COMPILATION_CACHE"
+
+
 def cache_directory(setting: str | None) -> Path | None:
     """Where ``run.compilation_cache = setting`` keeps the cache: ``None`` (no cache) for null; for
-    ``"auto"``, ``$JAX_COMPILATION_CACHE_DIR`` when set, else ``$XDG_CACHE_HOME/p2pllm-abm/jax``
-    (``~/.cache/p2pllm-abm/jax``); otherwise the directory named (``~`` expanded)."""
+    ``"auto"``, ``$P2PLLM_ABM_COMPILATION_CACHE`` when set, else ``$XDG_CACHE_HOME/p2pllm-abm/jax``
+    (``~/.cache/p2pllm-abm/jax``); otherwise the directory named (``~`` expanded). A directory of its
+    own: every process writing there keeps each entry's access time beside it, which the eviction
+    reads (entries that JAX writes without a size bound lack it)."""
     if setting is None:
         return None
     if setting == "auto":
-        if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-            return Path(os.environ["JAX_COMPILATION_CACHE_DIR"]).expanduser()
+        if os.environ.get(DIRECTORY_VARIABLE):
+            return Path(os.environ[DIRECTORY_VARIABLE]).expanduser()
         return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "p2pllm-abm" / "jax"
     return Path(setting).expanduser()
 
@@ -45,18 +51,15 @@ def enable_compilation_cache(setting: str | None = "auto") -> Path | None:
     is faster than compiling them. Raises :class:`~p2pllm_abm.config.ConfigError` naming
     ``run.compilation_cache`` when the directory cannot be written."""
     directory = cache_directory(setting)
-    if directory is None:
-        jax.config.update("jax_enable_compilation_cache", False)
-        return None
-    try:
-        ensure_writable(directory)
-    except OSError as error:
-        raise ConfigError("run.compilation_cache", setting,
-                          f"null, 'auto' or a directory this process can write ({error})") from None
-    if jax.config.jax_compilation_cache_dir != str(directory):
-        compilation_cache.reset_cache()  # a cache already opened in this process, elsewhere
-        jax.config.update("jax_compilation_cache_dir", str(directory))
-    jax.config.update("jax_enable_compilation_cache", True)
+    if directory is not None:
+        try:
+            ensure_writable(directory)
+        except OSError as error:
+            raise ConfigError("run.compilation_cache", setting,
+                              f"null, 'auto' or a directory this process can write ({error})") from None
+    compilation_cache.reset_cache()  # JAX opens its cache once, with the settings of that moment
+    jax.config.update("jax_enable_compilation_cache", directory is not None)
+    jax.config.update("jax_compilation_cache_dir", None if directory is None else str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     return directory

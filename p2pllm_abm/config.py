@@ -184,7 +184,7 @@ class RunConfig:
     #: Any: Hydra cannot assign new keys to a typed dict, nor a dict to an Optional one.)
     ensemble: Any = None
     #: keep compiled programs on disk for later processes (p2pllm_abm.compile_cache): "auto"
-    #: ($JAX_COMPILATION_CACHE_DIR, else ~/.cache/p2pllm-abm/jax), a directory, or null (none)
+    #: ($P2PLLM_ABM_COMPILATION_CACHE, else ~/.cache/p2pllm-abm/jax), a directory, or null (none)
     compilation_cache: Optional[str] = "auto"
 
 

@@ -626,6 +626,27 @@ class Placement(NamedTuple):
     fits: Array
 
 
+def placed_environment(env: Environment, placed: Placement) -> Environment:
+    """``env`` with the stages and stage blocks of ``placed``."""
+    return env._replace(stage=placed.stage, blocks=StageBlocks(placed.index))
+
+
+def reallocation_event(placed: Placement, env: Environment, reallocation: Reallocation, n_stages: int) -> Placement:
+    """Eq. 7-8 for the next event's candidates (:func:`~p2pllm_abm.allocation.reallocation_scan`),
+    the stage blocks rebuilt at their width, and the candidates' stages after their turns recorded."""
+    stage, turns = reallocation_scan(reallocation.weight, placed.stage, env.alive,
+                                     reallocation.candidates[placed.event], reallocation.hysteresis, n_stages)
+    blocks, fits = traced_stage_blocks(stage, env.alive, n_stages, placed.index.shape[-1])
+    return Placement(stage, blocks.index, placed.event + 1, placed.after.at[placed.event].set(turns), fits)
+
+
+def first_placement(env: Environment, reallocation: Reallocation | None) -> Placement:
+    """The placement a :func:`run_steps` call starts from: ``env``'s, no event yet, everything fitting."""
+    after = (jnp.zeros((0, 0), jnp.int64) if reallocation is None
+             else jnp.full(reallocation.candidates.shape, -1, jnp.int64))
+    return Placement(env.stage, env.blocks.index, jnp.zeros((), jnp.int32), after, jnp.ones((), bool))
+
+
 @partial(jax.jit, static_argnames=TICK_OPTIONS)
 def run_steps(state: MarketState, env: Environment, n_steps: Array, first_step: Array,
               reallocation: Reallocation | None, rule: str, routing: str, n_stages: int,
@@ -635,20 +656,13 @@ def run_steps(state: MarketState, env: Environment, n_steps: Array, first_step: 
     stops early after a reallocation that makes a stage outgrow the blocks' width (the shapes are
     fixed inside the loop). Returns the final state, the steps done, and each event's candidates'
     stages after their turn ``(events, K)`` (the host applies the moves from them)."""
-    width = env.blocks.index.shape[1]
-    after = (jnp.zeros((0, 0), jnp.int64) if reallocation is None
-             else jnp.full(reallocation.candidates.shape, -1, jnp.int64))
 
     def move(placed: Placement) -> Placement:
-        stage, turns = reallocation_scan(reallocation.weight, placed.stage, env.alive,
-                                         reallocation.candidates[placed.event], reallocation.hysteresis, n_stages)
-        blocks, fits = traced_stage_blocks(stage, env.alive, n_stages, width)
-        return Placement(stage, blocks.index, placed.event + 1, placed.after.at[placed.event].set(turns), fits)
+        return reallocation_event(placed, env, reallocation, n_stages)
 
     def one_step(carry):
         done, state, placed = carry
-        state = tick(state, env._replace(stage=placed.stage, blocks=StageBlocks(placed.index)), rule, routing,
-                     n_stages, load_aware)
+        state = tick(state, placed_environment(env, placed), rule, routing, n_stages, load_aware)
         done = done + 1
         if reallocation is not None:
             placed = jax.lax.cond((first_step + done) % reallocation.period == 0, move, lambda placed: placed, placed)
@@ -658,9 +672,24 @@ def run_steps(state: MarketState, env: Environment, n_steps: Array, first_step: 
         done, _, placed = carry
         return (done < n_steps) & placed.fits
 
-    placed = Placement(env.stage, env.blocks.index, jnp.zeros((), jnp.int32), after, jnp.ones((), bool))
-    done, state, placed = jax.lax.while_loop(going, one_step, (jnp.zeros((), jnp.int32), state, placed))
+    carry = (jnp.zeros((), jnp.int32), state, first_placement(env, reallocation))
+    done, state, placed = jax.lax.while_loop(going, one_step, carry)
     return state, done, placed.after
+
+
+#: the sample buffers, of which a tick writes one row (:func:`paid_tick`)
+SAMPLE_FIELDS = ("request_samples", "hop_samples")
+
+
+def kept_state(active: Array, new: MarketState, old: MarketState) -> MarketState:
+    """``new`` where ``active``, else ``old`` (a member of an ensemble that is done). The sample
+    buffers only differ in the row the tick wrote, so only that row is chosen."""
+    row = old.sample_count % SAMPLE_TICKS
+    target = jnp.where(active, row, SAMPLE_TICKS)  # out of range: dropped
+    kept = {name: jnp.where(active, getattr(new, name), getattr(old, name))
+            for name in MarketState._fields if name not in SAMPLE_FIELDS}
+    return MarketState(**kept, **{name: getattr(old, name).at[target].set(getattr(new, name)[row], mode="drop")
+                                  for name in SAMPLE_FIELDS})
 
 
 @partial(jax.jit, static_argnames=TICK_OPTIONS)
@@ -668,8 +697,35 @@ def run_ensemble_steps(state: MarketState, env: Environment, n_steps: Array, fir
                        reallocation: Reallocation | None, rule: str, routing: str, n_stages: int,
                        load_aware: bool = False) -> tuple[MarketState, Array, Array]:
     """:func:`run_steps` for every member of an ensemble (:mod:`p2pllm_abm.ensemble`) in one compiled
-    call, vmapped over the leading axis of every argument: each member's own state, environment
-    (its prices, costs, stages and market scalars), step count, first step and reallocation events.
-    Members that finish (or outgrow the blocks' width) early keep their state while the others go on."""
-    one = partial(run_steps, rule=rule, routing=routing, n_stages=n_stages, load_aware=load_aware)
-    return jax.vmap(one)(state, env, n_steps, first_step, reallocation)
+    call: every argument has a leading member axis (each member's own state, environment, step
+    count, first step and reallocation events). One loop steps every member (a vmapped tick) until
+    all are done; a member that is done (or outgrew the blocks' width) keeps its state. Not a
+    vmapped :func:`run_steps`: its loop would choose between every member's new and old carried
+    arrays each step (the sample buffers whole) and run the reallocation scan every step (a branch
+    taken by some members runs for all); here a reallocation event runs when a member is due."""
+
+    def ticked(state: MarketState, env: Environment, placed: Placement) -> MarketState:
+        return tick(state, placed_environment(env, placed), rule, routing, n_stages, load_aware)
+
+    def moved(due: Array, placed: Placement, env: Environment, reallocation: Reallocation) -> Placement:
+        event = reallocation_event(placed, env, reallocation, n_stages)
+        return jax.tree.map(lambda new, old: jnp.where(due, new, old), event, placed)
+
+    def one_step(carry):
+        done, state, placed = carry
+        active = (done < n_steps) & placed.fits
+        state = jax.vmap(kept_state)(active, jax.vmap(ticked)(state, env, placed), state)
+        done = done + active
+        if reallocation is not None:
+            due = active & ((first_step + done) % reallocation.period == 0)
+            placed = jax.lax.cond(jnp.any(due), lambda placed: jax.vmap(moved)(due, placed, env, reallocation),
+                                  lambda placed: placed, placed)
+        return done, state, placed
+
+    def going(carry):
+        done, _, placed = carry
+        return jnp.any((done < n_steps) & placed.fits)
+
+    carry = (jnp.zeros_like(n_steps, dtype=jnp.int32), state, jax.vmap(first_placement)(env, reallocation))
+    done, state, placed = jax.lax.while_loop(going, one_step, carry)
+    return state, done, placed.after

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from .config import Config, ConfigError, ensemble_grid, grid_configs, grid_points, validate
 from .dynamics import run_ensemble_steps
 from .metrics import metric_rows, peak_memory_mb, record_rows, summary, write_outputs
-from .model import FusedCall, P2PLLMModel
+from .model import FusedCall, P2PLLMModel, long_lived_objects_frozen
 
 
 def member_labels(config: Config) -> list[dict[str, Any]]:
@@ -106,7 +106,8 @@ class Ensemble:
             return
         end = self.steps + steps
         recorded: list[tuple[P2PLLMModel, Any]] = []  # members' records whose host part is still to take
-        with tqdm(total=steps, disable=not progress, unit="step", desc="p2pllm-sim ensemble") as bar:
+        with long_lived_objects_frozen(), \
+                tqdm(total=steps, disable=not progress, unit="step", desc="p2pllm-sim ensemble") as bar:
             while self.steps < end:
                 before = self.steps
                 calls, results = self._dispatch([model.steps_to_record(end) for model in self.models])

@@ -188,11 +188,13 @@ def stage_statistics(peers: PeerTable, tick_revenue: np.ndarray, tick_expected_r
             "expected_revenue": total(tick_expected_revenue),
             "requests": total(peers.requests),
             "expected_requests": total(peers.expected_requests),
-            "nash_gap": np.asarray(certificate.stage_gap),
-            "relative_nash_gap": np.asarray(certificate.stage_relative_gap),
+            # copies: a view of a device array would keep the array (and three Python objects the
+            # garbage collector scans) alive for as long as the record
+            "nash_gap": np.array(certificate.stage_gap),
+            "relative_nash_gap": np.array(certificate.stage_relative_gap),
         }
     for name in WELFARE_METRICS:
-        columns[name] = np.asarray(getattr(welfare, name), dtype=np.float64) if welfare is not None else np.full(m, np.nan)
+        columns[name] = np.array(getattr(welfare, name), dtype=np.float64) if welfare is not None else np.full(m, np.nan)
     for name in LOAD_METRICS:
         columns[name] = np.full(m, np.nan)
     return {name: columns[name] for name in ("stage", *STAGE_METRICS)}

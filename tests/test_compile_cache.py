@@ -12,9 +12,9 @@ from tests.test_cli import FAST, sim
 
 def test_where_each_setting_keeps_the_cache(monkeypatch, tmp_path):
     assert cache_directory(None) is None
-    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax"))
+    monkeypatch.setenv("P2PLLM_ABM_COMPILATION_CACHE", str(tmp_path / "jax"))
     assert cache_directory("auto") == tmp_path / "jax"
-    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    monkeypatch.delenv("P2PLLM_ABM_COMPILATION_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache_directory("auto") == tmp_path / "xdg" / "p2pllm-abm" / "jax"
     monkeypatch.delenv("XDG_CACHE_HOME")

@@ -1,5 +1,6 @@
 """Ensembles (p2pllm_abm.ensemble): each member equals its single run; outputs and collection."""
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +12,8 @@ from analysis.routing_figures import network_from_run
 from p2pllm_abm import P2PLLMModel, load_config
 from p2pllm_abm.cli import experiment_objective, run_experiment
 from p2pllm_abm.config import ConfigError
-from p2pllm_abm.ensemble import Ensemble, member_labels
+from p2pllm_abm.dynamics import run_ensemble_steps, run_steps
+from p2pllm_abm.ensemble import Ensemble, member_labels, stack, unstack
 from p2pllm_abm.equilibrium import block_size
 from p2pllm_abm.figures import main as redraw
 from p2pllm_abm.sweep import run_job
@@ -43,6 +45,34 @@ def test_members_with_different_block_widths_equal_their_single_runs():
     assert all(model.moves > 0 for model in ensemble.models)
     for labels, member in zip(ensemble.labels, ensemble.models):
         assert_member_equals_single_run(member, labels, config)
+
+
+def test_members_that_are_done_keep_their_state_while_the_others_step():
+    """One compiled call where member 0 does 4 steps from step 2 and member 1 does 9 from step 0
+    (reallocation every 3 steps: events on different iterations): each member ends where
+    run_steps takes it alone, its sample buffers and reallocation turns included."""
+    config = load_config("paper_table1", ["network.peers=40", "network.initial_distribution=[10,10,10,10]",
+                                          "clients.count=8", "allocation.period=3", "run.record_interval=100",
+                                          "run.progress=false"])
+    ensemble = Ensemble(config, replicates=2)
+    ensemble.models[0].run(2)
+    ensemble._share_block_width()
+    models, steps = ensemble.models, [4, 9]
+    calls = [model.fused_call(n) for model, n in zip(models, steps)]
+    state, done, after = run_ensemble_steps(
+        stack([model._state for model in models]), stack([model.environment for model in models]),
+        np.asarray(steps), np.asarray([model.steps for model in models]), stack([call.reallocation for call in calls]),
+        **models[0]._tick_options())
+    assert done.tolist() == steps
+    for model, call, member, turns in zip(models, calls, unstack(state), after):
+        alone, alone_done, alone_after = run_steps(model._state, model.environment, call.steps, model.steps,
+                                                   call.reallocation, **model._tick_options())
+        assert int(alone_done) == call.steps
+        np.testing.assert_array_equal(turns, alone_after)
+        for name, mine, theirs in zip(member._fields, member, alone):
+            if name == "key":
+                mine, theirs = jax.random.key_data(mine), jax.random.key_data(theirs)
+            np.testing.assert_allclose(np.asarray(mine), np.asarray(theirs), rtol=RTOL, atol=0, err_msg=name)
 
 
 def test_a_parameter_grid_times_replicates_equals_its_single_runs():

@@ -242,3 +242,39 @@ def test_nullable_columns_equal_pandas_own(values):
     """metrics.nullable builds what pd.array(values, dtype="Float64") builds: NaN null, inf kept."""
     expected = pd.array(np.asarray(values, dtype=float), dtype="Float64")
     pd.testing.assert_extension_array_equal(nullable(values), expected)
+
+
+def test_a_run_freezes_the_long_lived_objects_only_while_it_runs():
+    """model.run leaves the objects that exist when it starts out of the garbage collector's scans,
+    and hands them back when it ends (nested blocks: when the outermost one ends), so that garbage
+    among them is collected later."""
+    import gc
+
+    from p2pllm_abm.model import long_lived_objects_frozen
+
+    before = gc.get_freeze_count()
+    with long_lived_objects_frozen():
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        with long_lived_objects_frozen():
+            pass
+        assert gc.get_freeze_count() >= frozen  # the inner block does not unfreeze
+    assert gc.get_freeze_count() == 0 <= before
+    model = P2PLLMModel(small())
+    model.run(20)
+    assert gc.get_freeze_count() == 0
+
+
+def test_records_keep_no_device_array_alive():
+    """A record's columns are NumPy copies: a view of a JAX array would keep the device buffer and
+    its wrappers alive for as long as the record."""
+    import jax
+
+    model = P2PLLMModel(small(experiment="paper_table1"))
+    model.run(30)
+    for _, stage, request_class in model._records:
+        for name, column in {**stage, **request_class}.items():
+            base = column
+            while getattr(base, "base", None) is not None:
+                base = base.base
+            assert not isinstance(base, (memoryview, jax.Array)), name
