@@ -39,7 +39,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .config import Config, ConfigError, ensemble_grid, grid_configs, grid_points, validate
-from .dynamics import run_ensemble_steps
+from .dynamics import MarketState, run_ensemble_steps
 from .metrics import metric_rows, peak_memory_mb, record_rows, summary, write_outputs
 from .model import FusedCall, P2PLLMModel, long_lived_objects_frozen
 
@@ -105,7 +105,7 @@ class Ensemble:
                 model.run(steps)
             return
         end = self.steps + steps
-        recorded: list[tuple[P2PLLMModel, Any]] = []  # members' records whose host part is still to take
+        recorded: list[tuple[P2PLLMModel, MarketState]] = []  # members' records whose host part is still to take
         with long_lived_objects_frozen(), \
                 tqdm(total=steps, disable=not progress, unit="step", desc="p2pllm-sim ensemble") as bar:
             while self.steps < end:
