@@ -34,10 +34,13 @@ def test_single_run_writes_the_run_directory(tmp_path):
 
 
 def test_multirun_sweeps_every_combination(tmp_path):
+    """One directory per job, named by the overrides that change results (not by a cache path,
+    whose slashes would nest it)."""
     result = sim("-m", "experiment=paper_28", *FAST, "market.alpha=0.25,0.75", "seed=0,1",
-                 f"hydra.sweep.dir={tmp_path}")
+                 f"run.compilation_cache={tmp_path / 'cache'}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert result.returncode == 0, result.stderr
-    summaries = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/summary.json"))]
+    assert "4 jobs, 4 done" in result.stdout
+    summaries = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/summary.json"))]
     assert len(summaries) == 4
     combos = {(s["config"]["market"]["alpha"], s["config"]["seed"]) for s in summaries}
     assert combos == {(0.25, 0), (0.25, 1), (0.75, 0), (0.75, 1)}
