@@ -1,10 +1,11 @@
 """Compiled steps kept on disk between processes (JAX's persistent compilation cache).
 
 A run compiles its steps once per shape, 1-2 s each at Table 1's size: most of a short job's
-wall time, paid again by every job of a Hydra multirun and every new process. With the cache
-(``run.compilation_cache``, on by default in ``p2pllm-sim`` and ``python -m analysis``), a
-process loads what an earlier one compiled for the same program, shapes, JAX version and CPU;
-the executable is the same, so the outputs are too (README, Benchmarks, for what it saves).
+wall time, paid again by every new process (each ``p2pllm-sim`` job, each joblib worker of a
+multirun, each SLURM job). With the cache (``run.compilation_cache``, on by default in
+``p2pllm-sim``; :func:`enable_compilation_cache` in Python), a process loads what an earlier one
+compiled for the same program, shapes, JAX version and CPU; the executable is the same, so the
+outputs are too (README, Compilation cache, for what it saves).
 
 Entries are evicted least recently used beyond :data:`MAX_BYTES`; reads and writes hold a file
 lock, so concurrent jobs (a joblib or SLURM multirun) can share one directory.
