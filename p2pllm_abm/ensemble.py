@@ -121,7 +121,7 @@ class Ensemble:
         for model in self.models:
             model.record_if_due(last=True)
 
-    def _dispatch(self, steps: list[int]) -> tuple[list[FusedCall], tuple[Any, jax.Array, jax.Array]]:
+    def _dispatch(self, steps: list[int]) -> tuple[list[FusedCall], tuple[MarketState, jax.Array, jax.Array]]:
         """Up to ``steps[k]`` steps of member ``k``, all in one :func:`~p2pllm_abm.dynamics.run_ensemble_steps`
         call over blocks of one width (the members' widest), dispatched: each member's call and the
         call's (stacked) results, for :meth:`_finish`."""
@@ -132,7 +132,7 @@ class Ensemble:
             jnp.asarray(steps), jnp.asarray([model.steps for model in self.models]),
             stack([call.reallocation for call in calls]), **self.models[0]._tick_options())
 
-    def _finish(self, calls: list[FusedCall], state: Any, done: jax.Array, after: jax.Array) -> None:
+    def _finish(self, calls: list[FusedCall], state: MarketState, done: jax.Array, after: jax.Array) -> None:
         """Each member takes its part of a :meth:`_dispatch` call's results."""
         done, after = np.asarray(done), np.asarray(after)
         for model, call, member, n, turns in zip(self.models, calls, unstack(state), done, after):

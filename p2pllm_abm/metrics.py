@@ -271,7 +271,8 @@ class RequestClasses:
             price, time = price_sum / requests, time_sum / requests
         return {
             "request_class": np.arange(self.count), "alpha_low": edges[:-1], "alpha_high": edges[1:],
-            "clients": self.one_hot.sum(axis=0).astype(np.int64), "path_requests": np.asarray(requests),
+            "clients": self.one_hot.sum(axis=0).astype(np.int64),
+            "path_requests": np.array(requests),  # a copy: a view of a device array would keep it alive
             "path_price": np.where(requests > 0, price, np.nan), "path_time": np.where(requests > 0, time, np.nan),
             **{name: np.full(self.count, np.nan) for name in REQUEST_LOAD_METRICS},
         }

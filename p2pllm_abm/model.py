@@ -927,9 +927,8 @@ class P2PLLMModel(mesa.Model):
         stage_stats = {**stage_statistics(self.peers, np.asarray(state.tick_revenue),
                                           np.asarray(state.tick_expected_revenue), self.certificate, self.welfare),
                        **stage_load}
-        # copies (np.array): a view would keep the device array alive for as long as the record
-        class_stats = {**self.request_classes.statistics(np.array(state.class_requests),
-                                                         np.array(state.class_price), np.array(state.class_time)),
+        class_stats = {**self.request_classes.statistics(np.asarray(state.class_requests),
+                                                         np.asarray(state.class_price), np.asarray(state.class_time)),
                        **class_load}
         if env.capacity is not None:
             with np.errstate(invalid="ignore", divide="ignore"):
