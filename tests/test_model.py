@@ -261,11 +261,12 @@ def test_a_run_freezes_the_long_lived_objects_only_while_it_runs():
 
     before = gc.get_freeze_count()
     with long_lived_objects_frozen():
-        frozen = gc.get_freeze_count()
-        assert frozen > 0
+        assert gc.get_freeze_count() > 0
         with long_lived_objects_frozen():
             pass
-        assert gc.get_freeze_count() >= frozen  # the inner block does not unfreeze
+        # the inner block does not unfreeze (unfreezing empties the count; frozen objects that are
+        # freed leave it, so it may shrink a little)
+        assert gc.get_freeze_count() > 0
     assert gc.get_freeze_count() == 0 <= before
     model = P2PLLMModel(small())
     model.run(20)
