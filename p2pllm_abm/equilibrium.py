@@ -38,6 +38,8 @@ from .economics import (MarketParams, choice_logits, choice_probabilities, log_c
 
 #: bisection halvings: more than enough to reach adjacent float64 numbers from any bracket
 _BISECTIONS = 200
+#: halvings between two checks of whether any bracket still changes (a divisor of _BISECTIONS)
+_HALVINGS_PER_CHECK = 4
 
 
 class NashGap(NamedTuple):
@@ -68,16 +70,30 @@ def _own_revenue(q: Array, terms: OwnTerms, demand: float) -> Array:
 
 
 def _bisect_decreasing(f, low: Array, high: Array) -> Array:
-    """Root of a decreasing function with ``f(low) >= 0 >= f(high)``, elementwise."""
-    def halve(_, bounds):
+    """Root of a decreasing function with ``f(low) >= 0 >= f(high)``, elementwise: up to
+    :data:`_BISECTIONS` halvings, :data:`_HALVINGS_PER_CHECK` at a time, stopping after a round that
+    changed no bracket. A halving is a function of the brackets alone, so once none changes none
+    ever will: the result is the one all :data:`_BISECTIONS` halvings give (brackets reach adjacent
+    float64 numbers in about 60)."""
+    def halve(bounds):
         lo, hi = bounds
         mid = 0.5 * (lo + hi)
         above = f(mid) > 0
         return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
 
-    low, high = jax.lax.fori_loop(0, _BISECTIONS, halve, (low, high))
-    return 0.5 * (low + high)
+    def step(carry):
+        done, bounds, _ = carry
+        halved = bounds
+        for _ in range(_HALVINGS_PER_CHECK):
+            halved = halve(halved)
+        return done + _HALVINGS_PER_CHECK, halved, jnp.any((halved[0] != bounds[0]) | (halved[1] != bounds[1]))
 
+    def running(carry):
+        done, _, changed = carry
+        return changed & (done < _BISECTIONS)
+
+    _, (low, high), _ = jax.lax.while_loop(running, step, (0, (low, high), jnp.asarray(True)))
+    return 0.5 * (low + high)
 
 
 def _stage_terms(price: Array, cost: Array, stage: Array, alive: Array, params: MarketParams,

@@ -57,8 +57,8 @@ from .allocation import move_candidates, petals_should_move, reallocate, share_w
 from .churn import failing, joining_starts, leaving, newcomers
 from .config import (ClientsConfig, Config, ConfigError, dotted_name, most_extreme_field, to_config,
                      with_parameters)
-from .dynamics import (Environment, Geometry, MarketState, Reallocation, all_finite, grow_state, initial_state,
-                       paid_tick_jit, reset_rows, reset_window, run_paid_ticks, run_steps, run_ticks)
+from .dynamics import (Environment, Geometry, MarketState, Reallocation, all_finite, device_scalars, grow_state,
+                       initial_state, paid_tick_jit, reset_rows, reset_window, run_paid_ticks, run_steps, run_ticks)
 from .load import peer_capacity
 from .economics import market_params
 from .equilibrium import BLOCK_RULES, StageBlocks, certify, padded_size, stage_blocks
@@ -243,10 +243,11 @@ class P2PLLMModel(mesa.Model):
 
         mkt = cfg.market
         self.market_params = market_params(mkt)
+        self._device_params = device_scalars(self.market_params)  #: what the jitted record functions are passed
         key = jax.random.key(int(noise_seed.generate_state(1)[0]))
         self._state = initial_state(jnp.asarray(self.peers.price), key, self.request_classes.count,
                                     cfg.clients.count, self.peers.n_stages)
-        self._environment: Environment | None = self._make_environment()  #: None: stale (see environment)
+        self._environment: Environment | None = device_scalars(self._make_environment())  #: None: stale (see environment)
         self._unsettled: list[Dispatched] = []  #: ticks dispatched, not yet checked (see _settle)
         self._in_run = False  #: inside run(), which settles the dispatched ticks when it ends
         self.moves = 0  #: peers moved by reallocation so far
@@ -629,8 +630,8 @@ class P2PLLMModel(mesa.Model):
             padded = np.full((padded_size(most), padded_size(movers)), -1)
             for row, chosen in zip(padded, candidates):
                 row[: len(chosen)] = chosen
-            reallocation = Reallocation(jnp.asarray(share_weight(peers.cost, alloc.reading)), jnp.asarray(padded),
-                                        float(alloc.hysteresis), alloc.period)
+            reallocation = device_scalars(Reallocation(jnp.asarray(share_weight(peers.cost, alloc.reading)),
+                                                       jnp.asarray(padded), float(alloc.hysteresis), alloc.period))
         return FusedCall(steps, events, candidates, reallocation, drawn_from)
 
     def finish_fused_call(self, call: FusedCall, state: MarketState, done: jax.Array, after: jax.Array) -> int:
@@ -735,7 +736,7 @@ class P2PLLMModel(mesa.Model):
         """What the jitted ticks read (costs, stages, who is alive, capacities, who fails), rebuilt
         from the table after the phases that change it."""
         if self._environment is None:
-            self._environment = self._make_environment()
+            self._environment = device_scalars(self._make_environment())
         return self._environment
 
     def _make_environment(self) -> Environment:
@@ -909,10 +910,10 @@ class P2PLLMModel(mesa.Model):
         emptied). Returns the recorded state, for :meth:`_finish_record`."""
         self._settle()
         env = self.environment
-        self.certificate = certify(self._state.price, env.cost, env.stage, env.alive, self.market_params,
+        self.certificate = certify(self._state.price, env.cost, env.stage, env.alive, self._device_params,
                                    n_stages=self.peers.n_stages)
         #: per-stage welfare at the recorded prices (p2pllm_abm.welfare; None at alpha = 0)
-        self.welfare = (stage_welfare(self._state.price, env.cost, env.stage, env.alive, self.market_params,
+        self.welfare = (stage_welfare(self._state.price, env.cost, env.stage, env.alive, self._device_params,
                                       n_stages=self.peers.n_stages) if self.market_params.alpha > 0 else None)
         state = self._state
         self._state = reset_window(state)

@@ -11,7 +11,7 @@ from scipy import stats
 
 from p2pllm_abm import P2PLLMModel, load_config
 from p2pllm_abm.dynamics import (Environment, Geometry, expected_requests, path_choices, path_totals, peer_noise,
-                                 slot_gumbel, slots_at_most, stage_choices)
+                                 run_steps, slot_gumbel, slots_at_most, stage_choices)
 from p2pllm_abm.economics import MarketParams, choice_probabilities
 from p2pllm_abm.equilibrium import (COUNTED_RANK_STAGES, block_size, block_width, stage_blocks,
                                     traced_stage_blocks)
@@ -208,3 +208,18 @@ def test_the_binary_search_counts_the_slots_a_comparison_counts(rows, n_stages, 
     expected = np.sum(cumulative[row] <= target[..., None], axis=-1)
     np.testing.assert_array_equal(np.asarray(slots_at_most(jnp.asarray(cumulative), jnp.asarray(row),
                                                            jnp.asarray(target))), expected)
+
+
+def test_an_environment_with_device_scalars_compiles_the_same_program():
+    """The model passes its environment with Python numbers turned into device scalars (a jitted
+    call would copy each, every call); the program run_steps compiles must not change with that
+    (weak types kept), nor may any Python number be left."""
+    model = P2PLLMModel(load_config("paper_table1", overrides=["clients.count=8", "allocation.period=10"]))
+    python_numbers = model._make_environment()
+    on_device = model.environment
+    assert not [leaf for leaf in jax.tree.leaves(on_device) if isinstance(leaf, (bool, int, float))]
+    assert [leaf for leaf in jax.tree.leaves(python_numbers) if isinstance(leaf, float)]
+    reallocation = model.fused_call(10).reallocation
+    programs = [run_steps.lower(model._state, env, 10, 0, reallocation, **model._tick_options()).as_text()
+                for env in (python_numbers, on_device)]
+    assert programs[0] == programs[1]

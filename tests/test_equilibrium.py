@@ -1,7 +1,9 @@
 """Equilibrium certificates and solvers against closed forms and independent searches."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from scipy.optimize import minimize_scalar
 from scipy.special import lambertw
 
@@ -10,6 +12,7 @@ from p2pllm_abm.config import UPDATE_RULES
 from p2pllm_abm.economics import MarketParams
 from p2pllm_abm.metrics import stage_rows
 from p2pllm_abm.equilibrium import (
+    _bisect_decreasing,
     allocation_equilibrium,
     best_response,
     diagnose_gradient_ascent,
@@ -214,3 +217,30 @@ def test_mixture_best_response_beats_an_exhaustive_search():
     assert np.all(np.asarray(gain) >= 0) and float(np.max(stage_gap)) > 0
     with pytest.raises(ValueError, match="class_weight"):
         mixture_nash_gap(price, cost, stage, alive, alphas, np.array([0.5, 0.6]), temperature, 1.0, 0.0, 3)
+
+
+def fixed_bisection(f, low: np.ndarray, high: np.ndarray, halvings: int = 200) -> np.ndarray:
+    """The bisection with every one of its halvings, in NumPy (the reference for the early stop)."""
+    for _ in range(halvings):
+        mid = 0.5 * (low + high)
+        above = f(mid) > 0
+        low, high = np.where(above, mid, low), np.where(above, high, mid)
+    return 0.5 * (low + high)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 40), spread=st.floats(1e-3, 1e6))
+def test_the_bisection_that_stops_early_returns_what_every_halving_returns(seed, n, spread):
+    """_bisect_decreasing stops once a round of halvings changes no bracket; the result must be bit
+    for bit the one all 200 halvings give, for brackets from tiny to huge (and NaN ones, which never
+    settle and run all 200)."""
+    rng = np.random.default_rng(seed)
+    root = rng.uniform(0.0, spread, n)
+    low, high = root - rng.uniform(0.0, spread, n), root + rng.uniform(0.0, spread, n)
+    high[rng.random(n) < 0.1] = np.nan
+
+    def decreasing(m):  # exact in NumPy and XLA alike, so the two compare the same signs
+        return root - m
+
+    got = _bisect_decreasing(lambda m: jnp.asarray(root) - m, jnp.asarray(low), jnp.asarray(high))
+    np.testing.assert_array_equal(np.asarray(got), fixed_bisection(decreasing, low, high))
