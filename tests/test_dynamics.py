@@ -11,9 +11,9 @@ from scipy import stats
 
 from p2pllm_abm import P2PLLMModel, load_config
 from p2pllm_abm.dynamics import (Environment, Geometry, expected_requests, path_choices, path_totals, peer_noise,
-                                 run_steps, slot_gumbel, slots_at_most, stage_choices)
+                                 run_steps, sample_blocks, slot_gumbel, slots_at_most, stage_choices)
 from p2pllm_abm.economics import MarketParams, choice_probabilities
-from p2pllm_abm.equilibrium import (COUNTED_RANK_STAGES, block_size, block_width, stage_blocks,
+from p2pllm_abm.equilibrium import (COUNTED_RANK_STAGES, StageBlocks, block_size, block_width, stage_blocks,
                                     traced_stage_blocks)
 from p2pllm_abm.metrics import class_rows
 from p2pllm_abm.network import PeerTable
@@ -223,3 +223,34 @@ def test_an_environment_with_device_scalars_compiles_the_same_program():
     programs = [run_steps.lower(model._state, env, 10, 0, reallocation, **model._tick_options()).as_text()
                 for env in (python_numbers, on_device)]
     assert programs[0] == programs[1]
+
+
+@settings(max_examples=40, deadline=None)
+@given(n_stages=st.integers(1, 4), width=st.integers(1, 40), clients=st.integers(1, 12), walk_away=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_the_inverse_cdf_draw_picks_the_slot_exact_sums_pick(n_stages, width, clients, walk_away, seed):
+    """sample_blocks against the inverse CDF in exact rational arithmetic: the first slot whose
+    cumulative probability exceeds the uniform (times the stage's total without walking away), -1
+    past the total with walking away or for an empty stage. Uniforms within 1e-12 of a cumulative
+    sum are left out: there the draw's unit of 2^-62 may decide either way."""
+    from fractions import Fraction
+    rng = np.random.default_rng(seed)
+    live = rng.integers(0, width + 1, n_stages)
+    probs = np.where(np.arange(width) < live[:, None], rng.random((n_stages, width)) ** 3, 0.0)
+    probs = probs / max(probs.sum(axis=1).max(), 1e-300) * rng.uniform(0.2, 1.0)
+    probs[rng.random(probs.shape) < 0.2] = 0.0
+    index = np.where(np.arange(width) < live[:, None], np.arange(n_stages * width).reshape(n_stages, width), -1)
+    uniform = rng.random((clients, n_stages))
+    got = np.asarray(sample_blocks(jnp.asarray(probs[None]), jnp.zeros(clients, int), jnp.asarray(uniform),
+                                   StageBlocks(jnp.asarray(index)), walk_away))
+    for c in range(clients):
+        for s in range(n_stages):
+            sums = np.cumsum([Fraction(float(p)) for p in probs[s]]) if width else []
+            total = sums[-1]
+            target = Fraction(float(uniform[c, s])) * (1 if walk_away else total)
+            if any(abs(float(target - x)) < 1e-12 for x in sums):
+                continue
+            if total == 0 or (walk_away and target >= total):
+                assert got[c, s] == -1
+            else:
+                assert got[c, s] == index[s, next(k for k, x in enumerate(sums) if x > target)]
