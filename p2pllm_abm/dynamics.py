@@ -107,8 +107,16 @@ def device_scalars(tree: Any) -> Any:
     """``tree`` with its Python numbers as device scalars. A jitted call copies every Python number
     it is passed to the device, about 5 us each (an :class:`Environment` holds 17); a tree converted
     once is passed as it is. ``jnp.asarray`` keeps a Python number's weak type, so the call traces
-    and compiles the same program."""
-    return jax.tree.map(lambda leaf: jnp.asarray(leaf) if isinstance(leaf, (bool, int, float)) else leaf, tree)
+    and compiles the same program. Scalars are made once per type and value (:func:`device_scalar`)."""
+    return jax.tree.map(lambda leaf: device_scalar(type(leaf), leaf) if isinstance(leaf, (bool, int, float)) else leaf,
+                        tree)
+
+
+@lru_cache(maxsize=256)
+def device_scalar(kind: type, value: bool | int | float) -> Array:
+    """``value`` (of Python type ``kind``: ``True``, ``1`` and ``1.0`` are equal keys) as a weakly
+    typed device scalar; making one costs about 30 us, and arrays are immutable, so they are shared."""
+    return jnp.asarray(kind(value))
 
 
 def initial_state(price: Array, key: Array, classes: int, clients: int = 0, n_stages: int = 1) -> MarketState:
