@@ -591,37 +591,55 @@ class P2PLLMModel(mesa.Model):
 
     def _run_fused(self, end: int, bar: tqdm) -> None:
         """:meth:`run`'s loop when :attr:`fusable`: one compiled call up to each record (it returns
-        early when reallocation makes a stage outgrow the stage blocks), then the record. A record's
-        host part (statistics, the DataCollector) is taken while the next call's steps run: the
-        record's device part and the next call are dispatched first (:meth:`_start_record`)."""
+        early when reallocation makes a stage outgrow the stage blocks), then the record. While a
+        call's steps run, the host takes the previous record's host part (statistics, the
+        DataCollector; :meth:`_start_record`) and draws the next call's candidates, as if the call
+        does all its steps; when it does not, the generator is back at this call's draws and the
+        next call is drawn again. The generator is never left past the steps done."""
         self._settle()
         recorded = None  # the state of a record whose host part is still to take
-        while self.steps < end:
-            call = self.fused_call(self.steps_to_record(end))
-            results = run_steps(self._state, self.environment, call.steps, self.steps, call.reallocation,
-                                **self._tick_options())
-            if recorded is not None:
-                self._finish_record(recorded)
-            done = self.finish_fused_call(call, *results)
-            bar.update(done)
-            recorded = self._start_record() if self.record_due() else None
+        call = self.fused_call(self.steps_to_record(end)) if self.steps < end else None
+        following = None
+        try:
+            while call is not None:
+                results = run_steps(self._state, self.environment, call.steps, self.steps, call.reallocation,
+                                    **self._tick_options())
+                if recorded is not None:
+                    self._finish_record(recorded)
+                start = self.steps + call.steps
+                following = self.fused_call(self.steps_to_record(end, start), start) if start < end else None
+                drawn_to = self.rng.bit_generator.state
+                done = self.finish_fused_call(call, *results)
+                bar.update(done)
+                recorded = self._start_record() if self.record_due() else None
+                if done < call.steps or self.rng.bit_generator.state != drawn_to:  # stopped early, or replayed
+                    if following is not None and self.rng.bit_generator.state == drawn_to:
+                        self.rng.bit_generator.state = following.drawn_from  # its draws were for steps not reached
+                    following = self.fused_call(self.steps_to_record(end)) if self.steps < end else None
+                call, following = following, None
+        finally:
+            if following is not None:  # interrupted after drawing a call that did not run
+                self.rng.bit_generator.state = following.drawn_from
         if recorded is not None:
             self._finish_record(recorded)
 
-    def steps_to_record(self, end: int) -> int:
-        """Steps from now to the next step that records (a multiple of ``run.record_interval``), or to
-        ``end`` if that comes first."""
+    def steps_to_record(self, end: int, start: int | None = None) -> int:
+        """Steps from ``start`` (default: now) to the next step that records (a multiple of
+        ``run.record_interval``), or to ``end`` if that comes first."""
+        start = self.steps if start is None else start
         record = self.config.run.record_interval
-        return min(self.steps + record - self.steps % record, end) - self.steps
+        return min(start + record - start % record, end) - start
 
-    def fused_call(self, steps: int) -> FusedCall:
-        """What a :func:`~p2pllm_abm.dynamics.run_steps` call of up to ``steps`` steps needs besides the
-        state and environment: each reallocation's candidates drawn beforehand (as
-        :meth:`reallocation_phase` draws them), padded to one shape per model (at most one event per
-        period), so that the call compiles once."""
+    def fused_call(self, steps: int, start: int | None = None) -> FusedCall:
+        """What a :func:`~p2pllm_abm.dynamics.run_steps` call of up to ``steps`` steps after step
+        ``start`` (default: now) needs besides the state and environment: each reallocation's
+        candidates drawn beforehand (as :meth:`reallocation_phase` draws them), padded to one shape
+        per model (at most one event per period), so that the call compiles once. The share weights
+        are the table's now: in a :attr:`fusable` run costs do not depend on the stage, so the moves
+        before ``start`` leave them."""
         alloc, peers = self.config.allocation, self.peers
-        events = [step for step in range(self.steps + 1, self.steps + steps + 1)
-                  if alloc.enabled and step % alloc.period == 0]
+        start = self.steps if start is None else start
+        events = [step for step in range(start + 1, start + steps + 1) if alloc.enabled and step % alloc.period == 0]
         reallocation, drawn_from, candidates = None, self.rng.bit_generator.state, []
         if alloc.enabled:
             candidates = [move_candidates(peers.alive, alloc.move_fraction, self.rng) for _ in events]
