@@ -60,8 +60,8 @@ from .config import (ClientsConfig, Config, ConfigError, dotted_name, most_extre
 from .dynamics import (Environment, Geometry, MarketState, Reallocation, all_finite, device_scalars, grow_state,
                        initial_state, paid_tick_jit, reset_rows, reset_window, run_paid_ticks, run_steps, run_ticks)
 from .load import peer_capacity
-from .economics import market_params
-from .equilibrium import BLOCK_RULES, StageBlocks, certify, padded_size, stage_blocks
+from .economics import MarketParams, market_params
+from .equilibrium import BLOCK_RULES, NashGap, StageBlocks, nash_gap, padded_size, stage_blocks
 from .ledger import MarketLedger
 from .metrics import (EVENT_KINDS, LEDGER_PEER_COLUMNS, PEER_COLUMNS, Columns, PeerTableCollector, RequestClasses,
                       ledger_metric_rows, load_statistics, metric_rows, model_reporters, reported_columns,
@@ -71,7 +71,7 @@ from .pareto import ParetoFrontier, pareto_paths
 from .resources import check_memory
 from .routing import best_path
 from .security import SecurityPhase
-from .welfare import stage_welfare
+from .welfare import Welfare, welfare
 
 
 #: market ticks dispatched and not yet checked at most (each holds its start state and environment)
@@ -135,6 +135,16 @@ def long_lived_objects_frozen() -> Iterator[None]:
         _frozen -= 1
         if _frozen == 0:
             gc.unfreeze()
+
+
+@functools.partial(jax.jit, static_argnames=("n_stages", "with_welfare"))
+def record_measures(price: jax.Array, cost: jax.Array, stage: jax.Array, alive: jax.Array, params: MarketParams,
+                    n_stages: int, with_welfare: bool) -> tuple[NashGap, Welfare | None]:
+    """A record's device part in one call: the Nash certificate of eq. 6
+    (:func:`~p2pllm_abm.equilibrium.nash_gap`) and, ``with_welfare``, every stage's welfare
+    (:func:`~p2pllm_abm.welfare.welfare`) at ``price``."""
+    return (nash_gap(price, cost, stage, alive, params, n_stages),
+            welfare(price, cost, stage, alive, params, n_stages) if with_welfare else None)
 
 
 def spare_rows(cfg: Config) -> int:
@@ -928,11 +938,10 @@ class P2PLLMModel(mesa.Model):
         emptied). Returns the recorded state, for :meth:`_finish_record`."""
         self._settle()
         env = self.environment
-        self.certificate = certify(self._state.price, env.cost, env.stage, env.alive, self._device_params,
-                                   n_stages=self.peers.n_stages)
-        #: per-stage welfare at the recorded prices (p2pllm_abm.welfare; None at alpha = 0)
-        self.welfare = (stage_welfare(self._state.price, env.cost, env.stage, env.alive, self._device_params,
-                                      n_stages=self.peers.n_stages) if self.market_params.alpha > 0 else None)
+        #: the certificate, and the per-stage welfare at the recorded prices (p2pllm_abm.welfare; None at alpha = 0)
+        self.certificate, self.welfare = record_measures(self._state.price, env.cost, env.stage, env.alive,
+                                                         self._device_params, n_stages=self.peers.n_stages,
+                                                         with_welfare=self.market_params.alpha > 0)
         state = self._state
         self._state = reset_window(state)
         return state

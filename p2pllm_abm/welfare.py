@@ -123,10 +123,6 @@ def welfare(price: Array, cost: Array, stage: Array, alive: Array, params: Marke
     )
 
 
-#: :func:`welfare`, compiled once per number of stages
-stage_welfare = jax.jit(welfare, static_argnames=("n_stages",))
-
-
 def welfare_summary(stages: Welfare, params: MarketParams) -> dict[str, Any]:
     """summary.json's ``welfare`` block: per-stage lists and totals (welfare sums over stages; the
     price of anarchy of the totals only with an outside option)."""
