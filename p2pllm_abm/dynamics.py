@@ -38,6 +38,7 @@ from .allocation import reallocation_scan
 from .equilibrium import StageBlocks, block_arrays, price_update, traced_stage_blocks
 from .load import (OUTCOMES, SAMPLE_TICKS, expected_wait, first_failed_column, hop_waits, serve, splice_paths)
 from .network import latency
+from .welfare import record_measures
 from .threefry import register_cpu_lowering
 
 register_cpu_lowering()  # the ticks' random bits, unchanged, in fewer CPU kernels (p2pllm_abm.threefry)
@@ -167,11 +168,13 @@ def reset_rows(state: MarketState, rows: Array, price: Array, fields: tuple[str,
     return state._replace(**fresh)
 
 
-@jax.jit
-def all_finite(state: MarketState) -> Array:
-    """Whether every price and revenue of ``state`` is finite: a scalar on the device, so that
-    asking does not wait for the ticks that compute ``state``."""
+def finite(state: MarketState) -> Array:
+    """Whether every price and revenue of ``state`` is finite."""
     return jnp.isfinite(state.price).all() & jnp.isfinite(state.revenue).all()
+
+
+#: :func:`finite` as a scalar on the device, so that asking does not wait for the ticks that compute ``state``
+all_finite = jax.jit(finite)
 
 
 def grow_state(state: MarketState, rows: int) -> MarketState:
@@ -678,15 +681,28 @@ def first_placement(env: Environment, reallocation: Reallocation | None) -> Plac
     return Placement(env.stage, env.blocks.index, jnp.zeros((), jnp.int32), after, jnp.ones((), bool))
 
 
-@partial(jax.jit, static_argnames=TICK_OPTIONS)
+class StepsDone(NamedTuple):
+    """What a :func:`run_steps` call returns."""
+
+    state: MarketState  #: the final state
+    done: Array  #: the steps done
+    after: Array  #: each event's candidates' stages after their turn ``(events, K)`` (the host applies the moves)
+    stage: Array  #: every peer's stage at the end
+    blocks: StageBlocks  #: the stage blocks at the end (the next call's, when this one did all its steps)
+    #: with ``measure``: the record measures at the final prices (:func:`~p2pllm_abm.welfare.record_measures`)
+    measures: tuple | None
+    finite: Array  #: whether the final prices and revenues are finite (:func:`all_finite`)
+
+
+@partial(jax.jit, static_argnames=(*TICK_OPTIONS, "measure", "with_welfare"))
 def run_steps(state: MarketState, env: Environment, n_steps: Array, first_step: Array,
               reallocation: Reallocation | None, rule: str, routing: str, n_stages: int,
-              load_aware: bool = False) -> tuple[MarketState, Array, Array]:
+              load_aware: bool = False, measure: bool = False, with_welfare: bool = False) -> StepsDone:
     """Steps ``first_step + 1`` to ``first_step + n_steps`` in one compiled loop: each step's tick
     (phases 1-2) and, when due, reallocation (phase 3) with the stage blocks rebuilt in place. It
     stops early after a reallocation that makes a stage outgrow the blocks' width (the shapes are
-    fixed inside the loop). Returns the final state, the steps done, and each event's candidates'
-    stages after their turn ``(events, K)`` (the host applies the moves from them)."""
+    fixed inside the loop). With ``measure`` it also measures the final state for a record (the
+    certificate and, ``with_welfare``, the welfare), in the same call."""
 
     def move(placed: Placement) -> Placement:
         return reallocation_event(placed, env, reallocation, n_stages)
@@ -705,7 +721,9 @@ def run_steps(state: MarketState, env: Environment, n_steps: Array, first_step: 
 
     carry = (jnp.zeros((), jnp.int32), state, first_placement(env, reallocation))
     done, state, placed = jax.lax.while_loop(going, one_step, carry)
-    return state, done, placed.after
+    measures = (record_measures(state.price, env.cost, placed.stage, env.alive, env.params, n_stages, with_welfare)
+                if measure else None)
+    return StepsDone(state, done, placed.after, placed.stage, StageBlocks(placed.index), measures, finite(state))
 
 
 #: the sample buffers, of which a tick writes one row (:func:`paid_tick`)

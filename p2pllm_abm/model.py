@@ -57,11 +57,12 @@ from .allocation import move_candidates, petals_should_move, reallocate, share_w
 from .churn import failing, joining_starts, leaving, newcomers
 from .config import (ClientsConfig, Config, ConfigError, dotted_name, most_extreme_field, to_config,
                      with_parameters)
-from .dynamics import (Environment, Geometry, MarketState, Reallocation, all_finite, device_scalars, grow_state,
-                       initial_state, paid_tick_jit, reset_rows, reset_window, run_paid_ticks, run_steps, run_ticks)
+from .dynamics import (Environment, Geometry, MarketState, Reallocation, StepsDone, all_finite, device_scalars,
+                       grow_state, initial_state, paid_tick_jit, reset_rows, reset_window, run_paid_ticks, run_steps,
+                       run_ticks)
 from .load import peer_capacity
-from .economics import MarketParams, market_params
-from .equilibrium import BLOCK_RULES, NashGap, StageBlocks, nash_gap, padded_size, stage_blocks
+from .economics import market_params
+from .equilibrium import BLOCK_RULES, StageBlocks, padded_size, stage_blocks
 from .ledger import MarketLedger
 from .metrics import (EVENT_KINDS, LEDGER_PEER_COLUMNS, PEER_COLUMNS, Columns, PeerTableCollector, RequestClasses,
                       ledger_metric_rows, load_statistics, metric_rows, model_reporters, reported_columns,
@@ -71,7 +72,7 @@ from .pareto import ParetoFrontier, pareto_paths
 from .resources import check_memory
 from .routing import best_path
 from .security import SecurityPhase
-from .welfare import Welfare, welfare
+from .welfare import record_measures
 
 
 #: market ticks dispatched and not yet checked at most (each holds its start state and environment)
@@ -137,14 +138,8 @@ def long_lived_objects_frozen() -> Iterator[None]:
             gc.unfreeze()
 
 
-@functools.partial(jax.jit, static_argnames=("n_stages", "with_welfare"))
-def record_measures(price: jax.Array, cost: jax.Array, stage: jax.Array, alive: jax.Array, params: MarketParams,
-                    n_stages: int, with_welfare: bool) -> tuple[NashGap, Welfare | None]:
-    """A record's device part in one call: the Nash certificate of eq. 6
-    (:func:`~p2pllm_abm.equilibrium.nash_gap`) and, ``with_welfare``, every stage's welfare
-    (:func:`~p2pllm_abm.welfare.welfare`) at ``price``."""
-    return (nash_gap(price, cost, stage, alive, params, n_stages),
-            welfare(price, cost, stage, alive, params, n_stages) if with_welfare else None)
+#: a record's device part in one call (:func:`~p2pllm_abm.welfare.record_measures`)
+measure_record = jax.jit(record_measures, static_argnames=("n_stages", "with_welfare"))
 
 
 def spare_rows(cfg: Config) -> int:
@@ -601,37 +596,55 @@ class P2PLLMModel(mesa.Model):
 
     def _run_fused(self, end: int, bar: tqdm) -> None:
         """:meth:`run`'s loop when :attr:`fusable`: one compiled call up to each record (it returns
-        early when reallocation makes a stage outgrow the stage blocks), then the record. While a
-        call's steps run, the host takes the previous record's host part (statistics, the
-        DataCollector; :meth:`_start_record`) and draws the next call's candidates, as if the call
-        does all its steps; when it does not, the generator is back at this call's draws and the
-        next call is drawn again. The generator is never left past the steps done."""
+        early when reallocation makes a stage outgrow the stage blocks), which also measures the
+        record (certificate, welfare), then the record's host part. The calls run back to back: each
+        is dispatched before the previous one's results are read, as if that one does all its steps
+        (its candidates drawn, its state and stage blocks the previous call's on the device), so the
+        host takes a record, applies the moves and draws the candidates while the device computes.
+        When a call does not do all its steps (a stage outgrew the blocks, or non-finite results
+        replayed step by step), the next call's results are dropped, the generator goes back to its
+        draws and it is dispatched again from the host's state. An interrupted run leaves the
+        generator where the steps done left it."""
         self._settle()
-        recorded = None  # the state of a record whose host part is still to take
-        call = self.fused_call(self.steps_to_record(end)) if self.steps < end else None
-        following = None
+        options = dict(self._tick_options(), measure=True, with_welfare=self.market_params.alpha > 0)
+        record = self.config.run.record_interval
+        env = self.environment
+
+        def dispatch(call: FusedCall, state: MarketState, env: Environment, start: int) -> tuple[FusedCall, StepsDone]:
+            return call, run_steps(state, env, call.steps, start, call.reallocation, **options)
+
+        running = (dispatch(self.fused_call(self.steps_to_record(end)), self._state, env, self.steps)
+                   if self.steps < end else None)
+        unapplied, drawn_to = (running[0].drawn_from, self.rng.bit_generator.state) if running else (None, None)
         try:
-            while call is not None:
-                results = run_steps(self._state, self.environment, call.steps, self.steps, call.reallocation,
-                                    **self._tick_options())
-                if recorded is not None:
-                    self._finish_record(recorded)
-                start = self.steps + call.steps
-                following = self.fused_call(self.steps_to_record(end, start), start) if start < end else None
-                drawn_to = self.rng.bit_generator.state
-                done = self.finish_fused_call(call, *results)
+            while running is not None:
+                call, results = running
+                start, following = self.steps + call.steps, None
+                if start < end:  # the next call, as if this one does all its steps
+                    following = dispatch(self.fused_call(self.steps_to_record(end, start), start),
+                                         reset_window(results.state) if start % record == 0 else results.state,
+                                         env._replace(stage=results.stage, blocks=results.blocks), start)
+                    drawn_to = self.rng.bit_generator.state
+                done = self.finish_fused_call(call, results.state, results.done, results.after, results.finite)
+                replayed = self._state is not results.state
+                unapplied = following[0].drawn_from if following else None
                 bar.update(done)
-                recorded = self._start_record() if self.record_due() else None
-                if done < call.steps or self.rng.bit_generator.state != drawn_to:  # stopped early, or replayed
+                valid = done == call.steps and not replayed
+                if valid and following is not None:  # the environment the moves leave, as the host would build it
+                    env = self._environment = env._replace(stage=results.stage, blocks=results.blocks)
+                if self.record_due():
+                    self._finish_record(self._start_record(results.measures if not replayed else None))
+                if not valid:
                     if following is not None and self.rng.bit_generator.state == drawn_to:
-                        self.rng.bit_generator.state = following.drawn_from  # its draws were for steps not reached
-                    following = self.fused_call(self.steps_to_record(end)) if self.steps < end else None
-                call, following = following, None
+                        self.rng.bit_generator.state = following[0].drawn_from  # its draws were for steps not reached
+                    env = self.environment
+                    following = (dispatch(self.fused_call(self.steps_to_record(end)), self._state, env, self.steps)
+                                 if self.steps < end else None)
+                    unapplied, drawn_to = (following[0].drawn_from if following else None), self.rng.bit_generator.state
+                running = following
         finally:
-            if following is not None:  # interrupted after drawing a call that did not run
-                self.rng.bit_generator.state = following.drawn_from
-        if recorded is not None:
-            self._finish_record(recorded)
+            if unapplied is not None and self.rng.bit_generator.state == drawn_to:  # interrupted
+                self.rng.bit_generator.state = unapplied
 
     def steps_to_record(self, end: int, start: int | None = None) -> int:
         """Steps from ``start`` (default: now) to the next step that records (a multiple of
@@ -662,13 +675,14 @@ class P2PLLMModel(mesa.Model):
                                                        jnp.asarray(padded), float(alloc.hysteresis), alloc.period))
         return FusedCall(steps, events, candidates, reallocation, drawn_from)
 
-    def finish_fused_call(self, call: FusedCall, state: MarketState, done: jax.Array, after: jax.Array) -> int:
+    def finish_fused_call(self, call: FusedCall, state: MarketState, done: jax.Array, after: jax.Array,
+                          finite: jax.Array | None = None) -> int:
         """Take the results of ``call``'s :func:`~p2pllm_abm.dynamics.run_steps` (the final state, the
         steps done and each event's turns): apply the moves, and when the call stopped early rewind the
         generator to the candidates actually used. A non-finite result is replayed step by step, which
         names the step and peer. Returns the steps done."""
         alloc, peers = self.config.allocation, self.peers
-        if not bool(all_finite(state)):
+        if not bool(all_finite(state) if finite is None else finite):
             self.rng.bit_generator.state = call.drawn_from
             self._run_until(self.steps + call.steps, tqdm(disable=True))
             self._settle()
@@ -932,16 +946,18 @@ class P2PLLMModel(mesa.Model):
     def _record(self) -> None:
         self._finish_record(self._start_record())
 
-    def _start_record(self) -> MarketState:
+    def _start_record(self, measures: tuple | None = None) -> MarketState:
         """A record's device part, dispatched without waiting for it: the Nash certificate and the
-        welfare at the current prices, and the state the run goes on from (the record's windows
-        emptied). Returns the recorded state, for :meth:`_finish_record`."""
+        welfare at the current prices (unless ``measures`` has them: a compiled run measured them),
+        and the state the run goes on from (the record's windows emptied). Returns the recorded
+        state, for :meth:`_finish_record`."""
         self._settle()
-        env = self.environment
+        if measures is None:
+            env = self.environment
+            measures = measure_record(self._state.price, env.cost, env.stage, env.alive, self._device_params,
+                                      n_stages=self.peers.n_stages, with_welfare=self.market_params.alpha > 0)
         #: the certificate, and the per-stage welfare at the recorded prices (p2pllm_abm.welfare; None at alpha = 0)
-        self.certificate, self.welfare = record_measures(self._state.price, env.cost, env.stage, env.alive,
-                                                         self._device_params, n_stages=self.peers.n_stages,
-                                                         with_welfare=self.market_params.alpha > 0)
+        self.certificate, self.welfare = measures
         state = self._state
         self._state = reset_window(state)
         return state

@@ -37,6 +37,7 @@ import numpy as np
 from jax import Array
 
 from .economics import MarketParams, choice_logits, choice_probabilities, outside_logit, stage_logsumexp, unit_cost
+from .equilibrium import NashGap, nash_gap
 
 #: per-stage columns of :class:`Welfare`, in metrics.parquet's order
 WELFARE_METRICS = ("consumer_surplus", "compute_time_bought", "producer_surplus", "social_welfare",
@@ -121,6 +122,14 @@ def welfare(price: Array, cost: Array, stage: Array, alive: Array, params: Marke
         lerner=per_stage(share * markup / jnp.where(price > 0, price, 1.0)),
         elasticity=per_stage(share * elasticity),
     )
+
+
+def record_measures(price: Array, cost: Array, stage: Array, alive: Array, params: MarketParams, n_stages: int,
+                    with_welfare: bool) -> tuple[NashGap, Welfare | None]:
+    """What a record measures at ``price``: the Nash certificate of eq. 6
+    (:func:`~p2pllm_abm.equilibrium.nash_gap`) and, ``with_welfare``, every stage's :func:`welfare`."""
+    return (nash_gap(price, cost, stage, alive, params, n_stages),
+            welfare(price, cost, stage, alive, params, n_stages) if with_welfare else None)
 
 
 def welfare_summary(stages: Welfare, params: MarketParams) -> dict[str, Any]:

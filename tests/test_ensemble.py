@@ -65,8 +65,8 @@ def test_members_that_are_done_keep_their_state_while_the_others_step():
         **models[0]._tick_options())
     assert done.tolist() == steps
     for model, call, member, turns in zip(models, calls, unstack(state), after):
-        alone, alone_done, alone_after = run_steps(model._state, model.environment, call.steps, model.steps,
-                                                   call.reallocation, **model._tick_options())
+        alone, alone_done, alone_after, *_ = run_steps(model._state, model.environment, call.steps, model.steps,
+                                                       call.reallocation, **model._tick_options())
         assert int(alone_done) == call.steps
         np.testing.assert_array_equal(turns, alone_after)
         for name, mine, theirs in zip(member._fields, member, alone):

@@ -131,6 +131,34 @@ def test_the_compiled_run_returns_to_python_where_a_stage_outgrows_the_stage_blo
     assert fused.rng.bit_generator.state == stepped.rng.bit_generator.state  # the same candidates drawn
 
 
+def test_an_interrupted_compiled_run_leaves_the_generator_where_its_steps_left_it(monkeypatch):
+    """The compiled run draws a call's candidates before the previous call's results are read; a
+    run interrupted then (here: Ctrl-C while the record of step 50 is taken, the call for steps
+    51-75 already drawn and dispatched) must not keep those draws: the generator is where stepping
+    to the steps done leaves it, and the run goes on as an uninterrupted one."""
+    cfg = small("run.record_interval=25", experiment="paper_table1")
+    fused, stepped, whole = P2PLLMModel(cfg), P2PLLMModel(cfg), P2PLLMModel(cfg)
+    finish = P2PLLMModel._finish_record
+
+    def interrupted(model, state):
+        if model.steps == 50:
+            raise KeyboardInterrupt
+        finish(model, state)
+
+    monkeypatch.setattr(P2PLLMModel, "_finish_record", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fused.run(100)
+    monkeypatch.setattr(P2PLLMModel, "_finish_record", finish)
+    for _ in range(fused.steps):
+        stepped.step()
+    assert fused.steps == 50
+    assert fused.rng.bit_generator.state == stepped.rng.bit_generator.state
+    fused.run(50)
+    whole.run(100)
+    np.testing.assert_array_equal(fused.peers.price, whole.peers.price)
+    assert fused.rng.bit_generator.state == whole.rng.bit_generator.state
+
+
 @pytest.mark.parametrize("overrides", [["ledger.enabled=true"], ["churn.leave_rate=0.01", "churn.join_rate=2"],
                                        ["clients.routing=path"], ["allocation.reload_steps=2"]])
 def test_runs_that_need_the_host_between_steps_are_not_compiled_whole(overrides):
