@@ -22,8 +22,9 @@ peers back from downtime, leaving, joining, and those that will fail mid-request
 Phases 1-3 are jitted JAX over all peers. Where no phase needs the host between records (no ledger,
 churn, failures or adversaries; eq. 7-8 reallocation of single-stage peers; :attr:`~P2PLLMModel.fusable`),
 :meth:`P2PLLMModel.run` runs every step up to the next record in one compiled call
-(:func:`~p2pllm_abm.dynamics.run_steps`: ticks, and reallocation with its candidates drawn
-beforehand); otherwise it fuses the consecutive steps between two steps that need phases 3-5. Either
+(:func:`~p2pllm_abm.dynamics.run_steps`: ticks, reallocation with its candidates drawn beforehand,
+and the record's certificate and welfare), the calls back to back while the host takes the records;
+otherwise it fuses the consecutive steps between two steps that need phases 3-5. Either
 way it gives the same results, bit for bit, as calling :meth:`~P2PLLMModel.step` repeatedly. With
 the ledger on, the fused call also
 returns every tick's paid hops and the contracts phase settles them step by step afterwards
