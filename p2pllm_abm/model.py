@@ -249,7 +249,6 @@ class P2PLLMModel(mesa.Model):
 
         mkt = cfg.market
         self.market_params = market_params(mkt)
-        self._device_params = device_scalars(self.market_params)  #: what the jitted record functions are passed
         key = jax.random.key(int(noise_seed.generate_state(1)[0]))
         self._state = initial_state(jnp.asarray(self.peers.price), key, self.request_classes.count,
                                     cfg.clients.count, self.peers.n_stages)
@@ -621,18 +620,19 @@ class P2PLLMModel(mesa.Model):
             while running is not None:
                 call, results = running
                 start, following = self.steps + call.steps, None
+                moved_env = env._replace(stage=results.stage, blocks=results.blocks)  # the stages the call's moves leave
                 if start < end:  # the next call, as if this one does all its steps
                     following = dispatch(self.fused_call(self.steps_to_record(end, start), start),
                                          reset_window(results.state) if start % record == 0 else results.state,
-                                         env._replace(stage=results.stage, blocks=results.blocks), start)
+                                         moved_env, start)
                     drawn_to = self.rng.bit_generator.state
                 done = self.finish_fused_call(call, results.state, results.done, results.after, results.finite)
                 replayed = self._state is not results.state
                 unapplied = following[0].drawn_from if following else None
                 bar.update(done)
                 valid = done == call.steps and not replayed
-                if valid and following is not None:  # the environment the moves leave, as the host would build it
-                    env = self._environment = env._replace(stage=results.stage, blocks=results.blocks)
+                if valid and following is not None:  # as the host would build it after the moves
+                    env = self._environment = moved_env
                 if self.record_due():
                     self._finish_record(self._start_record(results.measures if not replayed else None))
                 if not valid:
@@ -955,7 +955,7 @@ class P2PLLMModel(mesa.Model):
         self._settle()
         if measures is None:
             env = self.environment
-            measures = measure_record(self._state.price, env.cost, env.stage, env.alive, self._device_params,
+            measures = measure_record(self._state.price, env.cost, env.stage, env.alive, env.params,
                                       n_stages=self.peers.n_stages, with_welfare=self.market_params.alpha > 0)
         #: the certificate, and the per-stage welfare at the recorded prices (p2pllm_abm.welfare; None at alpha = 0)
         self.certificate, self.welfare = measures
