@@ -158,3 +158,32 @@ def test_the_profile_is_measured_in_the_dtype_asked_for(tmp_path):
     assert profile["metadata"]["reference_probe"] == "1024^3 matmul in bfloat16"
     float32 = profile_shards("tiny", 2, seq_len=16, kv_len=16, threads=1, min_run_time=0.05)
     assert [s["weight_bytes"] for s in profile["stages"]] == [s["weight_bytes"] // 2 for s in float32["stages"]]
+
+
+def test_a_static_cache_gives_the_growing_caches_logits(model):
+    """The static caches the CUDA-graph profile replays: the prompt written at 0.. and a decode
+    step at ``kv_len`` give the growing cache's outputs, and repeating that step (as a replay
+    does) rewrites the same slot with the same result."""
+    first, last = split(model, layer_bounds(model.config.num_hidden_layers, 2))
+    generator = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, model.config.vocab_size, (1, 12), generator=generator)
+    token = torch.randint(0, model.config.vocab_size, (1, 1), generator=generator)
+    growing = [first.new_cache(), last.new_cache()]
+    static = [first.new_cache(13), last.new_cache(13)]
+    for caches in (growing, static):
+        run_chain([first, last], prompt, 0, caches)
+    expected = run_chain([first, last], token, 12, growing)
+    for _ in range(2):
+        torch.testing.assert_close(run_chain([first, last], token, 12, static), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="max_len = 0 is invalid"):
+        first.new_cache(0)
+
+
+def test_cuda_graphs_are_refused_off_a_gpu(capsys):
+    from torch_backend.profile import main
+
+    with pytest.raises(SystemExit) as error:
+        main(["--preset", "tiny", "--stages", "2", "--device", "cpu", "--cuda-graphs", "--out", "/tmp/x.json"])
+    assert error.value.code == 2 and "--cuda-graphs is invalid with --device = 'cpu'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="allowed on a CUDA device only"):
+        profile_shards("tiny", 2, device="cpu", cuda_graphs=True)

@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
-from transformers.cache_utils import DynamicCache  # noqa: E402
+from transformers.cache_utils import DynamicCache, StaticCache  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -125,11 +125,19 @@ class Shard(nn.Module):
     def is_last(self) -> bool:
         return self.head is not None
 
-    def new_cache(self) -> DynamicCache:
-        return DynamicCache(config=self.config)
+    def new_cache(self, max_len: int | None = None) -> DynamicCache | StaticCache:
+        """An empty KV cache for this shard: growing (``DynamicCache``), or preallocated for
+        ``max_len`` tokens (``StaticCache``: fixed addresses, written in place at the tokens'
+        positions, which a CUDA graph's replay needs; only this shard's layers are allocated)."""
+        if max_len is None:
+            return DynamicCache(config=self.config)
+        if max_len < 1:
+            raise ValueError(f"max_len = {max_len} is invalid: allowed >= 1 (tokens)")
+        return StaticCache(config=self.config, max_cache_len=max_len)
 
     @torch.no_grad()
-    def forward(self, inputs: torch.Tensor, position: int, cache: DynamicCache | None = None) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor, position: int,
+                cache: DynamicCache | StaticCache | None = None) -> torch.Tensor:
         """Token ids (first shard) or hidden states ``(batch, tokens, hidden)`` of the tokens at
         positions ``position, position + 1, ...``; returns hidden states, or logits from the last
         shard. ``cache`` (this shard's own) is extended in place."""

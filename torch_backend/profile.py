@@ -14,7 +14,12 @@ overwritten with ``--force``.
 The VM this runs on swings 2-3x within minutes, so every profile records a reference probe (a
 fixed matmul's GFLOP/s in the profile's dtype: 1024^3 on a CPU, 8192^3 on a GPU) and the measured
 memory bandwidth: compare orderings and ratios across profiles, not milliseconds. The shipped CPU
-profile is fp32 (the default); the GPU ones bf16 as served, and one fp32 to compare (``--dtype``).
+profile is fp32 (the default); the GPU ones bf16 as served, and llama-134m in fp32 to compare
+(``--dtype``).
+
+On a GPU, ``--cuda-graphs`` times each step as the replay of a CUDA graph captured over static KV
+caches, as a server runs decode; without it each kernel is launched from Python, and at batch 1
+that times the host's launches, not the GPU (``execution`` in the metadata says which).
 """
 
 from __future__ import annotations
@@ -47,6 +52,22 @@ def device_name(device: torch.device) -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or "cpu"
+
+
+def capture_graph(step: Callable[[], object]) -> torch.cuda.CUDAGraph:
+    """The kernels of ``step`` captured once as a CUDA graph, after three warm-up calls on a side
+    stream (as ``torch.cuda.graph`` requires). Replaying it runs the same kernels on the same
+    buffers without Python's per-kernel launches, as a server's captured decode step does."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph
 
 
 def _measure(stmt: str, setup: str, scope: dict, device: torch.device, threads: int,
@@ -131,9 +152,13 @@ def kv_bytes(shard: Shard, kv_len: int, batch: int, dtype: torch.dtype) -> int:
 
 def profile_shards(preset: str, n_stages: int, batch: int = 1, seq_len: int = 128, kv_len: int = 128,
                    threads: int | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                   min_run_time: float = 1.0, seed: int = 0) -> dict:
-    """The cost profile of ``preset`` split into ``n_stages`` shards (see module docstring)."""
+                   min_run_time: float = 1.0, seed: int = 0, cuda_graphs: bool = False) -> dict:
+    """The cost profile of ``preset`` split into ``n_stages`` shards (see module docstring).
+    ``cuda_graphs``: time each prefill and decode step as the replay of a captured CUDA graph over
+    static KV caches (a GPU only), else eagerly, one Python launch per kernel."""
     device = torch.device(device)
+    if cuda_graphs and device.type != "cuda":
+        raise ValueError(f"cuda_graphs = True is invalid on device = {str(device)!r}: allowed on a CUDA device only")
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     model = build_model(preset, seed, dtype).to(device)
@@ -149,11 +174,20 @@ def profile_shards(preset: str, n_stages: int, batch: int = 1, seq_len: int = 12
 
         scope = {"shard": shard, "prompt": inputs(seq_len), "token": inputs(1), "history": inputs(kv_len),
                  "kv_len": kv_len}
-        prefill = least_spread(lambda: _measure("shard(prompt, 0, shard.new_cache())", "", scope, device, threads,
-                                                min_run_time), f"stage {index} prefill")
-        decode = least_spread(lambda: _measure("shard(token, kv_len, cache); cache.crop(kv_len)",
-                                               "cache = shard.new_cache(); shard(history, 0, cache)", scope, device,
-                                               threads, min_run_time), f"stage {index} decode")
+        if cuda_graphs:  # static caches written in place: the prompt at 0.., the token at kv_len
+            prefill_cache, decode_cache = shard.new_cache(seq_len), shard.new_cache(kv_len + 1)
+            shard(scope["history"], 0, decode_cache)
+            scope["prefill_graph"] = capture_graph(lambda: shard(scope["prompt"], 0, prefill_cache))
+            scope["decode_graph"] = capture_graph(lambda: shard(scope["token"], kv_len, decode_cache))
+            prefill_stmt, decode_stmt, decode_setup = "prefill_graph.replay()", "decode_graph.replay()", ""
+        else:  # a fresh growing cache per prefill; decode appends the token, then crops it off
+            prefill_stmt = "shard(prompt, 0, shard.new_cache())"
+            decode_stmt = "shard(token, kv_len, cache); cache.crop(kv_len)"
+            decode_setup = "cache = shard.new_cache(); shard(history, 0, cache)"
+        prefill = least_spread(lambda: _measure(prefill_stmt, "", scope, device, threads, min_run_time),
+                               f"stage {index} prefill")
+        decode = least_spread(lambda: _measure(decode_stmt, decode_setup, scope, device, threads, min_run_time),
+                              f"stage {index} decode")
         memory_bound = (shard_bytes(shard, dtype) + kv_bytes(shard, kv_len, batch, dtype)) / (bandwidth * 1e9)
         stages.append({
             "stage": index, "layers": [shard.start, shard.end], "first": shard.is_first, "last": shard.is_last,
@@ -172,6 +206,7 @@ def profile_shards(preset: str, n_stages: int, batch: int = 1, seq_len: int = 12
             "preset": preset, "shapes": vars(PRESETS[preset]), "batch": batch, "seq_len": seq_len,
             "kv_len": kv_len, "reference_gflops": probe, "memory_bandwidth_gbs": bandwidth,
             "reference_probe": f"{probe_size}^3 matmul in {str(dtype).removeprefix('torch.')}",
+            "execution": "cuda_graph" if cuda_graphs else "eager",
         },
         "stages": stages,
     }
@@ -181,7 +216,8 @@ def profile_shards(preset: str, n_stages: int, batch: int = 1, seq_len: int = 12
 
 def format_table(profile: dict) -> str:
     meta = profile["metadata"]
-    lines = [f"{meta['preset']} on {meta['device']} ({meta['dtype']}, {meta['threads']} threads), batch "
+    lines = [f"{meta['preset']} on {meta['device']} ({meta['dtype']}, {meta['execution']}, {meta['threads']} "
+             f"threads), batch "
              f"{meta['batch']}, prompt {meta['seq_len']}, KV cache {meta['kv_len']}; probe "
              f"{meta['reference_gflops']:.1f} GFLOP/s, {meta['memory_bandwidth_gbs']:.1f} GB/s",
              "| stage | layers | prefill (ms) | decode (ms) | decode memory bound (ms) | measured / bound |",
@@ -206,6 +242,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
                         help="weights, activations and the reference probe (the shipped CPU profile: float32; "
                              "the GPU ones: bfloat16, as served)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="time each step as the replay of a captured CUDA graph with static KV caches, as "
+                             "servers run decode (a GPU only; default: eager, launch by launch)")
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per timed statement")
     parser.add_argument("--out", type=Path, default=Path("profile.json"))
     parser.add_argument("--force", action="store_true", help=f"overwrite a shipped profile in {PROFILES_DIR}")
@@ -215,8 +254,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("stages", "batch", "seq_len", "kv_len"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} = {getattr(args, name)} is invalid: allowed >= 1")
+    if args.cuda_graphs and not args.device.startswith("cuda"):
+        parser.error(f"--cuda-graphs is invalid with --device = {args.device!r}: allowed with a CUDA device only")
     profile = profile_shards(args.preset, args.stages, args.batch, args.seq_len, args.kv_len, args.threads,
-                             args.device, DTYPES[args.dtype], min_run_time=args.min_run_time)
+                             args.device, DTYPES[args.dtype], min_run_time=args.min_run_time,
+                             cuda_graphs=args.cuda_graphs)
     args.out.write_text(json.dumps(profile, indent=2))
     print(format_table(profile))
     print(f"\nWrote {args.out}")
