@@ -174,6 +174,9 @@ class RunConfig:
     record_interval: int = 50  #: metrics and peer snapshots every this many steps (and at 0, last)
     progress: bool = True  #: show a progress bar
     memory_check: bool = True  #: refuse a run whose estimated memory exceeds what is available (resources.py)
+    #: a fused run of at most 10^4 peers keeps Python on one core and XLA's CPU threads on the others
+    #: (Linux, two cores or more; p2pllm_abm/cores.py)
+    separate_cores: bool = True
     figures: bool = True  #: write PNG figures into the run directory
     #: in a multirun, skip a job whose run directory holds a completed run of the same config
     resume: bool = True

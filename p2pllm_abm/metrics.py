@@ -205,22 +205,24 @@ PERCENTILES = (50, 95, 99)
 
 
 def nan_percentiles(samples: np.ndarray) -> np.ndarray:
-    """:data:`PERCENTILES` of every column of ``samples`` ``(rows, columns)`` ignoring NaN (NaN
-    where a column has none), ``(3, columns)``: ``np.nanpercentile(samples, PERCENTILES, axis=0)``'s
-    numbers (its ``linear`` method: the same order statistics and interpolation arithmetic), for
-    all columns at once by one sort (``np.nanpercentile`` goes column by column, and cost 40% of a
-    record)."""
-    if not len(samples):
-        return np.full((len(PERCENTILES), samples.shape[1]), np.nan)
-    ordered = np.sort(samples, axis=0)  # NaN last
-    count = np.sum(~np.isnan(samples), axis=0)
+    """:data:`PERCENTILES` of every row of ``samples`` ``(groups, values)`` ignoring NaN (NaN where a
+    row has none), ``(3, groups)``: ``np.nanpercentile(samples, PERCENTILES, axis=1)``'s numbers (its
+    ``linear`` method: the same order statistics and interpolation arithmetic), for all rows at once
+    by one sort along contiguous rows (``np.nanpercentile`` goes row by row, and cost 40% of a
+    record; sorting and counting along the first axis of a ``(values, groups)`` array cost twice
+    as much again)."""
+    samples = np.ascontiguousarray(samples)
+    if not samples.shape[1]:
+        return np.full((len(PERCENTILES), samples.shape[0]), np.nan)
+    ordered = np.sort(samples, axis=1)  # NaN last
+    count = samples.shape[1] - np.count_nonzero(np.isnan(samples), axis=1)
     virtual = (count - 1) * np.true_divide(PERCENTILES, 100)[:, None]  # numpy's index of the linear method
     last = np.maximum(count - 1, 0)
     below = np.clip(np.floor(virtual), 0, last).astype(np.intp)
     above = np.minimum(below + 1, last)  # at the largest value: it twice
-    columns = np.arange(samples.shape[1])
-    a, b, gamma = ordered[below, columns], ordered[above, columns], virtual - np.floor(virtual)
-    with np.errstate(invalid="ignore"):  # columns without values
+    groups = np.arange(samples.shape[0])
+    a, b, gamma = ordered[groups, below], ordered[groups, above], virtual - np.floor(virtual)
+    with np.errstate(invalid="ignore"):  # rows without values
         value = np.where(gamma >= 0.5, b - (b - a) * (1 - gamma), a + (b - a) * gamma)
     return np.where(count > 0, value, np.nan)
 
@@ -240,9 +242,10 @@ def load_statistics(peers: PeerTable, state, capacity: bool, classes: RequestCla
         with np.errstate(invalid="ignore", divide="ignore"):
             utilisation = served / np.bincount(stage, weights=np.asarray(state.window_capacity), minlength=m)
     rows = min(int(state.sample_count), np.asarray(state.request_samples).shape[0])
-    hop = nan_percentiles(np.asarray(state.hop_samples)[:rows].reshape(-1, m))
-    times = np.asarray(state.request_samples)[:rows]  # (ticks, clients): each class's column holds its clients' times
-    request = nan_percentiles(np.where(classes.one_hot > 0, times[:, :, None], np.nan).reshape(-1, classes.count))
+    hops = np.asarray(state.hop_samples)[:rows]  # (ticks, clients, stages)
+    hop = nan_percentiles(np.moveaxis(hops, 2, 0).reshape(m, -1))
+    times = np.asarray(state.request_samples)[:rows]  # (ticks, clients): each class's row holds its clients' times
+    request = nan_percentiles(np.where(classes.one_hot.T[:, None, :] > 0, times, np.nan).reshape(classes.count, -1))
     stage_columns = {"throughput": served / ticks, "utilisation": utilisation, "queued": queue,
                      **{f"hop_time_p{q}": v for q, v in zip(PERCENTILES, hop)}}
     class_columns = {"request_throughput": np.asarray(state.class_requests) / ticks,
@@ -455,9 +458,10 @@ def reported_columns(stage_stats: Columns, class_stats: Columns) -> dict[str, An
     """What the model reporters read at a record: every stage metric's column and every reported
     class metric's (as ``<metric>_class``), indexed by stage or class, as in the frames (a
     :data:`NULLABLE_METRICS` column's null reads ``pd.NA``): one lookup per reporter, not a pandas
-    access (126 of them per record for Table 1)."""
-    def column(columns: Columns, name: str) -> Any:
-        values = columns[name]
+    access (126 of them per record for Table 1). The items are Python numbers, which Mesa's
+    ``collect`` copies at once (NumPy scalars it deep-copies one by one: half of a collect)."""
+    def column(columns: Columns, name: str) -> list[Any]:
+        values = columns[name].tolist()
         if name not in NULLABLE_METRICS:
             return values
         return [pd.NA if value != value else value for value in values]  # a nullable column's items: NaN reads NA

@@ -58,6 +58,7 @@ from .allocation import move_candidates, petals_should_move, reallocate, share_w
 from .churn import failing, joining_starts, leaving, newcomers
 from .config import (ClientsConfig, Config, ConfigError, dotted_name, most_extreme_field, to_config,
                      with_parameters)
+from .cores import SMALL_MARKET_PEERS, separate_cores
 from .dynamics import (Environment, Geometry, MarketState, Reallocation, StepsDone, all_finite, device_scalars,
                        grow_state, initial_state, paid_tick_jit, reset_rows, reset_window, run_paid_ticks, run_steps,
                        run_ticks)
@@ -559,7 +560,9 @@ class P2PLLMModel(mesa.Model):
             raise ValueError(f"steps = {steps} is invalid: allowed steps >= 0")
         end = self.steps + steps
         self._in_run = True
-        with long_lived_objects_frozen(), \
+        separate = (self.fusable and self.config.run.separate_cores
+                    and self.config.network.peers <= SMALL_MARKET_PEERS)
+        with long_lived_objects_frozen(), separate_cores(separate), \
                 tqdm(total=steps, disable=not progress, unit="step", desc="p2pllm-sim") as bar:
             try:
                 (self._run_fused if self.fusable else self._run_until)(end, bar)

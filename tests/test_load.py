@@ -231,13 +231,15 @@ def test_failures_with_the_ledger_penalise_failed_hops_and_conserve_money():
 @given(rows=st.integers(0, 30), columns=st.integers(1, 5), missing=st.floats(0.0, 1.0), rounded=st.booleans(),
        seed=st.integers(0, 2**32 - 1))
 def test_load_percentiles_are_numpys_nanpercentile(rows, columns, missing, rounded, seed):
-    """nan_percentiles (all columns by one sort) gives np.nanpercentile's numbers exactly: NaN
-    ignored, columns of one value, ties (rounded samples), and columns without any value (NaN)."""
+    """nan_percentiles (all groups by one sort) gives np.nanpercentile's numbers exactly: NaN
+    ignored, groups of one value, ties (rounded samples), and groups without any value (NaN); the
+    groups as rows, also of a transposed (non-contiguous) view."""
     rng = np.random.default_rng(seed)
     samples = rng.exponential(10.0, (rows, columns))
     samples = np.round(samples) if rounded else samples
     samples[rng.random((rows, columns)) < missing] = np.nan
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN groups
         expected = np.nanpercentile(samples, PERCENTILES, axis=0) if rows else np.full((3, columns), np.nan)
-    np.testing.assert_array_equal(nan_percentiles(samples), expected)
+    np.testing.assert_array_equal(nan_percentiles(samples.T), expected)
+    np.testing.assert_array_equal(nan_percentiles(np.ascontiguousarray(samples.T)), expected)

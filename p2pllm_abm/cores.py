@@ -1,0 +1,72 @@
+"""The host's Python and XLA's CPU threads on separate cores while a small market runs fused.
+
+A fused run (:meth:`~p2pllm_abm.model.P2PLLMModel.run`) overlaps two kinds of work: XLA's thread
+pool runs the compiled steps while the calling Python thread takes the previous record (statistics,
+DataCollector rows) and dispatches the next call. At 200 peers each side needs about one core. The
+operating system moves XLA's pool threads, which hand the steps to one another, across every core,
+so that they keep preempting the Python thread and each other: on this 2-core machine a step took
+32 us (median; 26-45 us) and 22-23 us with the Python thread on one core and XLA's threads on the
+other (``python -m benchmarks.core``, README "Performance"). A large market needs every core for
+XLA's parallel loops (10^5 peers x 16 stages: 6.6 ms a step, 8.4 ms with XLA on one core), so this
+applies to markets of at most :data:`SMALL_MARKET_PEERS` peers (10^4 peers: the same either way).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+#: XLA's CPU client names its pool threads so (``/proc/<pid>/task/<tid>/comm``, Linux)
+XLA_THREAD_PREFIX = "tf_XLAEigen"
+#: the largest market whose fused runs separate the cores (measured: see the module docstring)
+SMALL_MARKET_PEERS = 10_000
+
+
+def xla_threads() -> list[int]:
+    """The native ids of this process's XLA CPU pool threads (none where ``/proc`` is missing)."""
+    tasks = Path("/proc/self/task")
+    found = []
+    for task in tasks.iterdir() if tasks.is_dir() else []:
+        with contextlib.suppress(OSError):  # a thread may end meanwhile
+            if (task / "comm").read_text().startswith(XLA_THREAD_PREFIX):
+                found.append(int(task.name))
+    return found
+
+
+def allowed_threads() -> int:
+    """The cores this process may use, fewer when ``OMP_NUM_THREADS`` says so (a sweep's job given a
+    share of the cores: :func:`~p2pllm_abm.sweep.thread_environment`)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    told = os.environ.get("OMP_NUM_THREADS", "")
+    return min(cores, int(told)) if told.isdigit() and int(told) > 0 else cores
+
+
+@contextlib.contextmanager
+def separate_cores(enabled: bool = True) -> Iterator[bool]:
+    """Inside the block the calling thread runs on the first core this process may use and XLA's
+    pool threads on the others; every affinity changed is restored afterwards. Yields whether it
+    separated them: not when ``enabled`` is false, with fewer than two cores (:func:`allowed_threads`),
+    or without XLA pool threads or thread affinities (not Linux)."""
+    if not enabled or not hasattr(os, "sched_setaffinity") or allowed_threads() < 2:
+        yield False
+        return
+    pool = xla_threads()
+    if not pool:
+        yield False
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    caller = threading.get_native_id()
+    saved = {}
+    for thread, placed in [(caller, {cores[0]}), *((thread, set(cores[1:])) for thread in pool)]:
+        with contextlib.suppress(OSError):
+            saved[thread] = os.sched_getaffinity(thread)
+            os.sched_setaffinity(thread, placed)
+    try:
+        yield True
+    finally:
+        for thread, affinity in saved.items():
+            with contextlib.suppress(OSError):  # a pool thread may have ended
+                os.sched_setaffinity(thread, affinity)
