@@ -174,7 +174,7 @@ class RunConfig:
     record_interval: int = 50  #: metrics and peer snapshots every this many steps (and at 0, last)
     progress: bool = True  #: show a progress bar
     memory_check: bool = True  #: refuse a run whose estimated memory exceeds what is available (resources.py)
-    #: a fused run of at most 10^4 peers keeps Python on one core and XLA's CPU threads on the others
+    #: a fused run of at most 500 peers with clients keeps Python on one core and XLA's CPU threads on the others
     #: (Linux, two cores or more; p2pllm_abm/cores.py)
     separate_cores: bool = True
     figures: bool = True  #: write PNG figures into the run directory

@@ -2,13 +2,18 @@
 
 A fused run (:meth:`~p2pllm_abm.model.P2PLLMModel.run`) overlaps two kinds of work: XLA's thread
 pool runs the compiled steps while the calling Python thread takes the previous record (statistics,
-DataCollector rows) and dispatches the next call. At 200 peers each side needs about one core. The
-operating system moves XLA's pool threads, which hand the steps to one another, across every core,
-so that they keep preempting the Python thread and each other: on this 2-core machine a step took
-32 us (median; 26-45 us) and 22-23 us with the Python thread on one core and XLA's threads on the
-other (``python -m benchmarks.core``, README "Performance"). A large market needs every core for
-XLA's parallel loops (10^5 peers x 16 stages: 6.6 ms a step, 8.4 ms with XLA on one core), so this
-applies to markets of at most :data:`SMALL_MARKET_PEERS` peers (10^4 peers: the same either way).
+DataCollector rows) and dispatches the next call. In a small market with clients each side needs
+about one core. The operating system moves XLA's pool threads, which hand the steps to one
+another, across every core, so that they keep preempting the Python thread and each other. Measured
+on this 2-core machine (64 clients, reallocation every 10 steps, records every 50; a step, median of
+3 x 1,000-2,000 steps, alternating runs):
+
+- 200 peers x 4 stages: 32 -> 22 us with the Python thread on one core and XLA's threads on the other;
+- 500 x 4: 48 -> 44 us; 1,000 x 4: 78 -> 82 us; 2,000 x 8: 147 -> 159 us; 10^4 x 16: 630 -> 790 us
+  (larger markets need both cores for XLA's parallel loops);
+- without clients (the market phases only, 200 peers): 8.2 -> 8.6 us (little host work to overlap).
+
+So it applies to markets of at most :data:`SMALL_MARKET_PEERS` peers with clients.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pathlib import Path
 #: XLA's CPU client names its pool threads so (``/proc/<pid>/task/<tid>/comm``, Linux)
 XLA_THREAD_PREFIX = "tf_XLAEigen"
 #: the largest market whose fused runs separate the cores (measured: see the module docstring)
-SMALL_MARKET_PEERS = 10_000
+SMALL_MARKET_PEERS = 500
 
 
 def xla_threads() -> list[int]:

@@ -560,7 +560,7 @@ class P2PLLMModel(mesa.Model):
             raise ValueError(f"steps = {steps} is invalid: allowed steps >= 0")
         end = self.steps + steps
         self._in_run = True
-        separate = (self.fusable and self.config.run.separate_cores
+        separate = (self.fusable and self.config.run.separate_cores and self.config.clients.count > 0
                     and self.config.network.peers <= SMALL_MARKET_PEERS)
         with long_lived_objects_frozen(), separate_cores(separate), \
                 tqdm(total=steps, disable=not progress, unit="step", desc="p2pllm-sim") as bar:
