@@ -216,9 +216,8 @@ def profile_shards(preset: str, n_stages: int, batch: int = 1, seq_len: int = 12
 
 def format_table(profile: dict) -> str:
     meta = profile["metadata"]
-    lines = [f"{meta['preset']} on {meta['device']} ({meta['dtype']}, {meta['execution']}, {meta['threads']} "
-             f"threads), batch "
-             f"{meta['batch']}, prompt {meta['seq_len']}, KV cache {meta['kv_len']}; probe "
+    lines = [f"{meta['preset']} on {meta['device']} ({meta['dtype']}, {meta['execution']}, {meta['threads']} threads), "
+             f"batch {meta['batch']}, prompt {meta['seq_len']}, KV cache {meta['kv_len']}; probe "
              f"{meta['reference_gflops']:.1f} GFLOP/s, {meta['memory_bandwidth_gbs']:.1f} GB/s",
              "| stage | layers | prefill (ms) | decode (ms) | decode memory bound (ms) | measured / bound |",
              "|---|---|---|---|---|---|"]
