@@ -193,8 +193,8 @@ def test_blocks_built_inside_the_compiled_run_equal_the_hosts(n, n_stages, live,
         assert not bool(traced_stage_blocks(jnp.asarray(stage), jnp.asarray(alive), n_stages, largest - 1)[1])
 
 
-@settings(max_examples=80)
-@given(rows=st.integers(1, 3), n_stages=st.integers(1, 5), width=st.integers(1, 150), clients=st.integers(1, 12),
+@settings(max_examples=40)
+@given(rows=st.integers(1, 3), n_stages=st.integers(1, 5), width=st.integers(1, 120), clients=st.integers(1, 12),
        seed=st.integers(0, 2**32 - 1), integer=st.booleans())
 def test_the_block_search_counts_the_slots_a_comparison_counts(rows, n_stages, width, clients, seed, integer):
     """slots_at_most (the inverse-CDF draw's search, by blocks of about sqrt(width) slots) against
