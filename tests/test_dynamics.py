@@ -133,8 +133,8 @@ def test_path_routing_minimises_noisy_weights_plus_latency(peers, alpha, tempera
     env = environment(peers, np.array([alpha]), home[None, :], params(alpha=alpha, temperature=temperature))
     key = jax.random.split(jax.random.key(seed), 3)[2]
     price = jnp.asarray(peers.price)
-    chosen = np.asarray(path_choices(key, env, price, peers.n_stages)[0])
-    gumbel = np.asarray(peer_noise(key, env, jnp.float64))[0]
+    chosen = np.asarray(jax.jit(path_choices, static_argnums=3)(key, env, price, peers.n_stages)[0])  # one compile
+    gumbel = np.asarray(jax.jit(peer_noise, static_argnums=2)(key, env, jnp.float64))[0]
     score = alpha * peers.price + (1 - alpha) * peers.cost - temperature * gumbel
 
     def value(path):
@@ -148,7 +148,8 @@ def test_path_routing_minimises_noisy_weights_plus_latency(peers, alpha, tempera
         return
     assert path in candidates
     assert value(path) == pytest.approx(min(value(p) for p in candidates), rel=1e-9, abs=1e-9)
-    routed, total_price, total_time = (np.asarray(x)[0] for x in path_totals(jnp.asarray(chosen[None, :]), env, price))
+    routed, total_price, total_time = (np.asarray(x)[0]
+                                       for x in jax.jit(path_totals)(jnp.asarray(chosen[None, :]), env, price))
     assert routed
     assert (total_price, total_time) == pytest.approx(path_objectives(peers, path, home), rel=1e-12)
 
@@ -212,8 +213,8 @@ def test_the_block_search_counts_the_slots_a_comparison_counts(rows, n_stages, w
     if integer:
         cumulative, target = (cumulative * 2.0**50).astype(np.int64), (target * 2.0**50).astype(np.int64)
     expected = np.sum(cumulative[row] <= target[..., None], axis=-1)
-    np.testing.assert_array_equal(np.asarray(slots_at_most(jnp.asarray(cumulative), jnp.asarray(row),
-                                                           jnp.asarray(target))), expected)
+    counted = jax.jit(slots_at_most)(jnp.asarray(cumulative), jnp.asarray(row), jnp.asarray(target))  # one compile
+    np.testing.assert_array_equal(np.asarray(counted), expected)
 
 
 def test_an_environment_with_device_scalars_compiles_the_same_program():
