@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from p2pllm_abm.sweep import available_cores
+from p2pllm_abm.cores import available_cores
 
 from .timing import fmt
 

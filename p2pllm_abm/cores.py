@@ -41,10 +41,15 @@ def xla_threads() -> list[int]:
     return found
 
 
+def available_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def allowed_threads() -> int:
     """The cores this process may use, fewer when ``OMP_NUM_THREADS`` says so (a sweep's job given a
     share of the cores: :func:`~p2pllm_abm.sweep.thread_environment`)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    cores = available_cores()
     told = os.environ.get("OMP_NUM_THREADS", "")
     return min(cores, int(told)) if told.isdigit() and int(told) > 0 else cores
 

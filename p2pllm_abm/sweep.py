@@ -38,6 +38,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .config import Config, to_config
+from .cores import available_cores
 from .paths import file_digest, write_text_atomic
 
 COMPLETE = "complete.json"  #: written last by a finished job
@@ -195,10 +196,6 @@ def thread_environment(threads: int) -> dict[str, str]:
     if threads == 1:
         environment["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
     return environment
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def threads_per_job(launcher: DictConfig | dict) -> int | None:
