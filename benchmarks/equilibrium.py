@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from p2pllm_abm.config import UPDATE_RULES
+from p2pllm_abm.equilibrium import solver_rules
 from p2pllm_abm.economics import MarketParams
 from p2pllm_abm.equilibrium import certify, solve_equilibrium, stable_eta
 
@@ -39,7 +39,7 @@ def main() -> None:
     print(f"64 stages x 1,000 peers; gradient rule at eta = {eta:.4g} (0.8 x stable bound)\n")
     print("| rule | iterations | converged | final gap | final residual | wall time |")
     print("|---|---|---|---|---|---|")
-    for rule in UPDATE_RULES:
+    for rule in solver_rules():
         rule_params = params._replace(eta=eta) if rule == "gradient" else params
         cap = 3000 if rule == "gradient" else 200
 

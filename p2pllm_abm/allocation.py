@@ -14,12 +14,17 @@ paper's Table 1 ends at exactly 50 peers per stage). Both readings share this co
 
 from __future__ import annotations
 
+import heapq
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from .costs import span_sum
 from .equilibrium import padded_size
+from .registries import AllocationRule, allocation_rules
 
 #: relative share differences below this are rounding, not gains (capacities are updated
 #: incrementally, so two exactly equal shares can differ in the last bits)
@@ -220,3 +225,87 @@ def petals_should_move(peer: int, start: np.ndarray, end: np.ndarray, throughput
     if final < initial or final < eps:
         return None
     return target if initial / final < balance_quality - eps else None
+
+
+# -- the built-in allocation rules (registered as a plug-in registers its own) ----------------------
+
+def market_moves(model: Any, candidates: np.ndarray) -> list[tuple[int, int, int]]:
+    """Eq. 7-8 for a model's ``candidates``, each in turn to the stage of its largest share (with
+    stage-dependent costs, eq. 7-8 with ``c_i(s)``)."""
+    alloc, peers = model.config.allocation, model.peers
+    stage_dependent = model.config.network.cost_source == "profile"  # c_i(s) differ between stages
+    _, moves = reallocate(peers.stage_cost if stage_dependent else peers.cost, peers.stage, peers.alive, candidates,
+                          alloc.hysteresis, peers.n_stages, alloc.reading)
+    return moves
+
+
+def least_capacity_stages(capacity: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Eq. 8 for newcomers whose share weight ``w_j`` is the same in every stage, one after another:
+    ``w / (C_l + w)`` is largest where ``C_l`` is smallest, so each takes the stage of least capacity
+    (the first on ties) and adds its weight there; a heap makes it O(k log m). Capacities are
+    compared, not shares: two shares of nearly equal capacities can round to the same float."""
+    heap = [(float(c), stage) for stage, c in enumerate(capacity)]
+    heapq.heapify(heap)
+    starts = np.empty(len(weight), dtype=np.int64)
+    for j, w in enumerate(weight.tolist()):
+        c, stage = heapq.heappop(heap)
+        starts[j] = stage
+        heapq.heappush(heap, (c + w, stage))
+    return starts
+
+
+def market_joins(alloc: Any, stage_cost: np.ndarray, length: np.ndarray, stage_start: np.ndarray,
+                 stage_end: np.ndarray, cost: np.ndarray, counted: np.ndarray, n_stages: int) -> np.ndarray:
+    """Eq. 8 for newcomers of costs ``stage_cost`` ``(k, n_stages)``, one after another (one stage per
+    peer, validated): each to the stage of its largest share, counting itself."""
+    capacity = stage_capacity(cost, stage_start, counted, n_stages, alloc.reading)
+    weight = share_weight(stage_cost, alloc.reading)
+    if (weight == weight[:, :1]).all():  # the same weight everywhere: eq. 8 picks the least capacity
+        return least_capacity_stages(capacity, weight[:, 0])
+    starts = np.zeros(len(length), dtype=np.int64)
+    for j in range(len(length)):
+        starts[j] = joining_stage(weight[j], capacity)
+        capacity[starts[j]] += weight[j, starts[j]]
+    return starts
+
+
+def petals_moves(model: Any, candidates: np.ndarray) -> list[tuple[int, int, int]]:
+    """Petals' rebalancing for each of a model's ``candidates`` in turn (:func:`petals_should_move`):
+    joining (reloading) servers count, as in Petals; the moves as ``(peer, from, to)``."""
+    peers, alloc = model.peers, model.config.allocation
+    start, end = peers.stage_start.copy(), peers.stage_end.copy()
+    counted = peers.alive | model.reloading
+    throughput = 1.0 / peers.cost
+    moves = []
+    for peer in candidates.tolist():
+        target = petals_should_move(peer, start, end, throughput, counted, peers.n_stages, alloc.balance_quality,
+                                    model.rng)
+        if target is not None:
+            span = end[peer] - start[peer]
+            moves.append((peer, int(start[peer]), target))
+            start[peer], end[peer] = target, target + span
+            throughput[peer] = 1.0 / peers.span_cost(np.array([target]), np.array([target + span]),
+                                                     np.array([peer]))[0]
+    return moves
+
+
+def petals_joins(alloc: Any, stage_cost: np.ndarray, length: np.ndarray, stage_start: np.ndarray,
+                 stage_end: np.ndarray, cost: np.ndarray, counted: np.ndarray, n_stages: int) -> np.ndarray:
+    """Petals' block selection for newcomers, one after another: each to the window holding the
+    weakest block."""
+    throughput = block_throughput(stage_start, stage_end, 1.0 / cost, counted, n_stages)
+    starts = np.zeros(len(length), dtype=np.int64)
+    for j in range(len(length)):
+        span = int(min(length[j], n_stages))
+        starts[j] = choose_best_start(throughput, span)
+        own = 1.0 / span_sum(stage_cost[j:j + 1], starts[j:j + 1], starts[j:j + 1] + span)[0]
+        throughput[starts[j]:starts[j] + span] += own
+    return starts
+
+
+allocation_rules.register("market", AllocationRule(
+    moves=market_moves, joins=market_joins, fused=True,
+    doc="the paper's eq. 7-8: to the stage of largest share"))
+allocation_rules.register("petals", AllocationRule(
+    moves=petals_moves, joins=petals_joins, spans=True,
+    doc="Petals' block selection: the span that most raises the weakest stage's throughput"))

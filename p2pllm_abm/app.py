@@ -26,7 +26,8 @@ from matplotlib.figure import Figure
 from mesa.visualization import SolaraViz
 from mesa.visualization.utils import update_counter
 
-from .config import MECHANISMS, UPDATE_RULES
+from .equilibrium import solver_rules
+from .registries import mechanisms
 from .figures import quantile_scale
 from .model import P2PLLMModel
 from .paper import layer_name
@@ -38,14 +39,14 @@ MODEL_PARAMS = {
     "eta": {"type": "SliderFloat", "value": 1.0, "min": 0.1, "max": 10.0, "step": 0.1, "label": "eta (price step)"},
     "temperature": {"type": "SliderFloat", "value": 1.0, "min": 0.1, "max": 5.0, "step": 0.1,
                     "label": "T (choice temperature)"},
-    "update_rule": {"type": "Select", "value": "gradient", "values": list(UPDATE_RULES), "label": "price update rule"},
+    "update_rule": {"type": "Select", "value": "gradient", "values": list(solver_rules()), "label": "price update rule"},
     "peers": {"type": "SliderInt", "value": 200, "min": 20, "max": 2000, "step": 20, "label": "peers"},
     "stages": {"type": "SliderInt", "value": 4, "min": 1, "max": 12, "step": 1, "label": "stages (layers)"},
     "seed": {"type": "InputText", "value": "0", "label": "seed"},
     "ledger.enabled": {"type": "Checkbox", "value": False, "label": "ledger (stake, contracts)"},
     "adversary.fraction": {"type": "SliderFloat", "value": 0.0, "min": 0.0, "max": 0.5, "step": 0.05,
                            "label": "dishonest peers (needs the ledger)"},
-    "verification.mechanism": {"type": "Select", "value": "none", "values": list(MECHANISMS),
+    "verification.mechanism": {"type": "Select", "value": "none", "values": list(mechanisms.names()),
                                "label": "verification (needs the ledger)"},
 }
 

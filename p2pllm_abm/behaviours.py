@@ -28,40 +28,83 @@ applies to the clients instead.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator, Mapping
 
 import numpy as np
 
-from .config import BEHAVIOURS, AdversaryConfig
+from .config import AdversaryConfig
+from .registries import Behaviour, behaviours
 
-CODE = {name: code for code, name in enumerate(BEHAVIOURS)}
-#: behaviours whose outputs are wrong when they cheat
-CHEATERS = np.array([CODE[name] for name in ("lazy", "malicious", "colluding", "sybil")])
+HONEST = "honest"  #: the first behaviour registered: code 0
+
+
+class _Codes(Mapping[str, int]):
+    """Behaviour name -> its int8 code in the peer arrays: its position in the registry (plug-ins' too)."""
+
+    def __getitem__(self, name: str) -> int:
+        names = behaviours.names()
+        if name not in names:
+            raise KeyError(name)
+        return names.index(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(behaviours.names())
+
+    def __len__(self) -> int:
+        return len(behaviours)
+
+
+CODE: Mapping[str, int] = _Codes()
 #: the owner id shared by all colluding peers (one entity); sybil owners follow
 COLLUDERS = -1
+
+
+def codes_where(trait: str) -> np.ndarray:
+    """The codes of the behaviours whose entry has ``trait`` set (``colludes``, ``sybil``, ...)."""
+    return np.array([code for code, entry in enumerate(behaviours.values()) if getattr(entry, trait)], dtype=np.int8)
+
+
+def cheated_outputs(code: np.ndarray, u: np.ndarray, q: float) -> np.ndarray:
+    """Whether each hop (of a peer with behaviour ``code``) returns a wrong output on purpose, from
+    one uniform draw per hop ``u`` and the cheat probability ``q`` (each behaviour's ``cheats``)."""
+    cheated = np.zeros(code.shape, dtype=bool)
+    for c, entry in enumerate(behaviours.values()):
+        if entry.cheats is not None:
+            cheated |= (code == c) & entry.cheats(u, q)
+    return cheated
+
+
+def dropped_requests(code: np.ndarray, u: np.ndarray, p: float) -> np.ndarray:
+    """Whether each hop is dropped (each behaviour's ``drops``, with ``adversary.offline_probability``)."""
+    dropped = np.zeros(code.shape, dtype=bool)
+    for c, entry in enumerate(behaviours.values()):
+        if entry.drops is not None:
+            dropped |= (code == c) & entry.drops(u, p)
+    return dropped
 
 
 @dataclass(frozen=True)
 class Behaviours:
     """A behaviour code and an owner per peer; the stale-channel flag per client."""
 
-    peer: np.ndarray  #: int8 index into BEHAVIOURS
+    peer: np.ndarray  #: int8 index into the behaviour registry
     owner: np.ndarray  #: int64: the peer itself, COLLUDERS, or a sybil owner (< COLLUDERS)
     stale_client: np.ndarray  #: bool per client
 
     @property
     def adversarial(self) -> np.ndarray:
-        return self.peer != CODE["honest"]
+        return self.peer != CODE[HONEST]
 
     def names(self) -> np.ndarray:
-        return np.asarray(BEHAVIOURS)[self.peer]
+        return np.asarray(behaviours.names())[self.peer]
 
     def claimed_cost(self, cost: np.ndarray, factor: float) -> np.ndarray:
         """The cost each peer registers: overclaimers ``factor`` x their true cost."""
-        return np.where(self.peer == CODE["overclaim"], factor * cost, cost)
+        return np.where(np.isin(self.peer, codes_where("overclaims")), factor * cost, cost)
 
     def registration_stake(self, stake: int, min_stake: int) -> np.ndarray:
         """What each peer bonds at registration: sybil identities only ``min_stake``."""
-        return np.where(self.peer == CODE["sybil"], min_stake, stake).astype(np.int64)
+        return np.where(np.isin(self.peer, codes_where("sybil")), min_stake, stake).astype(np.int64)
 
 
 def assign(adversary: AdversaryConfig, n_peers: int, n_clients: int, rng: np.random.Generator) -> Behaviours:
@@ -71,8 +114,8 @@ def assign(adversary: AdversaryConfig, n_peers: int, n_clients: int, rng: np.ran
     else:
         weights = {adversary.behaviour: 1.0}
     total = sum(weights.values())
-    stale_share = weights.pop("stale_channel", 0.0) / total
-    weights.pop("honest", None)
+    stale_share = sum(weights.pop(name) for name in list(weights) if behaviours.get(name).client) / total
+    weights.pop(HONEST, None)
     peer = np.zeros(n_peers, dtype=np.int8)
     chosen = rng.choice(n_peers, size=round(adversary.fraction * (1 - stale_share) * n_peers), replace=False)
     if len(chosen) and weights:
@@ -80,9 +123,31 @@ def assign(adversary: AdversaryConfig, n_peers: int, n_clients: int, rng: np.ran
         p = np.array([weights[name] for name in names])
         peer[chosen] = np.array([CODE[name] for name in names])[rng.choice(len(names), size=len(chosen), p=p / p.sum())]
     owner = np.arange(n_peers, dtype=np.int64)
-    owner[peer == CODE["colluding"]] = COLLUDERS
-    sybils = np.flatnonzero(peer == CODE["sybil"])
+    owner[np.isin(peer, codes_where("colludes"))] = COLLUDERS
+    sybils = np.flatnonzero(np.isin(peer, codes_where("sybil")))
     owner[sybils] = COLLUDERS - 1 - np.arange(len(sybils)) // adversary.sybil_identities
     stale_client = np.zeros(n_clients, dtype=bool)
     stale_client[rng.choice(n_clients, size=round(adversary.fraction * stale_share * n_clients), replace=False)] = True
     return Behaviours(peer, owner, stale_client)
+
+
+# -- the built-in behaviours (registered as a plug-in registers its own; honest first: code 0) -------
+
+def _at_rate(u: np.ndarray, q: float) -> np.ndarray:
+    return u < q
+
+
+def _always(u: np.ndarray, q: float) -> np.ndarray:
+    return np.ones(np.shape(u), dtype=bool)
+
+
+behaviours.register(HONEST, Behaviour(doc="serves every request as promised"))
+behaviours.register("lazy", Behaviour(cheats=_at_rate, doc="skips its layers with probability q"))
+behaviours.register("malicious", Behaviour(cheats=_always, doc="returns wrong outputs on every request"))
+behaviours.register("overclaim", Behaviour(overclaims=True, doc="registers overclaim_factor x its true cost"))
+behaviours.register("stale_channel", Behaviour(client=True, doc="a client closing its channel on a stale state"))
+behaviours.register("colluding", Behaviour(cheats=_at_rate, colludes=True,
+                                           doc="lazy, and all colluders are one entity whose wrong outputs agree"))
+behaviours.register("sybil", Behaviour(cheats=_at_rate, sybil=True,
+                                       doc="lazy, with sybil_identities identities per owner at ledger.min_stake"))
+behaviours.register("offline", Behaviour(drops=_at_rate, doc="drops a request with offline_probability"))

@@ -47,7 +47,8 @@ import pandas as pd
 from scipy.optimize import least_squares, minimize
 from tqdm.auto import tqdm
 
-from .config import ALLOCATION_READINGS, Config, field_value, load_config
+from .config import ALLOCATION_READINGS, Config, field_value, load_config, price_rule_options
+from .registries import price_rules
 from .economics import MarketParams, market_params
 from .equilibrium import price_update, sensitivities, solve_equilibrium
 from .paper import REFERENCES
@@ -65,7 +66,10 @@ ALLOCATION_FITTABLE = {"allocation.move_fraction": np.geomspace(0.005, 0.5, 21)}
 #: fields that move the equilibrium (fitted first on the last checkpoint by implicit differentiation)
 STEADY_STATE = ("market.temperature", "market.alpha")
 #: price rules the replay supports (those that need no per-stage blocks and read no requests)
-REPLAY_RULES = ("gradient", "best_response", "fixed_point")
+def replay_rules() -> tuple[str, ...]:
+    """The price rules a schedule can be replayed with: deterministic maps of prices that read no
+    stage blocks (the blocks change with every reallocation)."""
+    return tuple(name for name, rule in price_rules.items() if rule.solver and not rule.reads_blocks)
 
 
 class Schedule(NamedTuple):
@@ -103,7 +107,7 @@ def allocation_schedule(cfg: Config, steps: int) -> Schedule:
 
 @partial(jax.jit, static_argnames=("rule", "period", "n_stages"))
 def replay_prices(stages: jax.Array, cost: jax.Array, alive: jax.Array, params: MarketParams,
-                  initial_price: float | jax.Array, damping: float, rule: str, period: int,
+                  initial_price: float | jax.Array, options: dict, rule: str, period: int,
                   n_stages: int) -> jax.Array:
     """Prices after each reallocation period, ``(periods + 1, n)`` (row 0: the start): period ``k``
     runs ``period`` updates of ``rule`` on the stages ``stages[k]``, as the model's steps do."""
@@ -111,7 +115,7 @@ def replay_prices(stages: jax.Array, cost: jax.Array, alive: jax.Array, params: 
 
     def one_period(price, stage):
         def update(_, p):
-            return price_update(rule, p, cost, stage, alive, params, n_stages, None, damping)
+            return price_update(rule, p, cost, stage, alive, params, n_stages, None, options)
 
         price = jax.lax.fori_loop(0, period, update, price)
         return price, price
@@ -168,10 +172,10 @@ def replay_table(cfg: Config, schedule: Schedule, steps: Sequence[int]) -> Table
 
 def _price_rows(cfg: Config, schedule: Schedule, rows: jax.Array, params: MarketParams, initial_price) -> jax.Array:
     rule = cfg.market.update_rule
-    if rule not in REPLAY_RULES:
-        raise ValueError(f"market.update_rule = {rule!r} is invalid for calibration: allowed one of {REPLAY_RULES}")
+    if rule not in replay_rules():
+        raise ValueError(f"market.update_rule = {rule!r} is invalid for calibration: allowed one of {replay_rules()}")
     stages, alive = jnp.asarray(schedule.stages), jnp.asarray(schedule.alive)
-    prices = replay_prices(stages, jnp.asarray(schedule.cost), alive, params, initial_price, cfg.market.damping,
+    prices = replay_prices(stages, jnp.asarray(schedule.cost), alive, params, initial_price, price_rule_options(cfg),
                            rule, schedule.period, cfg.network.stages)
     return jax.vmap(lambda p, s: stage_means(p, s, alive, cfg.network.stages))(prices[rows], stages[rows])
 

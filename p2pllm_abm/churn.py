@@ -19,14 +19,13 @@ state (:meth:`~p2pllm_abm.model.P2PLLMModel.membership_phase`).
 
 from __future__ import annotations
 
-import heapq
 from typing import NamedTuple
 
 import numpy as np
 
-from .allocation import block_throughput, choose_best_start, joining_stage, share_weight, stage_capacity
 from .config import Config, initial_distribution
-from .costs import load_profile, span_sum, stage_times
+from .costs import load_profile, stage_times
+from .registries import allocation_rules
 
 
 class Newcomers(NamedTuple):
@@ -69,26 +68,11 @@ def newcomers(cfg: Config, rng: np.random.Generator) -> Newcomers:
     return Newcomers(stage_cost, length, rng.uniform(0.0, 1.0, size=(count, 2)))
 
 
-def least_capacity_stages(capacity: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """Eq. 8 for newcomers whose share weight ``w_j`` is the same in every stage, one after another:
-    ``w / (C_l + w)`` is largest where ``C_l`` is smallest, so each takes the stage of least capacity
-    (the first on ties) and adds its weight there; a heap makes it O(k log m). Capacities are
-    compared, not shares: two shares of nearly equal capacities can round to the same float."""
-    heap = [(float(c), stage) for stage, c in enumerate(capacity)]
-    heapq.heapify(heap)
-    starts = np.empty(len(weight), dtype=np.int64)
-    for j, w in enumerate(weight.tolist()):
-        c, stage = heapq.heappop(heap)
-        starts[j] = stage
-        heapq.heappush(heap, (c + w, stage))
-    return starts
-
-
 def joining_starts(cfg: Config, arrivals: Newcomers, stage_start: np.ndarray, stage_end: np.ndarray,
                    cost: np.ndarray, counted: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The first stage of each newcomer, one after another (each sees the ones placed before it):
-    eq. 8 (``allocation.rule = market``), Petals' block selection (``petals``) or, with allocation off,
-    drawn in the initial distribution's proportions. ``cost`` is every peer's current cost; ``counted``
+    the allocation rule's ``joins`` (eq. 8 for ``market``, Petals' block selection for ``petals``) or, with
+    allocation off, drawn in the initial distribution's proportions. ``cost`` is every peer's current cost; ``counted``
     marks the peers already placed (live, and for Petals also reloading)."""
     n_stages = cfg.network.stages
     k = len(arrivals.length)
@@ -97,20 +81,5 @@ def joining_starts(cfg: Config, arrivals: Newcomers, stage_start: np.ndarray, st
         shares = np.asarray(initial_distribution(cfg.network), dtype=float)
         start = rng.choice(n_stages, size=k, p=shares / shares.sum())
         return np.minimum(start, n_stages - np.minimum(arrivals.length, n_stages))
-    starts = np.zeros(k, dtype=np.int64)
-    if alloc.rule == "market":  # one stage per peer (validated)
-        capacity = stage_capacity(cost, stage_start, counted, n_stages, alloc.reading)
-        weight = share_weight(arrivals.stage_cost, alloc.reading)
-        if (weight == weight[:, :1]).all():  # the same weight everywhere: eq. 8 picks the least capacity
-            return least_capacity_stages(capacity, weight[:, 0])
-        for j in range(k):
-            starts[j] = joining_stage(weight[j], capacity)
-            capacity[starts[j]] += weight[j, starts[j]]
-        return starts
-    throughput = block_throughput(stage_start, stage_end, 1.0 / cost, counted, n_stages)
-    for j in range(k):
-        length = int(min(arrivals.length[j], n_stages))
-        starts[j] = choose_best_start(throughput, length)
-        own = 1.0 / span_sum(arrivals.stage_cost[j:j + 1], starts[j:j + 1], starts[j:j + 1] + length)[0]
-        throughput[starts[j]:starts[j] + length] += own
-    return starts
+    return allocation_rules.get(alloc.rule).joins(alloc, arrivals.stage_cost, arrivals.length, stage_start,
+                                                  stage_end, cost, counted, n_stages)

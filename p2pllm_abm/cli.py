@@ -27,7 +27,8 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from .compile_cache import enable_compilation_cache
-from .config import CONF_DIR, Config, ConfigError, RunConfig, check_group_choice, check_override, first_line
+from .config import (CONF_DIR, Config, ConfigError, RunConfig, check_group_choice, check_override, first_line,
+                     register_schema, validate_plugins)
 from .metrics import convergence_objective, reset_peak_memory, stage_rows, write_parquet, write_run_outputs
 from .ensemble import Ensemble, runs_ensemble
 from .model import P2PLLMModel
@@ -201,10 +202,15 @@ def main() -> None:
     arguments = sys.argv[1:]
     try:
         check_group_choices(arguments)
-        for name, value in override_fields(arguments):
+        fields = override_fields(arguments)
+        for name, value in fields:  # plug-ins first: the names they register are valid below
+            if name.lstrip("+~") == "run.plugins":
+                validate_plugins(value)
+        for name, value in fields:
             check_override(name, value)
     except ConfigError as error:
         refuse(error)
+    register_schema()
     for argument in arguments:  # Hydra creates these itself, and fails with a traceback
         key, _, value = argument.partition("=")
         if key in ("hydra.run.dir", "hydra.sweep.dir"):

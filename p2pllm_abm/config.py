@@ -24,19 +24,15 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .costs import COST_METRICS, PROFILED, ProfileError, devices, load_profile, resolve_profile
 from .paths import CONF_DIR
+from .registries import (MARKET_SCALE, PluginError, Registry, allocation_rules, behaviours, load_plugins, mechanisms,
+                         price_rules, routings)
 
 
-UPDATE_RULES = ("gradient", "best_response", "sequential_best_response", "fixed_point", "newton")
-#: price rules of a run: the equilibrium rules above, and "observed" (learned from realised revenue)
-PRICE_RULES = (*UPDATE_RULES, "observed")
 ALPHA_DISTRIBUTIONS = ("fixed", "uniform", "beta")
-ROUTINGS = ("stage", "path", "petals")
-#: how peers choose their stages: the paper's eq. 7-8 ("market") or Petals' bottleneck rule ("petals")
-ALLOCATION_RULES = ("market", "petals")
 #: the market's scales (prices, step size, demand, T and 1/T, costs) stay within [1/SCALE, SCALE]: the
 #: equilibrium's price differences are of order T/alpha, and float64 resolves them next to prices,
 #: costs and their products only while those stay within a few orders of magnitude of each other
-SCALE = 1e6
+SCALE = MARKET_SCALE
 MAX_CLASSES = 10_000  #: request classes (alpha bins) at most
 BEYOND = " (beyond that float64 cannot keep the market's arithmetic finite and exact)"
 #: what eq. 7's share of a stage counts: inverse compute cost (as written) or peers
@@ -44,8 +40,6 @@ ALLOCATION_READINGS = ("compute_share", "head_count")
 COST_SOURCES = ("uniform", "profile")
 REFERENCES = ("paper_table1",)
 LEDGER_BACKENDS = ("python", "evm")
-BEHAVIOURS = ("honest", "lazy", "malicious", "overclaim", "stale_channel", "colluding", "sybil", "offline")
-MECHANISMS = ("none", "spot_check", "redundancy", "optimistic", "dispute_game")
 FINGERPRINTS = ("exact", "topk")
 VERIFICATION_PAYERS = ("client", "peer")
 LEDGER_CHOICES = {"fee_destination": ("proposer", "burn"), "sharding": ("stage", "none"),
@@ -54,6 +48,23 @@ LEDGER_CHOICES = {"fee_destination": ("proposer", "burn"), "sharding": ("stage",
 #: the ledger's int64 balances stay exact below this (p2pllm_abm.ledger.accounts.MAX_SUPPLY); no integer
 #: field may exceed it either
 _MAX_AMOUNT = 2**62
+
+
+#: today's tuples of names, now read from the registries when asked for (module ``__getattr__``)
+_NAMES = {
+    "UPDATE_RULES": lambda: tuple(name for name, rule in price_rules.items() if rule.solver),
+    "PRICE_RULES": price_rules.names,
+    "ROUTINGS": routings.names,
+    "ALLOCATION_RULES": allocation_rules.names,
+    "MECHANISMS": mechanisms.names,
+    "BEHAVIOURS": behaviours.names,
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        return _NAMES[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -104,6 +115,9 @@ class MarketConfig:
     marginal_cost: float = 0.0
     #: w_0, the weight of a no-purchase alternative in every stage's logit (null: none, the paper)
     outside_option: Optional[float] = None
+    #: parameters of a plug-in price rule by name (its registry entry lists them, with defaults and
+    #: ranges); the built-in rules' parameters are the fields above (damping, exploration, baseline_rate)
+    rule_params: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -186,6 +200,10 @@ class RunConfig:
     #: point of their grid, each with its replicates (p2pllm_abm.ensemble). null: none. (A dict typed
     #: Any: Hydra cannot assign new keys to a typed dict, nor a dict to an Optional one.)
     ensemble: Any = None
+    #: modules to import before the config is validated: each registers its own price rules, mechanisms,
+    #: behaviours, allocation rules or routings (p2pllm_abm.registries; see docs/plugins). Installed
+    #: packages' entry points (group p2pllm_abm.plugins) are imported too
+    plugins: list[str] = field(default_factory=list)
     #: keep compiled programs on disk for later processes (p2pllm_abm.compile_cache): "auto"
     #: ($P2PLLM_ABM_COMPILATION_CACHE, else ~/.cache/p2pllm-abm/jax), a directory, or null (none)
     compilation_cache: Optional[str] = "auto"
@@ -232,9 +250,9 @@ class AdversaryConfig:
 
     #: share of peers given a dishonest behaviour (of clients, for stale_channel)
     fraction: float = 0.0
-    behaviour: str = "lazy"  #: one of BEHAVIOURS but honest, or "mix" (weights in ``mix``)
+    behaviour: str = "lazy"  #: a registered behaviour but honest (p2pllm_abm.registries.behaviours), or "mix"
     #: behaviour -> weight, with behaviour = mix (override single weights: adversary.mix.lazy=2)
-    mix: dict[str, float] = field(default_factory=lambda: dict.fromkeys(BEHAVIOURS, 0.0))
+    mix: dict[str, float] = field(default_factory=lambda: dict.fromkeys(behaviours.names(), 0.0))
     #: q: lazy, colluding and sybil peers skip their layers on a request with this probability
     #: (malicious peers always return wrong outputs)
     cheat_probability: float = 0.5
@@ -295,7 +313,11 @@ class Config:
     seed: int = 0  #: one seed decides the whole run
 
 
-ConfigStore.instance().store(name="p2pllm_schema", node=Config)
+def register_schema() -> None:
+    """Store :class:`Config` in Hydra's ConfigStore as ``p2pllm_schema`` (``conf/config.yaml``'s first
+    default). Called by the entry points before Hydra composes, after plug-ins are loaded, so that the
+    schema's defaults (``adversary.mix``'s keys) name every registered behaviour."""
+    ConfigStore.instance().store(name="p2pllm_schema", node=Config)
 
 
 class ConfigError(ValueError):
@@ -321,11 +343,24 @@ def schema_keys() -> frozenset[str]:
     return frozenset(walk(OmegaConf.to_container(OmegaConf.structured(Config)), ""))
 
 
+def _registry_keys(name: str) -> list[str] | None:
+    """The valid dotted names beside ``name`` when its parent is a dict field keyed by a registry's
+    names (``adversary.mix.<behaviour>``, a plug-in's too); ``market.rule_params.<name>`` takes any
+    name, checked by :func:`validate` against the chosen rule's parameters. ``None`` elsewhere."""
+    parent, _, key = name.rpartition(".")
+    if parent == "adversary.mix":
+        return [f"{parent}.{behaviour}" for behaviour in behaviours.names()]
+    if parent == "market.rule_params":
+        return [name]
+    return None
+
+
 def check_field_name(name: str, value: Any) -> None:
     """Refuse a dotted ``name`` that is not in the schema, naming the nearest valid one."""
-    if name in schema_keys():
+    keyed = _registry_keys(name)
+    if name in (keyed if keyed is not None else schema_keys()):
         return
-    nearest = difflib.get_close_matches(name, sorted(schema_keys()), n=1, cutoff=0.5)
+    nearest = difflib.get_close_matches(name, sorted(keyed or schema_keys()), n=1, cutoff=0.5)
     hint = f"did you mean {nearest[0]!r}?" if nearest else "see p2pllm_abm/config.py for every field"
     raise ConfigError(name, value, f"a field of the schema ({name!r} is not one; {hint})")
 
@@ -431,12 +466,25 @@ def _validate_cost_source(net: NetworkConfig) -> None:
              mix, "finite weights >= 0, not all 0")
 
 
+def validate_plugins(plugins: Any) -> None:
+    """Import ``run.plugins`` (and installed entry points), or a :class:`ConfigError` naming the module."""
+    _require(isinstance(plugins, (list, tuple)), "run.plugins", plugins, "a list of module names")
+    try:
+        load_plugins(list(plugins))
+    except PluginError as error:
+        raise ConfigError("run.plugins", error.module, f"modules that import and register plug-ins ({error.reason})") \
+            from None
+
+
 def validate(cfg: Config) -> Config:
     """Check every field's range and the fields' consistency; return ``cfg`` unchanged.
 
     Raises :class:`ConfigError` naming the first offending field, its value and what is allowed.
+    The plug-ins of ``run.plugins`` (and installed entry points) are imported first: their names are
+    then valid choices.
     """
     net, mkt, alloc, cli, run, rep = cfg.network, cfg.market, cfg.allocation, cfg.clients, cfg.run, cfg.report
+    validate_plugins(run.plugins)
     for name, value in _leaves(dataclasses.asdict(cfg)):  # every integer field
         _require(not isinstance(value, int) or isinstance(value, bool) or abs(value) <= _MAX_AMOUNT, name, value,
                  f"an integer of magnitude <= 2**62 = {_MAX_AMOUNT} (int64 holds it)")
@@ -471,32 +519,30 @@ def validate(cfg: Config) -> Config:
              mkt.temperature, f"{1 / SCALE:g} <= T <= {SCALE:g}{BEYOND}")
     _require(_finite(mkt.demand) and 0 < mkt.demand <= SCALE, "market.demand", mkt.demand,
              f"0 < D <= {SCALE:g}{BEYOND}")
-    _require(mkt.update_rule in PRICE_RULES, "market.update_rule", mkt.update_rule, f"one of {PRICE_RULES}")
-    if mkt.update_rule == "observed":
+    rule = _entry(price_rules, mkt.update_rule)
+    if rule.needs_requests:
         _require(cfg.clients.count >= 1, "clients.count", cfg.clients.count,
-                 "an integer >= 1 with market.update_rule = 'observed' (peers learn from the requests they see)")
+                 f"an integer >= 1 with market.update_rule = {mkt.update_rule!r} (peers learn from the requests "
+                 "they see)")
         _require(not cfg.ledger.enabled, "ledger.enabled", cfg.ledger.enabled,
-                 "false with market.update_rule = 'observed' (the ledger settles the peers' own prices, not the "
-                 "perturbed ones the rule posts)")
-    _require(_finite(mkt.exploration) and 0 < mkt.exploration <= SCALE, "market.exploration", mkt.exploration,
-             f"0 < delta <= {SCALE:g}{BEYOND}")
-    _require(_finite(mkt.baseline_rate) and 0 < mkt.baseline_rate <= 1, "market.baseline_rate", mkt.baseline_rate,
-             "0 < beta <= 1")
-    _require(mkt.update_rule in ("gradient", "observed") or mkt.alpha > 0, "market.alpha", mkt.alpha,
+                 f"false with market.update_rule = {mkt.update_rule!r} (the ledger settles the peers' own prices, "
+                 "not the ones the rule posts)")
+    _validate_rule_params(cfg)
+    _require(rule.zero_alpha or mkt.alpha > 0, "market.alpha", mkt.alpha,
              f"alpha > 0 with market.update_rule = {mkt.update_rule!r} (at alpha = 0 no best response exists)")
-    _require(_finite(mkt.damping) and 0 < mkt.damping <= 1, "market.damping", mkt.damping, "0 < damping <= 1")
     _require(_finite(mkt.marginal_cost) and 0 <= mkt.marginal_cost <= SCALE, "market.marginal_cost",
              mkt.marginal_cost, f"0 <= kappa <= {SCALE:g} (0: revenue, the paper's eq. 2){BEYOND}")
     _require(mkt.outside_option is None or (_finite(mkt.outside_option) and abs(mkt.outside_option) <= SCALE),
              "market.outside_option", mkt.outside_option, f"null (no outside option) or a weight |w_0| <= {SCALE:g}{BEYOND}")
-    _require(mkt.outside_option is None or cfg.clients.routing == "stage", "market.outside_option",
-             mkt.outside_option, "null with clients.routing = 'path' (the outside option is a per-stage choice)")
+    routing = _entry(routings, cfg.clients.routing)
+    _require(mkt.outside_option is None or routing.outside_option, "market.outside_option", mkt.outside_option,
+             f"null with clients.routing = {cfg.clients.routing!r} (the outside option is a per-stage choice)")
 
     single_stage = all(q == 0 for q in probs[1:])
-    _require(alloc.rule in ALLOCATION_RULES, "allocation.rule", alloc.rule, f"one of {ALLOCATION_RULES}")
-    _require(not alloc.enabled or alloc.rule == "petals" or single_stage, "allocation.enabled", alloc.enabled,
-             "false, or allocation.rule = 'petals', when network.span_length_probs allows spans longer than one "
-             "stage (eq. 7-8 move peers between single stages)")
+    span_rules = [name for name, entry in allocation_rules.items() if entry.spans]
+    _require(not alloc.enabled or _entry(allocation_rules, alloc.rule).spans or single_stage, "allocation.enabled",
+             alloc.enabled, f"false, or allocation.rule one of {span_rules}, when network.span_length_probs allows "
+             "spans longer than one stage (eq. 7-8 move peers between single stages)")
     _require(_finite(alloc.balance_quality) and 0 <= alloc.balance_quality <= 1, "allocation.balance_quality",
              alloc.balance_quality, "0 <= quality <= 1 (0: never rebalance; Petals uses 0.75)")
     _require(isinstance(alloc.reload_steps, int) and 0 <= alloc.reload_steps <= 10**6, "allocation.reload_steps",
@@ -514,9 +560,9 @@ def validate(cfg: Config) -> Config:
     _require(cli.count >= 0, "clients.count", cli.count, "an integer >= 0")
     _require(_finite(cli.request_rate) and 0.0 < cli.request_rate <= 1.0, "clients.request_rate",
              cli.request_rate, "0 < rate <= 1 (probability of one request per client per step)")
-    _require(cli.routing in ROUTINGS, "clients.routing", cli.routing, f"one of {ROUTINGS}")
-    _require(cli.routing != "stage" or single_stage, "clients.routing", cli.routing,
-             "'path' or 'petals' when network.span_length_probs allows spans longer than one stage")
+    span_routings = [name for name, entry in routings.items() if entry.spans]
+    _require(routing.spans or single_stage, "clients.routing", cli.routing,
+             f"one of {span_routings} when network.span_length_probs allows spans longer than one stage")
     _require(_finite(cli.hop_overhead_ms) and 0 <= cli.hop_overhead_ms <= SCALE, "clients.hop_overhead_ms",
              cli.hop_overhead_ms, f"0 <= overhead <= {SCALE:g} ms")
     _validate_load(cfg)
@@ -622,20 +668,51 @@ def _validate_load(cfg: Config) -> None:
              "peers at start)")
 
 
+def _entry(registry: Registry, name: Any) -> Any:
+    """The entry ``name`` of ``registry``, or a :class:`ConfigError` naming the field and the names."""
+    _require(isinstance(name, str) and name in registry, registry.field, name,
+             f"one of {registry.names()} (or a name a plug-in registers: run.plugins)")
+    return registry.get(name)
+
+
+def _validate_rule_params(cfg: Config) -> None:
+    """Every built-in price-rule parameter that has a config field (whatever the rule, as always),
+    and the chosen rule's parameters in ``market.rule_params`` (no other key)."""
+    for rule in price_rules.values():
+        for parameter in rule.parameters:
+            if parameter.field is not None:
+                value = field_value(cfg, parameter.field)
+                _require(parameter.allows(value), parameter.field, value, parameter.allowed())
+    given = dict(cfg.market.rule_params or {})
+    free = {p.name: p for p in price_rules.get(cfg.market.update_rule).parameters if p.field is None}
+    for name, value in given.items():
+        _require(name in free, f"market.rule_params.{name}", value,
+                 f"a parameter of market.update_rule = {cfg.market.update_rule!r}: one of {sorted(free)}")
+        _require(free[name].allows(value), f"market.rule_params.{name}", value, free[name].allowed())
+
+
+def price_rule_options(cfg: Config) -> dict[str, float]:
+    """The chosen price rule's parameters by name: a built-in's from its config field, a plug-in's
+    from ``market.rule_params`` (its default where absent)."""
+    given = dict(cfg.market.rule_params or {})
+    return {p.name: float(field_value(cfg, p.field)) if p.field else float(given.get(p.name, p.default))
+            for p in price_rules.get(cfg.market.update_rule).parameters}
+
+
 def _validate_security(cfg: Config) -> None:
     adv, ver = cfg.adversary, cfg.verification
     _require(_finite(adv.fraction) and 0.0 <= adv.fraction <= 1.0, "adversary.fraction", adv.fraction, "0 <= fraction <= 1")
-    _require(ver.mechanism in MECHANISMS, "verification.mechanism", ver.mechanism, f"one of {MECHANISMS}")
-    if adv.fraction == 0 and ver.mechanism == "none":
+    mechanism = _entry(mechanisms, ver.mechanism)
+    if adv.fraction == 0 and not mechanism.checks:
         return
     _require(cfg.ledger.enabled, "ledger.enabled", cfg.ledger.enabled,
              "true with adversaries or verification (stake, SLAs and slashing live on the ledger)")
-    allowed = (*BEHAVIOURS[1:], "mix")
+    allowed = (*behaviours.names()[1:], "mix")
     _require(adv.behaviour in allowed, "adversary.behaviour", adv.behaviour, f"one of {allowed}")
     if adv.behaviour == "mix":
-        mix = dict(adv.mix)
-        _require(len(mix) > 0 and all(name in BEHAVIOURS for name in mix) and all(_finite(w) and w >= 0 for w in mix.values())
-                 and sum(mix.values()) > 0, "adversary.mix", mix, f"weights >= 0 over {BEHAVIOURS}, not all 0")
+        mix, names = dict(adv.mix), behaviours.names()
+        _require(len(mix) > 0 and all(name in names for name in mix) and all(_finite(w) and w >= 0 for w in mix.values())
+                 and sum(mix.values()) > 0, "adversary.mix", mix, f"weights >= 0 over {names}, not all 0")
     for name in ("cheat_probability", "offline_probability"):
         _require(_finite(getattr(adv, name)) and 0 <= getattr(adv, name) <= 1, f"adversary.{name}",
                  getattr(adv, name), "a probability in [0, 1]")
@@ -779,6 +856,7 @@ def load_config(experiment: str = "paper_table1", overrides: Sequence[str] = ())
     from hydra.errors import HydraException
 
     check_group_choice("experiment", experiment)
+    register_schema()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             dcfg = compose(config_name="config", overrides=[f"experiment={experiment}", *overrides])

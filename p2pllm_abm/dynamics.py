@@ -40,6 +40,7 @@ from .equilibrium import StageBlocks, block_arrays, price_update, traced_stage_b
 from .load import (OUTCOMES, SAMPLE_TICKS, expected_wait, first_failed_column, hop_waits, serve, splice_paths)
 from .network import latency
 from .welfare import record_measures
+from .registries import MARKET_SCALE, Parameter, PriceRule, Routing, price_rules, routings
 from .threefry import register_cpu_lowering
 
 register_cpu_lowering()  # the ticks' random bits, unchanged, in fewer CPU kernels (p2pllm_abm.threefry)
@@ -90,10 +91,11 @@ class Environment(NamedTuple):
     request_rate: float
     params: MarketParams
     blocks: StageBlocks  #: live peers by (first) stage: requests, the sequential and Newton rules, path routing
-    damping: float  #: of the fixed-point rule
+    #: the price rule's parameters by name (:class:`~p2pllm_abm.registries.Parameter`; the fixed-point
+    #: rule's damping, the observed rule's exploration and baseline rate): what a study varies, apart from
+    #: the network's and clients' arrays
+    options: dict
     geometry: Geometry
-    exploration: float = 0.0  #: the "observed" rule's price perturbation delta
-    baseline_rate: float = 0.0  #: the "observed" rule's baseline update rate
     capacity: Array | None = None  #: requests per step each peer serves (None: unlimited, no queues)
     step_ms: float = 0.0  #: a step's length in ms (queue waits)
     failing: Array | None = None  #: peers failing mid-request this tick (None: no failures)
@@ -432,24 +434,26 @@ class Routed(NamedTuple):
 
 
 def route_requests(key: Array, env: Environment, price: Array, routing: str, n_stages: int) -> Routed:
-    """Phase 1's choice (``clients.routing``) and, with failures, the failover (:mod:`p2pllm_abm.load`)."""
+    """Phase 1's choice (``clients.routing``, a :class:`~p2pllm_abm.registries.Routing`) and, with
+    failures, the failover (:mod:`p2pllm_abm.load`)."""
     n = price.shape[0]
-    if routing == "stage":
-        chosen = stage_choices(key, env, price, n_stages)
+    rule = routings.get(routing)
+    if rule.per_stage:
+        chosen = rule.choose(key, env, price, n_stages)
         no_path = jnp.broadcast_to(~jnp.all(env.blocks.index[:, 0] >= 0), chosen.shape[:1])
         walked = jnp.any(chosen < 0, axis=1)
     else:
-        score, weight = path_scores(key, env, price) if routing == "path" else petals_scores(env, price)
+        score, weight = rule.scores(key, env, price)
         chosen = best_paths(env, score, weight, n_stages)
         no_path = jnp.all(chosen < 0, axis=1)
         walked = jnp.zeros_like(no_path)
     if env.failing is None:
-        complete = jnp.all(chosen >= 0, axis=1) if routing == "stage" else ~no_path
+        complete = jnp.all(chosen >= 0, axis=1) if rule.per_stage else ~no_path
         none = jnp.full_like(chosen, -1)
         return Routed(chosen, complete, no_path, walked, none, jnp.zeros(chosen.shape[0], jnp.int32))
-    if routing == "stage":
+    if rule.per_stage:
         hit = (chosen >= 0) & env.failing[jnp.maximum(chosen, 0)]
-        hops = jnp.where(hit, failover_choices(jax.random.fold_in(key, 1), env, price, n_stages), chosen)
+        hops = jnp.where(hit, rule.failover(jax.random.fold_in(key, 1), env, price, n_stages), chosen)
         retries = jnp.sum(hit, axis=1)
         complete = jnp.all(hops >= 0, axis=1)
     else:
@@ -486,9 +490,10 @@ def paid_tick(state: MarketState, env: Environment, quoted: Array, rule: str, ro
     With capacity (``env.capacity``) requests queue and wait (``load_aware``: clients add the
     expected wait to a peer's cost when they choose); with ``env.failing`` hops at failing peers fail
     over; every request sent is counted under one of :data:`~p2pllm_abm.load.OUTCOMES`."""
-    if rule != "observed":
+    price_rule = price_rules.get(rule)
+    if price_rule.update is not None:
         new_price = price_update(rule, state.price, env.cost, env.stage, env.alive, env.params, n_stages,
-                                 env.blocks, env.damping)
+                                 env.blocks, env.options)
     if env.client_alpha.shape[0] == 0:  # no clients, no requests (decided when tracing; refused for "observed")
         none = jnp.zeros((0, n_stages), dtype=jnp.int32)
         return state._replace(price=new_price), none, none
@@ -521,7 +526,7 @@ def paid_tick(state: MarketState, env: Environment, quoted: Array, rule: str, ro
         done, backlog = serve(state.backlog, served, env.capacity, env.failing)
         window_served = state.window_served + done
         window_capacity = state.window_capacity + jnp.where(env.alive, env.capacity, 0.0)
-    if routing == "stage":  # column s is stage s
+    if routings.get(routing).per_stage:  # column s is stage s
         stage_time, reached = hop_time, paid >= 0
     else:
         stage_time, reached = stage_sums(paid, hop_time, env.stage, n_stages)
@@ -538,8 +543,8 @@ def paid_tick(state: MarketState, env: Environment, quoted: Array, rule: str, ro
                           lost, over]).astype(dtype).sum(axis=1)
     tick_revenue = quoted * served
     baseline = state.baseline
-    if rule == "observed":
-        new_price, baseline = observed_update(state, env, quoted, served)
+    if price_rule.learn is not None:
+        new_price, baseline = price_rule.learn(state, env, quoted, served, env.options)
     counted = counted.astype(dtype)
     new_state = MarketState(
         price=new_price,
@@ -572,14 +577,19 @@ def exploration_direction(state: MarketState) -> Array:
 
 
 def posted_prices(state: MarketState, env: Environment, rule: str) -> Array:
-    """The prices requests see and pay: the peers' own, or for the ``observed`` rule each peer's
-    price perturbed by ``+- delta`` (kept ``>= floor``), the experiment it learns from."""
-    if rule != "observed":
-        return state.price
-    return jnp.maximum(state.price + env.exploration * exploration_direction(state), env.params.price_floor)
+    """The prices requests see and pay: the peers' own, or the price rule's ``quote``."""
+    quote = price_rules.get(rule).quote
+    return state.price if quote is None else quote(state, env, env.options)
 
 
-def observed_update(state: MarketState, env: Environment, quoted: Array, served: Array) -> tuple[Array, Array]:
+def perturbed_prices(state: MarketState, env: Environment, options: dict) -> Array:
+    """The ``observed`` rule's quote: each peer's price perturbed by ``+- delta`` (kept ``>= floor``),
+    the experiment it learns from."""
+    return jnp.maximum(state.price + options["exploration"] * exploration_direction(state), env.params.price_floor)
+
+
+def observed_update(state: MarketState, env: Environment, quoted: Array, served: Array,
+                    options: dict) -> tuple[Array, Array]:
     """Prices learned only from what a peer observes (no access to ``P_i``): its revenue (profit
     ``(q_i - kappa c_i) n_i`` in the marginal-cost variant) from the ``n_i`` requests it served at
     the perturbed price ``q_i = p_i + delta s_i``, normalised to demand ``D`` (divided by the
@@ -590,10 +600,11 @@ def observed_update(state: MarketState, env: Environment, quoted: Array, served:
     sent = env.client_alpha.shape[0] * env.request_rate
     observed = env.params.demand * (quoted - unit_cost(env.cost, env.params)) * served / sent
     direction = exploration_direction(state)
-    gradient = (observed - state.baseline) * direction / env.exploration
+    gradient = (observed - state.baseline) * direction / options["exploration"]
     price = jnp.where(env.alive, jnp.maximum(state.price + env.params.eta * gradient, env.params.price_floor),
                       state.price)
-    baseline = jnp.where(env.alive, state.baseline + env.baseline_rate * (observed - state.baseline), state.baseline)
+    baseline = jnp.where(env.alive, state.baseline + options["baseline_rate"] * (observed - state.baseline),
+                         state.baseline)
     return price, baseline
 
 
@@ -781,3 +792,23 @@ def run_ensemble_steps(state: MarketState, env: Environment, n_steps: Array, fir
     carry = (jnp.zeros_like(n_steps, dtype=jnp.int32), state, jax.vmap(first_placement)(env, reallocation))
     done, state, placed = jax.lax.while_loop(going, one_step, carry)
     return state, done, placed.after
+
+
+# -- the built-in price rule that learns, and the routings (registered as a plug-in registers its own) --
+
+price_rules.register("observed", PriceRule(
+    quote=perturbed_prices, learn=observed_update, zero_alpha=True, needs_requests=True, solver=False,
+    parameters=(Parameter("exploration", 0.1, 0.0, MARKET_SCALE, low_open=True, field="market.exploration",
+                          doc="delta, the price perturbation (price units)"),
+                Parameter("baseline_rate", 0.05, 0.0, 1.0, low_open=True, field="market.baseline_rate",
+                          doc="beta, the baseline's update rate")),
+    doc="eq. 5 learned from realised revenue: one-point gradient estimates of +-delta perturbed prices"))
+routings.register("stage", Routing(
+    per_stage=True, choose=stage_choices, failover=failover_choices, outside_option=True,
+    doc="the paper's market: per stage, a draw from eq. 3's probabilities (latency ignored)"))
+routings.register("path", Routing(
+    per_stage=False, scores=path_scores, spans=True,
+    doc="the whole path of smallest noisy eq.-1 weight plus (1 - alpha) x latencies"))
+routings.register("petals", Routing(
+    per_stage=False, scores=lambda key, env, price: petals_scores(env, price), spans=True,
+    doc="Petals' min-latency routing: compute time + latencies + a per-hop overhead, no price"))

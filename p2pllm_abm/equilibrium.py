@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from .config import UPDATE_RULES
+from .registries import Parameter, PriceRule, price_rules
 from .economics import (MarketParams, choice_logits, choice_probabilities, log_competing_mass, log_rival_mass,
                         outside_logit, price_step, unit_cost)
 
@@ -333,24 +333,23 @@ def newton_step(price, cost, stage, alive, params: MarketParams, n_stages: int, 
     return jnp.where(improves[stage], newton, fallback)
 
 
-#: the price rules that read :class:`StageBlocks` (they go through each stage's peers in turn)
-BLOCK_RULES = ("sequential_best_response", "newton")
-
-
 def price_update(rule: str, price, cost, stage, alive, params: MarketParams, n_stages: int,
-                 blocks: StageBlocks, damping: float) -> Array:
-    """One iteration of update ``rule`` (one of :data:`UPDATE_RULES`) for every stage at once."""
-    if rule == "gradient":
-        return price_step(price, cost, stage, alive, params, n_stages)
-    if rule == "best_response":
-        return best_response(price, cost, stage, alive, params, n_stages)
-    if rule == "sequential_best_response":
-        return sequential_best_response_step(price, cost, stage, alive, params, n_stages, blocks)
-    if rule == "fixed_point":
-        return fixed_point_step(price, cost, stage, alive, params, n_stages, damping)
-    if rule == "newton":
-        return newton_step(price, cost, stage, alive, params, n_stages, blocks)
-    raise ValueError(f"rule = {rule!r} is invalid: allowed one of {UPDATE_RULES}")
+                 blocks: StageBlocks | None, options: dict) -> Array:
+    """One iteration of price rule ``rule`` (a name in :data:`~p2pllm_abm.registries.price_rules`
+    with an ``update``) for every stage at once; ``options``: the rule's parameters by name."""
+    return price_rules.get(rule).update(price, cost, stage, alive, params, n_stages, blocks, options)
+
+
+def rule_options(rule: str, values: dict | None = None) -> dict[str, float]:
+    """The parameters of price rule ``rule`` by name: ``values`` where given, else the defaults."""
+    values = values or {}
+    return {p.name: values.get(p.name, p.default) for p in price_rules.get(rule).parameters}
+
+
+def solver_rules() -> tuple[str, ...]:
+    """The price rules :func:`solve_equilibrium` iterates (every registered rule that is a
+    deterministic map of prices)."""
+    return tuple(name for name, rule in price_rules.items() if rule.solver)
 
 
 class SolverResult(NamedTuple):
@@ -375,7 +374,7 @@ def _certificate(p, cost, stage, alive, params, n_stages):
 
 
 @partial(jax.jit, static_argnames=("rule", "n_stages", "max_iterations"))
-def _iterate(price, cost, stage, alive, params, blocks, damping, tol, price_tol, rule, n_stages, max_iterations):
+def _iterate(price, cost, stage, alive, params, blocks, options, tol, price_tol, rule, n_stages, max_iterations):
     def certify(p):
         return _certificate(p, cost, stage, alive, params, n_stages)
 
@@ -390,7 +389,7 @@ def _iterate(price, cost, stage, alive, params, blocks, damping, tol, price_tol,
 
     def update(carry):
         it, p, gaps, residuals = carry
-        p = price_update(rule, p, cost, stage, alive, params, n_stages, blocks, damping)
+        p = price_update(rule, p, cost, stage, alive, params, n_stages, blocks, options)
         gap, residual = certify(p)
         return it + 1, p, gaps.at[it + 1].set(gap), residuals.at[it + 1].set(residual)
 
@@ -399,24 +398,26 @@ def _iterate(price, cost, stage, alive, params, blocks, damping, tol, price_tol,
 
 def solve_equilibrium(rule: str, price, cost, stage, alive, params: MarketParams, n_stages: int,
                       tol: float = 1e-10, price_tol: float = 1e-11, max_iterations: int = 1000,
-                      damping: float = 0.5) -> SolverResult:
+                      damping: float = 0.5, options: dict | None = None) -> SolverResult:
     """Iterate ``rule`` from ``price`` until every stage is certified (Nash gap ``<= tol`` and every
     price within ``price_tol`` of its best response, both computed independently of the rule) or
-    ``max_iterations`` updates."""
-    if rule not in UPDATE_RULES:
-        raise ValueError(f"rule = {rule!r} is invalid: allowed one of {UPDATE_RULES}")
+    ``max_iterations`` updates. ``options``: the rule's parameters (defaults where absent);
+    ``damping`` is the ``fixed_point`` rule's, kept as a keyword."""
+    if rule not in solver_rules():
+        raise ValueError(f"rule = {rule!r} is invalid: allowed one of {solver_rules()}")
+    options = rule_options(rule, {"damping": damping, **(options or {})})
     if not 0 < params.alpha <= 1:
         raise ValueError(f"alpha = {params.alpha} is invalid for an equilibrium: allowed 0 < alpha <= 1 "
                          "(at alpha = 0 demand ignores prices and revenue grows without bound)")
     blocks = stage_blocks(stage, alive, n_stages)
     it, final, gaps, residuals = _iterate(
         jnp.asarray(price), jnp.asarray(cost), jnp.asarray(stage), jnp.asarray(alive), params, blocks,
-        damping, tol, price_tol, rule, n_stages, max_iterations)
+        options, tol, price_tol, rule, n_stages, max_iterations)
     it = int(it)
     gap, residual = float(gaps[it]), float(residuals[it])
     converged = gap <= tol and residual <= price_tol
     status, message = _solver_status(rule, converged, final, it, gap, residual, cost, stage, alive, params,
-                                     n_stages, damping)
+                                     n_stages, options)
     return SolverResult(final, it, gap, residual, converged, gaps[: it + 1], residuals[: it + 1], status, message)
 
 
@@ -439,27 +440,37 @@ def fixed_point_radius(price, cost, stage, alive, params: MarketParams, n_stages
 
 
 def _solver_status(rule, converged, price, iterations, gap, residual, cost, stage, alive, params, n_stages,
-                   damping) -> tuple[str, str]:
-    """Classify a finished :func:`solve_equilibrium` run, in one sentence."""
+                   options) -> tuple[str, str]:
+    """Classify a finished :func:`solve_equilibrium` run, in one sentence (a rule's ``diagnose``
+    says why it did not converge, where it can)."""
     if converged:
         return "converged", f"certified after {iterations} iterations (gap {gap:.3g}, residual {residual:.3g})"
     if not (np.isfinite(gap) and np.isfinite(residual) and np.all(np.isfinite(np.asarray(price)))):
         return "diverged", (f"prices left every bound after {iterations} iterations (a peer with no best "
                             "response, or an unstable update rule)")
-    message = f"not certified after {iterations} iterations (gap {gap:.3g}, residual {residual:.3g})"
-    if rule == "fixed_point":
-        reference = solve_equilibrium("newton", price, cost, stage, alive, params, n_stages)
-        if reference.converged:
-            radius = fixed_point_radius(reference.price, cost, stage, alive, params, n_stages, damping)
-            if radius >= 1.0:
-                leader = float(jnp.max(choice_probabilities(reference.price, cost, stage, alive, params.alpha,
-                                                            params.temperature, n_stages, outside_logit(params))))
-                return "unstable", (
-                    f"the damped fixed point is unstable at the equilibrium (spectral radius {radius:.3g} >= 1; "
-                    f"the stage leader's P = {leader:.3g} exceeds 1 - damping/2 = {1 - damping / 2:.3g}): it "
-                    f"cycles or runs away (max price {float(jnp.max(jnp.asarray(price))):.3g} after {iterations} "
-                    f"iterations); use newton or sequential_best_response, or damping < {2 * (1 - leader):.3g}")
-    return "not_converged", message
+    diagnose = price_rules.get(rule).diagnose
+    diagnosis = diagnose(price, iterations, cost, stage, alive, params, n_stages, options) if diagnose else None
+    return diagnosis or ("not_converged", f"not certified after {iterations} iterations (gap {gap:.3g}, "
+                                          f"residual {residual:.3g})")
+
+
+def _fixed_point_diagnosis(price, iterations, cost, stage, alive, params, n_stages, options):
+    """``("unstable", why)`` when the damped fixed point is unstable at the equilibrium (found by
+    Newton), else ``None``."""
+    damping = options["damping"]
+    reference = solve_equilibrium("newton", price, cost, stage, alive, params, n_stages)
+    if not reference.converged:
+        return None
+    radius = fixed_point_radius(reference.price, cost, stage, alive, params, n_stages, damping)
+    if radius < 1.0:
+        return None
+    leader = float(jnp.max(choice_probabilities(reference.price, cost, stage, alive, params.alpha,
+                                                params.temperature, n_stages, outside_logit(params))))
+    return "unstable", (
+        f"the damped fixed point is unstable at the equilibrium (spectral radius {radius:.3g} >= 1; "
+        f"the stage leader's P = {leader:.3g} exceeds 1 - damping/2 = {1 - damping / 2:.3g}): it "
+        f"cycles or runs away (max price {float(jnp.max(jnp.asarray(price))):.3g} after {iterations} "
+        f"iterations); use newton or sequential_best_response, or damping < {2 * (1 - leader):.3g}")
 
 
 # -- stability of the paper's gradient ascent -------------------------------------------------------
@@ -851,3 +862,29 @@ def mixture_equilibria(cost, stage, alive, class_alpha, class_weight, temperatur
     stage_np = np.asarray(stage)
     per_stage = np.array([len({tuple(np.round(p[stage_np == s], 6)) for p in prices}) for s in range(n_stages)])
     return MixtureEquilibria(prices, per_stage, starts, converged, float(np.mean(holds)), bool(all(holds)))
+
+
+# -- the built-in price rules (registered as a plug-in registers its own) --------------------------
+
+price_rules.register("gradient", PriceRule(
+    update=lambda price, cost, stage, alive, params, n_stages, blocks, options:
+        price_step(price, cost, stage, alive, params, n_stages),
+    zero_alpha=True, doc="the paper's eq. 5: p <- p + eta dR/dp, every peer at once"))
+price_rules.register("best_response", PriceRule(
+    update=lambda price, cost, stage, alive, params, n_stages, blocks, options:
+        best_response(price, cost, stage, alive, params, n_stages),
+    doc="every peer jumps to its best response to the others' current prices (Jacobi)"))
+price_rules.register("sequential_best_response", PriceRule(
+    update=lambda price, cost, stage, alive, params, n_stages, blocks, options:
+        sequential_best_response_step(price, cost, stage, alive, params, n_stages, blocks),
+    reads_blocks=True, doc="the peers of every stage best-respond one after another (Gauss-Seidel)"))
+price_rules.register("fixed_point", PriceRule(
+    update=lambda price, cost, stage, alive, params, n_stages, blocks, options:
+        fixed_point_step(price, cost, stage, alive, params, n_stages, options["damping"]),
+    parameters=(Parameter("damping", 0.5, 0.0, 1.0, low_open=True, field="market.damping",
+                          doc="step share of the damped fixed point"),),
+    diagnose=_fixed_point_diagnosis, doc="damped p = kappa c + T / (alpha (1 - P))"))
+price_rules.register("newton", PriceRule(
+    update=lambda price, cost, stage, alive, params, n_stages, blocks, options:
+        newton_step(price, cost, stage, alive, params, n_stages, blocks),
+    reads_blocks=True, doc="Newton on every stage's stacked first-order conditions"))

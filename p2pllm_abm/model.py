@@ -54,23 +54,24 @@ from tqdm.auto import tqdm
 
 from .agents import ClientAgent, PeerAgent
 from .behaviours import Behaviours, assign
-from .allocation import move_candidates, petals_should_move, reallocate, share_weight, turns_to_moves
+from .allocation import move_candidates, share_weight, turns_to_moves
 from .churn import failing, joining_starts, leaving, newcomers
-from .config import (ClientsConfig, Config, ConfigError, dotted_name, most_extreme_field, to_config,
-                     with_parameters)
+from .config import (ClientsConfig, Config, ConfigError, dotted_name, most_extreme_field, price_rule_options,
+                     to_config, with_parameters)
 from .cores import SMALL_MARKET_PEERS, separate_cores
 from .dynamics import (Environment, Geometry, MarketState, Reallocation, StepsDone, all_finite, device_scalars,
                        grow_state, initial_state, paid_tick_jit, reset_rows, reset_window, run_paid_ticks, run_steps,
                        run_ticks)
 from .load import peer_capacity
 from .economics import market_params
-from .equilibrium import BLOCK_RULES, StageBlocks, padded_size, stage_blocks
+from .equilibrium import StageBlocks, padded_size, stage_blocks
 from .ledger import MarketLedger
 from .metrics import (EVENT_KINDS, LEDGER_PEER_COLUMNS, PEER_COLUMNS, Columns, PeerTableCollector, RequestClasses,
                       ledger_metric_rows, load_statistics, metric_rows, model_reporters, reported_columns,
                       stage_statistics, statistics_frame)
 from .network import PeerTable
 from .pareto import ParetoFrontier, pareto_paths
+from .registries import allocation_rules, price_rules, routings
 from .resources import check_memory
 from .routing import best_path
 from .security import SecurityPhase
@@ -340,15 +341,9 @@ class P2PLLMModel(mesa.Model):
         eq.-8 stage (``allocation.rule = market``; with stage-dependent costs, eq. 7-8 with
         ``c_i(s)``), or where Petals' rebalancing check sends them (``petals``). A peer that moved
         is offline ``allocation.reload_steps`` steps and pays ``allocation.switch_fee``."""
-        alloc, peers = self.config.allocation, self.peers
-        candidates = move_candidates(peers.alive, alloc.move_fraction, self.rng)
-        if alloc.rule == "petals":
-            moves = self._petals_moves(candidates)
-        else:
-            stage_dependent = self.config.network.cost_source == "profile"  # c_i(s) differ between stages
-            _, moves = reallocate(peers.stage_cost if stage_dependent else peers.cost, peers.stage,
-                                  peers.alive, candidates, alloc.hysteresis, peers.n_stages, alloc.reading)
-        self._apply_moves(moves, self.steps)
+        alloc = self.config.allocation
+        candidates = move_candidates(self.peers.alive, alloc.move_fraction, self.rng)
+        self._apply_moves(allocation_rules.get(alloc.rule).moves(self, candidates), self.steps)
 
     def _apply_moves(self, moves: list[tuple[int, int, int]], step: int) -> None:
         """Phase 3's moves ``(peer, from, to)`` at ``step``: spans shifted, costs, switch fees, reloads,
@@ -370,25 +365,6 @@ class P2PLLMModel(mesa.Model):
         self._log("move", moved, step)
         self._environment = None  # rebuilt when next needed
         self.moves += len(moves)
-
-    def _petals_moves(self, candidates: np.ndarray) -> list[tuple[int, int, int]]:
-        """Petals' rebalancing for each candidate in turn (:func:`~p2pllm_abm.allocation.petals_should_move`):
-        joining (reloading) servers count, as in Petals; the moves as ``(peer, from, to)``."""
-        peers, alloc = self.peers, self.config.allocation
-        start, end = peers.stage_start.copy(), peers.stage_end.copy()
-        counted = peers.alive | self.reloading
-        throughput = 1.0 / peers.cost
-        moves = []
-        for peer in candidates.tolist():
-            target = petals_should_move(peer, start, end, throughput, counted, peers.n_stages,
-                                        alloc.balance_quality, self.rng)
-            if target is not None:
-                length = end[peer] - start[peer]
-                moves.append((peer, int(start[peer]), target))
-                start[peer], end[peer] = target, target + length
-                throughput[peer] = 1.0 / peers.span_cost(np.array([target]), np.array([target + length]),
-                                                         np.array([peer]))[0]
-        return moves
 
     def contracts_phase(self) -> bool:
         """Phase 4 (paper 5.1, "create new contracts"): with the ledger on, settle this step's paid
@@ -592,7 +568,8 @@ class P2PLLMModel(mesa.Model):
         host_phases = (cfg.ledger.enabled or self.dynamic or cfg.adversary.fraction > 0
                        or cfg.verification.mechanism != "none")
         compiled_moves = (not alloc.enabled
-                          or (alloc.rule == "market" and alloc.reload_steps == 0 and cfg.clients.routing == "stage"
+                          or (allocation_rules.get(alloc.rule).fused and alloc.reload_steps == 0
+                              and routings.get(cfg.clients.routing).per_stage
                               and cfg.network.cost_source != "profile"
                               and bool(np.all(peers.stage_end - peers.stage_start == 1))))
         return not host_phases and compiled_moves
@@ -799,9 +776,7 @@ class P2PLLMModel(mesa.Model):
             request_rate=self.config.clients.request_rate,
             params=self.market_params,
             blocks=blocks,
-            damping=self.config.market.damping,
-            exploration=self.config.market.exploration,
-            baseline_rate=self.config.market.baseline_rate,
+            options=price_rule_options(self.config),
             geometry=Geometry(
                 position=jnp.asarray(self.peers.position.copy()),
                 client_position=self._clients["position"],
@@ -830,8 +805,8 @@ class P2PLLMModel(mesa.Model):
         ``-1`` otherwise. Widths only grow (to the largest stage's :func:`~p2pllm_abm.equilibrium.block_size`),
         so that a shape seen once is not compiled again; the compiled run widens them the same way."""
         net, width = self.peers, self._block_width
-        by_stage = self.config.market.update_rule in BLOCK_RULES or self.config.clients.count > 0
-        by_end = self.config.clients.routing != "stage"
+        by_stage = price_rules.get(self.config.market.update_rule).reads_blocks or self.config.clients.count > 0
+        by_end = not routings.get(self.config.clients.routing).per_stage
         blocks = (stage_blocks(net.stage, net.alive, net.n_stages, width) if by_stage
                   else StageBlocks(jnp.full((net.n_stages, 1), -1)))
         ends = (stage_blocks(net.stage_end, net.alive, net.n_stages + 1, width).index if by_end
@@ -994,3 +969,4 @@ class P2PLLMModel(mesa.Model):
                 self._metric_rows.append(self.security.behaviour_rows(self.steps, self.peers))
             self.datacollector.collect(self)
             self._recorded_step = self.steps
+

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from .behaviours import CODE, Behaviours
-from .config import BEHAVIOURS, Config
+from .config import Config
+from .registries import behaviours as behaviour_registry
 from .ledger.phase import MarketLedger
 from .network import PeerTable
 from .verification import Hops, Verifier
@@ -134,7 +135,7 @@ class SecurityPhase:
         compute = self.compute_ms * self.config.verification.compute_price
         names = self.behaviours.names()
         rows = []
-        for name in BEHAVIOURS:
+        for name in behaviour_registry.names():
             members = names == name
             if not members.any():
                 continue

@@ -40,13 +40,14 @@ detected (probability P_det), loses the price and the slash S; honesty is a best
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import ceil, log2
 
 import numpy as np
 
-from .behaviours import CHEATERS, CODE, COLLUDERS
+from .behaviours import COLLUDERS, cheated_outputs, dropped_requests
 from .config import VerificationConfig, resolve_fingerprints
+from .registries import Mechanism, mechanisms
 
 
 def fingerprint_rates(profile: str, fingerprint: str) -> tuple[float, float]:
@@ -56,14 +57,8 @@ def fingerprint_rates(profile: str, fingerprint: str) -> tuple[float, float]:
 
 
 def detection_probability(mechanism: str, config: VerificationConfig, fn: float) -> float:
-    """Probability that one cheated hop (not colluding) is caught."""
-    if mechanism == "spot_check":
-        return config.probability * (1 - fn)
-    if mechanism in ("optimistic", "dispute_game"):
-        return (1 - (1 - config.probability) ** config.watchers) * (1 - fn)
-    if mechanism == "redundancy":
-        return 1 - fn
-    return 0.0
+    """Probability that one cheated hop (not colluding) is caught by ``mechanism``."""
+    return mechanisms.get(mechanism).detection(config, fn)
 
 
 def minimal_sampling_rate(cost: float, price: float, stake: float, fn: float = 0.0) -> float:
@@ -136,12 +131,45 @@ class Verdict:
     commitments: np.ndarray  #: per request: the Merkle root of its hops' fingerprints
 
 
+@dataclass
+class Draws:
+    """A step's hops as a mechanism sees them: who cheated (drawn before any check) and whose
+    fingerprint would mismatch if checked."""
+
+    hops: Hops
+    behaviour: np.ndarray  #: per peer
+    owner: np.ndarray  #: per peer
+    stake: np.ndarray  #: per peer: effective stake, 0 for non-validators
+    peer_stage: np.ndarray  #: per peer
+    n_requests: int
+    n_stages: int
+    cheated: np.ndarray  #: per hop
+    colluding: np.ndarray  #: per hop: cheated by a colluder
+    mismatch_cheat: np.ndarray  #: per hop: a cheated hop whose fingerprint differs (1 - FN)
+    mismatch_honest: np.ndarray  #: per hop: an honest hop whose fingerprint differs (eps)
+    has_cheat: np.ndarray  #: per request: one of its hops cheated
+
+
+@dataclass
+class Checked:
+    """What a mechanism's checks found for a step's hops."""
+
+    caught: np.ndarray  #: cheated hops found out
+    flagged: np.ndarray  #: honest hops whose fingerprint mismatched under a check
+    bad: np.ndarray  #: per request: a wrong output was delivered
+    checking: np.ndarray  #: per hop: compute (ms) re-executed by validators, replicas or watchers
+    refereed: np.ndarray  #: hops the referee re-executes
+    delay: int = 0  #: steps until the slashes land
+    extra: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  #: replica peers caught
+
+
 class Verifier:
     """Draws who cheats on the step's hops and runs ``verification.mechanism`` over them."""
 
     def __init__(self, config: VerificationConfig, cheat_probability: float, offline_probability: float,
                  rng: np.random.Generator):
         self.config = config
+        self.mechanism = mechanisms.get(config.mechanism)
         self.q, self.offline = cheat_probability, offline_probability
         self.eps, self.fn = fingerprint_rates(config.fingerprint_profile, config.fingerprint)
         self.rng = rng
@@ -155,61 +183,29 @@ class Verifier:
         rng, cfg = self.rng, self.config
         code = behaviour[hops.peer]
         u = rng.random(len(hops.peer))
-        cheated = (np.isin(code, CHEATERS) & (u < self.q)) | (code == CODE["malicious"])
-        dropped = (code == CODE["offline"]) & (u < self.offline)
+        cheated = cheated_outputs(code, u, self.q)
+        dropped = dropped_requests(code, u, self.offline)
         honest = ~cheated & ~dropped
-        colluding = cheated & (owner[hops.peer] == COLLUDERS)
-        mismatch_cheat = cheated & (rng.random(len(u)) >= self.fn)
-        mismatch_honest = honest & (rng.random(len(u)) < self.eps)
-        has_cheat = np.bincount(hops.request, cheated, minlength=n_requests) > 0
-        extra = np.zeros(0, dtype=np.int64)
-        mechanism, delay = cfg.mechanism, 0
-        cost = hops.cost
-        if mechanism == "spot_check":
-            if len(self.served) < len(behaviour):
-                self.served = np.zeros(len(behaviour), dtype=np.int64)
-            novice = self.served[hops.peer] < cfg.warmup
-            self.served += np.bincount(hops.peer, minlength=len(self.served))
-            checked = (rng.random(n_requests) < cfg.probability)[hops.request] | novice
-            caught, flagged = checked & mismatch_cheat, checked & mismatch_honest
-            saved = np.bincount(hops.request, caught, minlength=n_requests) > 0
-            bad = has_cheat & ~saved
-            checking = np.where(checked, cost, 0.0)
-            refereed = caught | flagged
-        elif mechanism == "redundancy":
-            caught, flagged, passed, extra = self._redundancy(hops, cheated, behaviour, owner, stake, peer_stage,
-                                                              colluding)
-            bad = np.bincount(hops.request, passed, minlength=n_requests) > 0
-            checking = (cfg.replicas - 1) * cost
-            refereed = caught | flagged
-        elif mechanism in ("optimistic", "dispute_game"):
-            watched = (rng.random((n_requests, cfg.watchers)) < cfg.probability)[hops.request]
-            caught = watched.any(axis=1) & mismatch_cheat
-            flagged = watched.any(axis=1) & mismatch_honest
-            bad = has_cheat
-            checking = watched.sum(axis=1) * cost
-            delay = 1
-            if mechanism == "dispute_game":
-                caught = caught & ~self._hidden_by_colluders(hops, colluding)
-                delay += ceil(log2(max(n_stages, 1) + 1))
-                refereed = caught | flagged  # only the first disagreeing hop is re-executed
-            else:  # the referee re-executes the challenged request's whole path
-                refereed = np.isin(hops.request, hops.request[caught | flagged])
-            if delay > cfg.challenge_window:  # the game cannot finish inside the window: nothing is proven
-                caught, flagged = np.zeros_like(caught), np.zeros_like(flagged)
-        else:
-            caught = flagged = refereed = np.zeros(len(u), dtype=bool)
-            bad, checking = has_cheat, np.zeros(len(u))
-        referee = cfg.referee and mechanism != "none"
+        draws = Draws(hops, behaviour, owner, stake, peer_stage, n_requests, n_stages, cheated,
+                      colluding=cheated & (owner[hops.peer] == COLLUDERS),
+                      mismatch_cheat=cheated & (rng.random(len(u)) >= self.fn),
+                      mismatch_honest=honest & (rng.random(len(u)) < self.eps),
+                      has_cheat=np.bincount(hops.request, cheated, minlength=n_requests) > 0)
+        checked = self.mechanism.check(self, draws)
+        caught, flagged = checked.caught, checked.flagged
+        if checked.delay > cfg.challenge_window:  # the check cannot finish inside the window: nothing is proven
+            caught, flagged = np.zeros_like(caught), np.zeros_like(flagged)
+        referee = cfg.referee and self.mechanism.checks
         confirmed = caught | (flagged if not referee else np.zeros_like(flagged))
         leaves = np.zeros((n_requests, n_stages), dtype=np.uint64)
         truth = np.where(cheated, np.uint64(1), np.uint64(2))  # a wrong output commits to another value
         leaves[hops.request, hops.position] = mix64(hops.peer.astype(np.uint64) * np.uint64(n_stages + 1)
                                                     + hops.position.astype(np.uint64) + truth)
         return Verdict(cheated=cheated, dropped=dropped, caught=caught, confirmed=confirmed, flagged_honest=flagged,
-                       bad_request=bad, delay=delay,
-                       verification_ms=checking + (np.where(refereed, cost, 0.0) if referee else 0.0),
-                       referee_calls=int((caught | flagged).sum()) if referee else 0, extra_cheaters=extra,
+                       bad_request=checked.bad, delay=checked.delay,
+                       verification_ms=checked.checking + (np.where(checked.refereed, hops.cost, 0.0) if referee
+                                                           else 0.0),
+                       referee_calls=int((caught | flagged).sum()) if referee else 0, extra_cheaters=checked.extra,
                        commitments=merkle_roots(leaves))
 
     def _redundancy(self, hops: Hops, cheated: np.ndarray, behaviour: np.ndarray, owner: np.ndarray,
@@ -229,7 +225,7 @@ class Verifier:
             weight = stake[members] / stake[members].sum()
             replicas = members[rng.choice(len(members), size=(len(rows), k - 1), p=weight)]
             code = behaviour[replicas]
-            replica_cheats = (np.isin(code, CHEATERS) & (rng.random(replicas.shape) < self.q)) | (code == CODE["malicious"])
+            replica_cheats = cheated_outputs(code, rng.random(replicas.shape), self.q)
             replica_colludes = replica_cheats & (owner[replicas] == COLLUDERS)
             # the primary's output: correct (0), the colluders' agreed wrong output (1), or its own garbage (2)
             primary = np.where(~cheated[rows], 0, np.where(colluding[rows], 1, 2))
@@ -259,3 +255,76 @@ class Verifier:
         sampled = self.rng.random(len(requests)) < self.config.inside_sampling
         hidden[order[in_run]] = ~np.isin(request[in_run], requests[sampled])
         return hidden
+
+
+# -- the built-in mechanisms (registered as a plug-in registers its own) ---------------------------
+
+def no_check(verifier: Verifier, d: Draws) -> Checked:
+    """``none``: nothing is checked; every cheated request delivers a wrong output."""
+    nothing = np.zeros(len(d.cheated), dtype=bool)
+    return Checked(nothing, nothing, d.has_cheat, np.zeros(len(d.cheated)), nothing)
+
+
+def spot_check(verifier: Verifier, d: Draws) -> Checked:
+    """Proof of Sampling: a validator re-executes a request with probability p, and every hop of a
+    peer's first ``warmup`` served hops."""
+    cfg, rng, hops = verifier.config, verifier.rng, d.hops
+    if len(verifier.served) < len(d.behaviour):
+        verifier.served = np.zeros(len(d.behaviour), dtype=np.int64)
+    novice = verifier.served[hops.peer] < cfg.warmup
+    verifier.served += np.bincount(hops.peer, minlength=len(verifier.served))
+    checked = (rng.random(d.n_requests) < cfg.probability)[hops.request] | novice
+    caught, flagged = checked & d.mismatch_cheat, checked & d.mismatch_honest
+    saved = np.bincount(hops.request, caught, minlength=d.n_requests) > 0
+    return Checked(caught, flagged, d.has_cheat & ~saved, np.where(checked, hops.cost, 0.0), caught | flagged)
+
+
+def redundancy(verifier: Verifier, d: Draws) -> Checked:
+    """Every hop also runs on k - 1 replicas of its stage drawn by stake; a disagreement goes to the
+    referee (:meth:`Verifier._redundancy`)."""
+    caught, flagged, passed, extra = verifier._redundancy(d.hops, d.cheated, d.behaviour, d.owner, d.stake,
+                                                          d.peer_stage, d.colluding)
+    bad = np.bincount(d.hops.request, passed, minlength=d.n_requests) > 0
+    return Checked(caught, flagged, bad, (verifier.config.replicas - 1) * d.hops.cost, caught | flagged, extra=extra)
+
+
+def watched(verifier: Verifier, d: Draws) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Optimistic delivery: each of n watchers re-executes a request with probability w; returns
+    (caught, flagged, re-executed compute) per hop."""
+    cfg, hops = verifier.config, d.hops
+    watching = (verifier.rng.random((d.n_requests, cfg.watchers)) < cfg.probability)[hops.request]
+    return (watching.any(axis=1) & d.mismatch_cheat, watching.any(axis=1) & d.mismatch_honest,
+            watching.sum(axis=1) * hops.cost)
+
+
+def optimistic(verifier: Verifier, d: Draws) -> Checked:
+    """Delivered at once; a watcher's challenge has the referee re-execute the request's whole path
+    a step later."""
+    caught, flagged, checking = watched(verifier, d)
+    refereed = np.isin(d.hops.request, d.hops.request[caught | flagged])
+    return Checked(caught, flagged, d.has_cheat, checking, refereed, delay=1)
+
+
+def dispute_game(verifier: Verifier, d: Draws) -> Checked:
+    """Like optimistic, but a challenge bisects the committed boundaries (ceil(log2 m) rounds, a step
+    each) and the referee re-executes only the first disagreeing hop; runs of colluders hide."""
+    caught, flagged, checking = watched(verifier, d)
+    caught = caught & ~verifier._hidden_by_colluders(d.hops, d.colluding)
+    delay = 1 + ceil(log2(max(d.n_stages, 1) + 1))
+    return Checked(caught, flagged, d.has_cheat, checking, caught | flagged, delay=delay)
+
+
+def _watchers_detect(config: VerificationConfig, fn: float) -> float:
+    return (1 - (1 - config.probability) ** config.watchers) * (1 - fn)
+
+
+mechanisms.register("none", Mechanism(check=no_check, detection=lambda config, fn: 0.0, checks=False,
+                                      doc="no verification"))
+mechanisms.register("spot_check", Mechanism(check=spot_check, detection=lambda config, fn: config.probability * (1 - fn),
+                                            doc="Proof of Sampling: re-execute a request with probability p"))
+mechanisms.register("redundancy", Mechanism(check=redundancy, detection=lambda config, fn: 1 - fn,
+                                            doc="k replicas per hop; a disagreement goes to the referee"))
+mechanisms.register("optimistic", Mechanism(check=optimistic, detection=_watchers_detect,
+                                            doc="delivered at once; watchers re-execute and challenge"))
+mechanisms.register("dispute_game", Mechanism(check=dispute_game, detection=_watchers_detect,
+                                              doc="optimistic, with a bisection game over the boundaries"))

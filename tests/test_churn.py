@@ -168,7 +168,7 @@ def test_newcomers_by_least_capacity_equal_eq8_one_by_one(capacity, weight):
     one newcomer after another, does: at the stage of least capacity (w / (C + w) falls with C),
     the first on ties; and, where the shares do not round to a tie, where joining_stage does."""
     from p2pllm_abm.allocation import joining_stage
-    from p2pllm_abm.churn import least_capacity_stages
+    from p2pllm_abm.allocation import least_capacity_stages
 
     capacity, weight = np.array(capacity), np.array(weight)
     expected, running = [], capacity.copy()

@@ -116,7 +116,7 @@ def test_outside_option_bounds_a_lone_peer_and_its_realised_share_matches():
     clients = 20000
     env = Environment(cost=jnp.asarray(cost), stage=jnp.asarray(stage), alive=jnp.asarray(alive),
                       client_alpha=jnp.full(clients, 0.5), request_rate=1.0, params=params, blocks=stage_blocks(stage, alive, 1),
-                      damping=0.5, geometry=None)
+                      options={}, geometry=None)
     import jax
     chosen = stage_choices(jax.random.key(0), env, jnp.array([price]), 1)
     bought = float(np.mean(np.asarray(chosen)[:, 0] == 0))

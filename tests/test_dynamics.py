@@ -29,7 +29,7 @@ def environment(peers: PeerTable, client_alpha, client_position, market: MarketP
     stage, alive = peers.stage_start, peers.alive
     return Environment(
         jnp.asarray(peers.cost), jnp.asarray(stage), jnp.asarray(alive), jnp.asarray(client_alpha), 1.0, market,
-        stage_blocks(stage, alive, peers.n_stages), 0.5,
+        stage_blocks(stage, alive, peers.n_stages), {},
         Geometry(jnp.asarray(peers.position), jnp.asarray(client_position), peers.latency_range,
                  stage_blocks(peers.stage_end, alive, peers.n_stages + 1).index,
                  jnp.ones((len(client_alpha), 1))),

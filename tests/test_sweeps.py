@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from analysis.__main__ import main as analysis
 from analysis.collect import Collection, collect, parse_overrides, summary_numbers
 from p2pllm_abm import load_config
-from p2pllm_abm.config import CONF_DIR, to_config
+from p2pllm_abm.config import CONF_DIR, register_schema, to_config
 from p2pllm_abm.metrics import convergence_objective, convergence_step, strict_json
 from p2pllm_abm.sweep import COMPLETE, ERROR, config_digest, thread_environment, threads_per_job
 from tests.test_cli import sim
@@ -160,6 +160,7 @@ def test_threads_are_divided_among_parallel_jobs():
 
 
 def test_ready_sweeps_compose():
+    register_schema()
     for sweep, jobs in (("alpha", 27), ("eta", 30), ("temperature", 24), ("network_size", 8), ("paper_grid", 54)):
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             composed = compose(config_name="config", overrides=[f"sweep={sweep}"], return_hydra_config=True)
