@@ -17,7 +17,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+import matplotlib
 
 import numpy as np
 
@@ -44,7 +47,10 @@ def _network_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__,
+    """``p2pllm-analysis`` (an installed wheel) or ``python -m analysis`` (a checkout)."""
+    matplotlib.use("Agg")  # the figures are files
+    program = "python -m analysis" if sys.argv[0].endswith("__main__.py") else "p2pllm-analysis"
+    parser = argparse.ArgumentParser(prog=program, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     pareto = commands.add_parser("pareto-figure", help="Figure 2: exact Pareto frontier of path price and time")

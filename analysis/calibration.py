@@ -13,17 +13,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from p2pllm_abm.calibration import calibrated_config, trajectory  # noqa: E402
-from p2pllm_abm.config import load_config  # noqa: E402
-from p2pllm_abm.paper import layer_name  # noqa: E402
-from p2pllm_abm.paths import write_text_atomic  # noqa: E402
+from p2pllm_abm.calibration import calibrated_config, trajectory
+from p2pllm_abm.config import load_config
+from p2pllm_abm.paper import layer_name
+from p2pllm_abm.paths import write_text_atomic
 
 FIGURE = "calibration_fit.png"
 

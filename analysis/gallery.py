@@ -24,26 +24,23 @@ import json
 from pathlib import Path
 from typing import Callable
 
-import matplotlib
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import yaml
+from omegaconf import OmegaConf
 
-matplotlib.use("Agg")
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-import yaml  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+from p2pllm_abm.config import Config, MarketConfig, field_value, load_config
+from p2pllm_abm.economics import expected_revenue, market_params
+from p2pllm_abm.equilibrium import best_response
+from p2pllm_abm.metrics import CONVERGENCE_GAP, run_config
+from p2pllm_abm.figures import published_points
+from p2pllm_abm.paper import layer_name
 
-from p2pllm_abm.config import Config, MarketConfig, field_value, load_config  # noqa: E402
-from p2pllm_abm.economics import expected_revenue, market_params  # noqa: E402
-from p2pllm_abm.equilibrium import best_response  # noqa: E402
-from p2pllm_abm.metrics import CONVERGENCE_GAP, run_config  # noqa: E402
-from p2pllm_abm.figures import published_points  # noqa: E402
-from p2pllm_abm.paper import layer_name  # noqa: E402
-
-from .collect import Collection, first_member  # noqa: E402
+from .collect import Collection, first_member
 
 BAND = ("ci", 95)
 

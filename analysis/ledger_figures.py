@@ -16,18 +16,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter
+import pandas as pd
+import seaborn as sns
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+from p2pllm_abm.ledger import gini
+from p2pllm_abm.metrics import shard_rows
+from p2pllm_abm.paper import layer_name
 
-from p2pllm_abm.ledger import gini  # noqa: E402
-from p2pllm_abm.metrics import shard_rows  # noqa: E402
-from p2pllm_abm.paper import layer_name  # noqa: E402
-
-from .collect import collect, single_run_summary  # noqa: E402
+from .collect import collect, single_run_summary
 
 
 def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
@@ -98,7 +96,7 @@ def plot_ledger_sweep(multirun_dir: Path, out: Path | None = None) -> list[Path]
         ax.set(xlabel="model stages (= shards when sharded by stage)", ylim=(0, None),
                ylabel="mean confirmation latency (slots, symlog)", title="chain latency vs shards")
         ax.set_xticks(sorted(runs["stages"].unique()), labels=sorted(runs["stages"].unique()))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         paths += _save(fig, out, "ledger_shards")
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         sns.barplot(runs, x="stages", y="ledger_onchain_tx_per_request", hue="ledger.payments", ax=axes[0],

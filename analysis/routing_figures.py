@@ -11,23 +11,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt
+import networkx as nx
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import networkx as nx  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+from p2pllm_abm import P2PLLMModel, load_config
+from p2pllm_abm.figures import quantile_scale
+from p2pllm_abm.network import PeerTable
+from p2pllm_abm.paper import layer_name
+from p2pllm_abm.pareto import pareto_paths, sample_path_objectives, weighted_sum_sweep
+from p2pllm_abm.routing import best_path, build_dag
 
-from p2pllm_abm import P2PLLMModel, load_config  # noqa: E402
-from p2pllm_abm.figures import quantile_scale  # noqa: E402
-from p2pllm_abm.network import PeerTable  # noqa: E402
-from p2pllm_abm.paper import layer_name  # noqa: E402
-from p2pllm_abm.pareto import pareto_paths, sample_path_objectives, weighted_sum_sweep  # noqa: E402
-from p2pllm_abm.routing import best_path, build_dag  # noqa: E402
-
-from .collect import single_run_summary  # noqa: E402
+from .collect import single_run_summary
 
 #: alphas whose weighted-sum choice is annotated in Figure 2
 ANNOTATED_ALPHAS = (0.05, 0.25, 0.5, 0.75, 0.95)

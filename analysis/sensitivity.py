@@ -26,22 +26,19 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+from SALib.analyze import morris as morris_analysis
+from SALib.analyze import sobol as sobol_analysis
+from SALib.sample import morris as morris_design
+from SALib.sample import sobol as sobol_design
+from tqdm.auto import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from joblib import Parallel, delayed  # noqa: E402
-from SALib.analyze import morris as morris_analysis  # noqa: E402
-from SALib.analyze import sobol as sobol_analysis  # noqa: E402
-from SALib.sample import morris as morris_design  # noqa: E402
-from SALib.sample import sobol as sobol_design  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from p2pllm_abm.ensemble import Ensemble  # noqa: E402
-from p2pllm_abm.config import Config, ConfigError, dotted_name, with_parameters  # noqa: E402
-from p2pllm_abm.metrics import class_rows, convergence_objective, stage_rows  # noqa: E402
+from p2pllm_abm.ensemble import Ensemble
+from p2pllm_abm.config import Config, ConfigError, dotted_name, with_parameters
+from p2pllm_abm.metrics import class_rows, convergence_objective, stage_rows
 
 METHODS = ("sobol", "morris")
 #: the design's runs go to each joblib worker as this many ensembles

@@ -9,7 +9,7 @@ load, churn and failures:
 - ``market``: the paper (per-stage logit choice on price and compute cost, eq. 5 prices, eq. 7-8 layers);
 - ``market_load_aware``: the same, clients also weighing each peer's expected queue wait;
 - ``petals``: Petals' min-latency routing (compute + latency + 18 ms per hop; no price, no load) and
-  its block selection with ``balance_quality`` 0.75 (PETALS_NOTES sections 1b and 2).
+  its block selection with ``balance_quality`` 0.75 (``clients.routing=petals``, ``allocation.rule=petals``).
 
 Per run it measures throughput (requests served per step by the bottleneck stage, the pipeline's
 service rate: the smallest stage ``throughput`` of each record after ``burn_in``, averaged; requests

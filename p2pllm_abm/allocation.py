@@ -159,7 +159,7 @@ def move_candidates(alive: np.ndarray, move_fraction: float, rng: np.random.Gene
     return rng.permutation(live)[:count]
 
 
-# -- Petals' block selection (allocation.rule = petals; PETALS_NOTES section 2) -------------------
+# -- Petals' block selection (allocation.rule = petals) --------------------------------------------
 #: Petals' bias against moving: a server removes itself with (1 + eps) of its throughput when it looks
 #: for a better place, so that float error never makes it chase its own shadow
 PETALS_EPS = 1e-3

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import hydra
+import matplotlib
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -199,6 +200,7 @@ def check_group_choices(arguments: list[str]) -> None:
 def main() -> None:
     """``p2pllm-sim``: every overridden field must exist in the schema (else one line naming the
     nearest valid one, exit code 2) before Hydra composes anything; then the Hydra app."""
+    matplotlib.use("Agg")  # the run's figures are files
     arguments = sys.argv[1:]
     try:
         check_group_choices(arguments)

@@ -466,6 +466,12 @@ def _validate_cost_source(net: NetworkConfig) -> None:
              mix, "finite weights >= 0, not all 0")
 
 
+def security_on(cfg: Config) -> bool:
+    """Whether the run has adversaries or a verification mechanism that checks outputs."""
+    mechanism = cfg.verification.mechanism
+    return cfg.adversary.fraction > 0 or (mechanism in mechanisms and mechanisms.get(mechanism).checks)
+
+
 def validate_plugins(plugins: Any) -> None:
     """Import ``run.plugins`` (and installed entry points), or a :class:`ConfigError` naming the module."""
     _require(isinstance(plugins, (list, tuple)), "run.plugins", plugins, "a list of module names")
@@ -662,7 +668,7 @@ def _validate_load(cfg: Config) -> None:
              "failures.downtime", fail.downtime, "null (a failed peer never returns) or an integer from 1 to 10^6")
     _require(fail.max_retries is None or (isinstance(fail.max_retries, int) and fail.max_retries >= 0),
              "failures.max_retries", fail.max_retries, "null (no cap) or an integer >= 0")
-    security = cfg.adversary.fraction > 0 or cfg.verification.mechanism != "none"
+    security = security_on(cfg)
     _require(not security or (churn.join_rate == 0 and churn.leave_rate == 0), "churn.join_rate", churn.join_rate,
              "0 (and churn.leave_rate 0) with adversaries or verification (behaviours are drawn once, for the "
              "peers at start)")

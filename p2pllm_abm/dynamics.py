@@ -41,9 +41,6 @@ from .load import (OUTCOMES, SAMPLE_TICKS, expected_wait, first_failed_column, h
 from .network import latency
 from .welfare import record_measures
 from .registries import MARKET_SCALE, Parameter, PriceRule, Routing, price_rules, routings
-from .threefry import register_cpu_lowering
-
-register_cpu_lowering()  # the ticks' random bits, unchanged, in fewer CPU kernels (p2pllm_abm.threefry)
 
 
 class MarketState(NamedTuple):
@@ -343,7 +340,7 @@ def path_scores(key: Array, env: Environment, price: Array) -> tuple[Array, Arra
 
 
 def petals_scores(env: Environment, price: Array) -> tuple[Array, Array]:
-    """Petals' ``min_latency`` routing (PETALS_NOTES 1b) as node scores: compute time plus the
+    """Petals' ``min_latency`` routing as node scores: compute time plus the
     per-hop overhead (inf for dead peers), latency weight 1, no price and no noise, the same for
     every client."""
     clients = env.client_alpha.shape[0]

@@ -5,18 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import Normalize
+import pandas as pd
+import seaborn as sns
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import Normalize  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from .metrics import label_columns, run_config, stage_rows  # noqa: E402
-from .paper import REFERENCES, layer_name  # noqa: E402
-from .paths import atomic_path  # noqa: E402
+from .metrics import label_columns, run_config, stage_rows
+from .paper import REFERENCES, layer_name
+from .paths import atomic_path
 
 #: figure file name -> (metrics.parquet column, y-axis label)
 STAGE_FIGURES = {

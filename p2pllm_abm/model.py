@@ -57,7 +57,7 @@ from .behaviours import Behaviours, assign
 from .allocation import move_candidates, share_weight, turns_to_moves
 from .churn import failing, joining_starts, leaving, newcomers
 from .config import (ClientsConfig, Config, ConfigError, dotted_name, most_extreme_field, price_rule_options,
-                     to_config, with_parameters)
+                     security_on, to_config, with_parameters)
 from .cores import SMALL_MARKET_PEERS, separate_cores
 from .dynamics import (Environment, Geometry, MarketState, Reallocation, StepsDone, all_finite, device_scalars,
                        grow_state, initial_state, paid_tick_jit, reset_rows, reset_window, run_paid_ticks, run_steps,
@@ -75,6 +75,7 @@ from .registries import allocation_rules, price_rules, routings
 from .resources import check_memory
 from .routing import best_path
 from .security import SecurityPhase
+from .threefry import register_cpu_lowering
 from .welfare import record_measures
 
 
@@ -207,6 +208,7 @@ class P2PLLMModel(mesa.Model):
     def __init__(self, config: Config | DictConfig | None = None, *, rng: int | None = None, **kwargs: Any) -> None:
         cfg = model_config(config, rng, kwargs)  # (named kwargs: Mesa's SolaraViz checks for that name)
         check_memory(cfg)  # before anything is allocated
+        register_cpu_lowering()  # the ticks' random bits, the same, in fewer CPU kernels (p2pllm_abm.threefry)
         seeds = np.random.SeedSequence(cfg.seed).spawn(7)
         network_seed, dynamics_seed, client_seed, noise_seed, ledger_seed, adversary_seed, churn_seed = seeds
         super().__init__(rng=np.random.default_rng(dynamics_seed))
@@ -246,7 +248,7 @@ class P2PLLMModel(mesa.Model):
         self.behaviours: Behaviours | None = None
         self.security: SecurityPhase | None = None
         adversary_rng = np.random.default_rng(adversary_seed)
-        if cfg.adversary.fraction > 0 or cfg.verification.mechanism != "none":
+        if security_on(cfg):
             self.behaviours = assign(cfg.adversary, len(self.peers), cfg.clients.count, adversary_rng)
 
         mkt = cfg.market
@@ -565,8 +567,7 @@ class P2PLLMModel(mesa.Model):
         not depend on the stage, with no reload time, under per-stage routing."""
         cfg, peers = self.config, self.peers
         alloc = cfg.allocation
-        host_phases = (cfg.ledger.enabled or self.dynamic or cfg.adversary.fraction > 0
-                       or cfg.verification.mechanism != "none")
+        host_phases = cfg.ledger.enabled or self.dynamic or security_on(cfg)
         compiled_moves = (not alloc.enabled
                           or (allocation_rules.get(alloc.rule).fused and alloc.reload_steps == 0
                               and routings.get(cfg.clients.routing).per_stage

@@ -8,8 +8,9 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-#: the Hydra config tree (config.yaml, experiment/, sweep/, ...), devices.yaml and profiles/
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+#: the Hydra config tree (config.yaml, experiment/, sweep/, ...), devices.yaml, profiles/ and fingerprints/:
+#: package data (in a checkout, ``p2pllm_abm/conf`` links to the repository's ``conf/``)
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ cannot be replayed on another channel).
   digest)`` where only the :class:`Keyring` knows the secrets, and an agent can only ask it to sign
   as itself. Unforgeable by construction, about 1 us, so every off-chain update can be signed.
 - ``ed25519``: PyNaCl (libsodium) keys derived from the run seed and the account name; about 28 us
-  to sign and 75 us to verify (measured, ``../shared/LEDGER_NOTES.md``).
+  to sign and 75 us to verify (measured on a 2-core machine).
 """
 
 from __future__ import annotations
