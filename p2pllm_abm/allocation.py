@@ -15,7 +15,7 @@ paper's Table 1 ends at exactly 50 peers per stage). Both readings share this co
 from __future__ import annotations
 
 import heapq
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -157,6 +157,37 @@ def move_candidates(alive: np.ndarray, move_fraction: float, rng: np.random.Gene
     live = np.flatnonzero(alive)
     count = int(np.ceil(move_fraction * len(live)))
     return rng.permutation(live)[:count]
+
+
+# -- eq. 8 as a check --------------------------------------------------------------------------------
+
+class AllocationCheck(NamedTuple):
+    efficient: bool  #: no peer can raise its eq.-7 share by moving
+    violators: "np.ndarray"  #: peers that would gain by moving
+    target_stage: "np.ndarray"  #: their eq.-8 optimal stage
+    share_gain: "np.ndarray"  #: the share each would gain
+    peers_per_stage: "np.ndarray"
+    capacity_per_stage: "np.ndarray"  #: sum of 1/c per stage
+    capacity_ratio: float  #: max / min stage capacity (1 = perfectly balanced)
+
+
+def allocation_equilibrium(cost, stage, alive, n_stages: int, reading: str = "compute_share") -> AllocationCheck:
+    """Check eq. 8 (under ``reading``, see :mod:`p2pllm_abm.allocation`) for every live peer and
+    report the balance of the allocation's compute capacity."""
+    cost, stage, alive = np.asarray(cost), np.asarray(stage), np.asarray(alive)
+    best, gain = share_gains(cost, stage, alive, n_stages, reading)
+    violators = np.flatnonzero(gain > 0)
+    capacity = stage_capacity(cost, stage, alive, n_stages)
+    return AllocationCheck(
+        efficient=len(violators) == 0,
+        violators=violators,
+        target_stage=best[violators],
+        share_gain=gain[violators],
+        peers_per_stage=np.bincount(stage[alive], minlength=n_stages),
+        capacity_per_stage=capacity,
+        capacity_ratio=float(capacity.max() / capacity.min()) if capacity.min() > 0 else float("inf"),
+    )
+
 
 
 # -- Petals' block selection (allocation.rule = petals) --------------------------------------------

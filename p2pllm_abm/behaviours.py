@@ -28,12 +28,14 @@ applies to the clients instead.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 import numpy as np
 
-from .config import AdversaryConfig
 from .registries import Behaviour, behaviours
+
+if TYPE_CHECKING:
+    from .config import AdversaryConfig
 
 HONEST = "honest"  #: the first behaviour registered: code 0
 

@@ -51,6 +51,7 @@ from .config import ALLOCATION_READINGS, Config, field_value, load_config, price
 from .registries import price_rules
 from .economics import MarketParams, market_params
 from .equilibrium import price_update, sensitivities, solve_equilibrium
+from .model import P2PLLMModel
 from .paper import REFERENCES
 
 #: fields :func:`calibrate` can fit, and the map to an unbounded search coordinate
@@ -93,8 +94,6 @@ def _with(cfg: Config, values: dict[str, float]) -> Config:
 def allocation_schedule(cfg: Config, steps: int) -> Schedule:
     """Every reallocation of a run of ``steps`` steps, by the model's own reallocation phase (same
     seed, same generator, same moves: prices play no part in eq. 7-8)."""
-    from .model import P2PLLMModel
-
     model = P2PLLMModel(_with(cfg, {"clients.count": 0}))
     period = cfg.allocation.period if cfg.allocation.enabled else max(steps, 1)
     stages = [model.peers.stage.copy()]

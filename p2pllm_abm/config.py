@@ -15,7 +15,6 @@ import functools
 import itertools
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
-from pathlib import Path
 from typing import Any, Optional, Sequence, get_type_hints
 
 from hydra.core.config_store import ConfigStore
@@ -23,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .costs import COST_METRICS, PROFILED, ProfileError, devices, load_profile, resolve_profile
-from .paths import CONF_DIR
+from .paths import CONF_DIR, resolve_fingerprints
 from .registries import (MARKET_SCALE, PluginError, Registry, allocation_rules, behaviours, load_plugins, mechanisms,
                          price_rules, routings)
 
@@ -745,12 +744,6 @@ def _validate_security(cfg: Config) -> None:
     _require(ver.payer in VERIFICATION_PAYERS, "verification.payer", ver.payer, f"one of {VERIFICATION_PAYERS}")
 
 
-def resolve_fingerprints(name: str) -> Path:
-    """A fingerprint-rate file: an absolute path, or a name in ``conf/fingerprints/``."""
-    path = Path(name)
-    return path if path.is_absolute() else CONF_DIR / "fingerprints" / path
-
-
 def _validate_ledger(cfg: Config) -> None:
     led = cfg.ledger
     if not led.enabled:
@@ -789,6 +782,8 @@ def _validate_ledger(cfg: Config) -> None:
 def to_config(cfg: Config | DictConfig) -> Config:
     """Turn a Hydra ``DictConfig`` (or a ``Config``) into a validated :class:`Config`."""
     if isinstance(cfg, DictConfig):
+        plugins = OmegaConf.select(cfg, "run.plugins", default=None)
+        validate_plugins(OmegaConf.to_container(plugins) if plugins is not None else [])  # their names are valid below
         for name, value in _leaves(OmegaConf.to_container(cfg, resolve=False)):
             check_field_name(name, value)
         try:

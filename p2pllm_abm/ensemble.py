@@ -41,7 +41,9 @@ from tqdm.auto import tqdm
 from .config import Config, ConfigError, ensemble_grid, grid_configs, grid_points, validate
 from .dynamics import MarketState, run_ensemble_steps
 from .metrics import metric_rows, peak_memory_mb, record_rows, summary, write_outputs
-from .model import FusedCall, P2PLLMModel, long_lived_objects_frozen
+from .engine import FusedCall
+from .model import P2PLLMModel
+from .runtime import long_lived_objects_frozen
 
 
 def member_labels(config: Config) -> list[dict[str, Any]]:
@@ -112,12 +114,12 @@ class Ensemble:
                 before = self.steps
                 calls, results = self._dispatch([model.steps_to_record(end) for model in self.models])
                 for model, state in recorded:  # while the steps run
-                    model._finish_record(state)
+                    model.recorder.finish(state)
                 self._finish(calls, *results)
-                recorded = [(model, model._start_record()) for model in self.models if model.record_due()]
+                recorded = [(model, model.recorder.start()) for model in self.models if model.record_due()]
                 bar.update(self.steps - before)
         for model, state in recorded:
-            model._finish_record(state)
+            model.recorder.finish(state)
         for model in self.models:
             model.record_if_due(last=True)
 
@@ -128,9 +130,9 @@ class Ensemble:
         self._share_block_width()
         calls = [model.fused_call(n) for model, n in zip(self.models, steps)]
         return calls, run_ensemble_steps(
-            stack([model._state for model in self.models]), stack([model.environment for model in self.models]),
+            stack([model.engine.state for model in self.models]), stack([model.environment for model in self.models]),
             jnp.asarray(steps), jnp.asarray([model.steps for model in self.models]),
-            stack([call.reallocation for call in calls]), **self.models[0]._tick_options())
+            stack([call.reallocation for call in calls]), **self.models[0].engine.tick_options())
 
     def _finish(self, calls: list[FusedCall], state: MarketState, done: jax.Array, after: jax.Array) -> None:
         """Each member takes its part of a :meth:`_dispatch` call's results."""
@@ -140,7 +142,7 @@ class Ensemble:
 
     def _share_block_width(self) -> None:
         """Widen every member's stage blocks to the widest member's (one compiled shape)."""
-        width = max(model._block_width for model in self.models)
+        width = max(model.engine.block_width for model in self.models)
         for model in self.models:
             model.widen_blocks(width)
 
@@ -150,9 +152,9 @@ class Ensemble:
         self._share_block_width()
 
         def signature(model: P2PLLMModel) -> Any:
-            inputs = (model._state, model.environment, model.fused_call(0).reallocation)
+            inputs = (model.engine.state, model.environment, model.fused_call(0).reallocation)
             return (jax.tree.structure(inputs), [np.shape(leaf) for leaf in jax.tree.leaves(inputs)],
-                    model._tick_options())
+                    model.engine.tick_options())
 
         first = signature(self.models[0])
         for labels, model in zip(self.labels, self.models):
@@ -171,17 +173,17 @@ class Ensemble:
         """Every member's :meth:`~p2pllm_abm.model.P2PLLMModel.metrics_frame` with its labels
         (``replicate`` and the ensemble parameters), one member after another. The rows of records
         not read before are built in one call for all members (a job rewrites this frame as it goes)."""
-        if any(model._metric_rows for model in self.models):  # ledger or security rows: member by member
+        if any(model.recorder.metric_rows for model in self.models):  # ledger or security rows: member by member
             return self._frame([model.metrics_frame() for model in self.models])
         member, steps, stages, classes = [], [], [], []
         for k, (model, done) in enumerate(zip(self.models, self._records_read)):
-            for step, stage, request_class in model._records[done:]:
+            for step, stage, request_class in model.recorder.records[done:]:
                 member.append(k), steps.append(step), stages.append(stage), classes.append(request_class)
         if steps:
             rows = metric_rows(steps, stages, classes)  # stage rows then class rows, in (member, record) order
             counts = record_rows(stages) + record_rows(classes)
             self._metric_pieces.append(rows.assign(member=np.repeat(np.concatenate([member, member]), counts)))
-            self._records_read = [len(model._records) for model in self.models]
+            self._records_read = [len(model.recorder.records) for model in self.models]
         rows = pd.concat(self._metric_pieces, ignore_index=True).sort_values(["member", "step"], kind="stable")
         labels = pd.DataFrame(self.labels).iloc[rows["member"].to_numpy()].reset_index(drop=True)
         return pd.concat([labels, rows.drop(columns="member").reset_index(drop=True)], axis=1)

@@ -346,6 +346,15 @@ def rule_options(rule: str, values: dict | None = None) -> dict[str, float]:
     return {p.name: values.get(p.name, p.default) for p in price_rules.get(rule).parameters}
 
 
+def __getattr__(name: str):
+    """``allocation_equilibrium`` and ``AllocationCheck`` moved to :mod:`p2pllm_abm.allocation` (the eq.-8
+    check lives with eq. 7-8); the old names still answer."""
+    if name in ("allocation_equilibrium", "AllocationCheck"):
+        from . import allocation
+        return getattr(allocation, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def solver_rules() -> tuple[str, ...]:
     """The price rules :func:`solve_equilibrium` iterates (every registered rule that is a
     deterministic map of prices)."""
@@ -582,36 +591,6 @@ def diagnose_gradient_ascent(price, cost, stage, alive, params: MarketParams, n_
 
 
 # -- allocation equilibrium (eq. 7-8) ---------------------------------------------------------------
-
-class AllocationCheck(NamedTuple):
-    efficient: bool  #: no peer can raise its eq.-7 share by moving
-    violators: "np.ndarray"  #: peers that would gain by moving
-    target_stage: "np.ndarray"  #: their eq.-8 optimal stage
-    share_gain: "np.ndarray"  #: the share each would gain
-    peers_per_stage: "np.ndarray"
-    capacity_per_stage: "np.ndarray"  #: sum of 1/c per stage
-    capacity_ratio: float  #: max / min stage capacity (1 = perfectly balanced)
-
-
-def allocation_equilibrium(cost, stage, alive, n_stages: int, reading: str = "compute_share") -> AllocationCheck:
-    """Check eq. 8 (under ``reading``, see :mod:`p2pllm_abm.allocation`) for every live peer and
-    report the balance of the allocation's compute capacity."""
-    from .allocation import share_gains, stage_capacity
-
-    cost, stage, alive = np.asarray(cost), np.asarray(stage), np.asarray(alive)
-    best, gain = share_gains(cost, stage, alive, n_stages, reading)
-    violators = np.flatnonzero(gain > 0)
-    capacity = stage_capacity(cost, stage, alive, n_stages)
-    return AllocationCheck(
-        efficient=len(violators) == 0,
-        violators=violators,
-        target_stage=best[violators],
-        share_gain=gain[violators],
-        peers_per_stage=np.bincount(stage[alive], minlength=n_stages),
-        capacity_per_stage=capacity,
-        capacity_ratio=float(capacity.max() / capacity.min()) if capacity.min() > 0 else float("inf"),
-    )
-
 
 # -- heterogeneous clients: a mixture of logits -----------------------------------------------------
 

@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from .allocation import stage_capacity
-from .equilibrium import NashGap, allocation_equilibrium
+from .allocation import allocation_equilibrium, stage_capacity
+from .equilibrium import NashGap
 from .load import OUTCOMES
 from .network import PeerTable
 from .paths import atomic_path, write_text_atomic
@@ -484,7 +484,7 @@ def model_reporters(n_stages: int, n_classes: int) -> dict[str, Any]:
 
 
 def allocation_status(peers: PeerTable, reading: str = "compute_share") -> dict[str, Any]:
-    """Eq. 8 for every peer (:func:`~p2pllm_abm.equilibrium.allocation_equilibrium`) and balance;
+    """Eq. 8 for every peer (:func:`~p2pllm_abm.allocation.allocation_equilibrium`) and balance;
     ``efficient = None`` for a network of spans, where eq. 7-8 (shares of single stages) do not
     apply."""
     if np.any(peers.stage_end - peers.stage_start > 1):

@@ -13,6 +13,12 @@ from typing import Iterator
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
+def resolve_fingerprints(name: str) -> Path:
+    """A fingerprint-rate file: an absolute path, or a name in ``conf/fingerprints/``."""
+    path = Path(name)
+    return path if path.is_absolute() else CONF_DIR / "fingerprints" / path
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; renamed onto ``path`` only when the block

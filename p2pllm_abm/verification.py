@@ -42,12 +42,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from math import ceil, log2
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .behaviours import COLLUDERS, cheated_outputs, dropped_requests
-from .config import VerificationConfig, resolve_fingerprints
+from .paths import resolve_fingerprints
 from .registries import Mechanism, mechanisms
+
+if TYPE_CHECKING:
+    from .config import VerificationConfig
 
 
 def fingerprint_rates(profile: str, fingerprint: str) -> tuple[float, float]:

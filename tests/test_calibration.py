@@ -10,7 +10,7 @@ from analysis.__main__ import main as analysis_main
 from analysis.calibration import side_by_side, write_calibration
 from p2pllm_abm import P2PLLMModel, load_config
 from p2pllm_abm.calibration import allocation_schedule, calibrate, replay_table
-from p2pllm_abm.equilibrium import allocation_equilibrium
+from p2pllm_abm.allocation import allocation_equilibrium
 from p2pllm_abm.metrics import stage_rows
 
 SMALL = ["network.peers=40", "network.initial_distribution=[16,10,7,7]", "clients.count=16", "run.record_interval=50"]

@@ -22,7 +22,7 @@ def check_consistent(model: P2PLLMModel) -> None:
     ids = peers.peer_id[peers.present]
     assert len(set(ids.tolist())) == len(ids) and (ids >= 0).all()
     assert not (peers.alive & ~peers.present).any()
-    assert len(peers.price) == len(peers) == len(model._state.price) == len(model.peer_unique_ids)
+    assert len(peers.price) == len(peers) == len(model.engine.state.price) == len(model.peer_unique_ids)
 
 
 @settings(max_examples=5)

@@ -54,8 +54,8 @@ def test_a_fused_run_separates_the_cores_only_while_it_runs_and_computes_the_sam
         model = P2PLLMModel(load_config("paper_table1", overrides=[*overrides, f"run.separate_cores={separate}"]))
         model.run(5)  # XLA's pool exists
         before = affinities()
-        original = model._finish_record
-        monkeypatch.setattr(model, "_finish_record", lambda state: (
+        original = model.recorder.finish
+        monkeypatch.setattr(model.recorder, "finish", lambda state: (
             seen.append((separate, model.steps, affinities()[0])), original(state)))
         model.run(60)
         assert affinities() == before

@@ -222,12 +222,12 @@ def test_an_environment_with_device_scalars_compiles_the_same_program():
     call would copy each, every call); the program run_steps compiles must not change with that
     (weak types kept), nor may any Python number be left."""
     model = P2PLLMModel(load_config("paper_table1", overrides=["clients.count=8", "allocation.period=10"]))
-    python_numbers = model._make_environment()
+    python_numbers = model.engine.make_environment()
     on_device = model.environment
     assert not [leaf for leaf in jax.tree.leaves(on_device) if isinstance(leaf, (bool, int, float))]
     assert [leaf for leaf in jax.tree.leaves(python_numbers) if isinstance(leaf, float)]
     reallocation = model.fused_call(10).reallocation
-    programs = [run_steps.lower(model._state, env, 10, 0, reallocation, **model._tick_options()).as_text()
+    programs = [run_steps.lower(model.engine.state, env, 10, 0, reallocation, **model.engine.tick_options()).as_text()
                 for env in (python_numbers, on_device)]
     assert programs[0] == programs[1]
 

@@ -60,13 +60,13 @@ def test_members_that_are_done_keep_their_state_while_the_others_step():
     models, steps = ensemble.models, [4, 9]
     calls = [model.fused_call(n) for model, n in zip(models, steps)]
     state, done, after = run_ensemble_steps(
-        stack([model._state for model in models]), stack([model.environment for model in models]),
+        stack([model.engine.state for model in models]), stack([model.environment for model in models]),
         np.asarray(steps), np.asarray([model.steps for model in models]), stack([call.reallocation for call in calls]),
-        **models[0]._tick_options())
+        **models[0].engine.tick_options())
     assert done.tolist() == steps
     for model, call, member, turns in zip(models, calls, unstack(state), after):
-        alone, alone_done, alone_after, *_ = run_steps(model._state, model.environment, call.steps, model.steps,
-                                                       call.reallocation, **model._tick_options())
+        alone, alone_done, alone_after, *_ = run_steps(model.engine.state, model.environment, call.steps, model.steps,
+                                                       call.reallocation, **model.engine.tick_options())
         assert int(alone_done) == call.steps
         np.testing.assert_array_equal(turns, alone_after)
         for name, mine, theirs in zip(member._fields, member, alone):

@@ -240,7 +240,7 @@ def test_ctrl_c_during_a_record_waits_for_the_record():
     import signal
     import threading
 
-    from p2pllm_abm.model import deferred_interrupt
+    from p2pllm_abm.runtime import deferred_interrupt
 
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals reach the main thread only")

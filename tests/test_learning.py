@@ -28,7 +28,7 @@ def test_observed_rule_learns_the_equilibrium_without_choice_probabilities():
 
 def test_requests_see_each_peer_price_moved_by_plus_or_minus_delta():
     model = P2PLLMModel(load_config("paper_28", overrides=LEARNING))
-    state = model._state._replace(price=jnp.full(28, 3.0))
+    state = model.engine.state._replace(price=jnp.full(28, 3.0))
     posted = np.asarray(posted_prices(state, model.environment, "observed"))
     np.testing.assert_allclose(np.abs(posted - 3.0), 0.3, rtol=1e-12)
     assert 0 < np.sum(posted > 3.0) < 28

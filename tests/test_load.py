@@ -53,7 +53,7 @@ def test_queue_waits_match_the_closed_form():
         "report.table_steps=[0]"])
     model = P2PLLMModel(cfg)
     model.run(10)
-    assert float(model._state.backlog[0]) == pytest.approx(30.0)
+    assert float(model.engine.state.backlog[0]) == pytest.approx(30.0)
     times = np.array([(3 * (t - 1) + k) / 2 * 10 + 5 for t in range(1, 11) for k in range(5)])
     row = stage_rows(model.metrics_frame()).iloc[-1]
     for q in (50, 95, 99):

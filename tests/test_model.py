@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pllm_abm import P2PLLMModel, load_config
+from p2pllm_abm.recorder import Recorder
 from p2pllm_abm.agents import ClientAgent, PeerAgent
 from p2pllm_abm.metrics import (CLASS_METRICS, PEER_COLUMNS, STAGE_METRICS, nullable, stage_medians, stage_rows,
                                 write_run_outputs)
@@ -116,7 +117,7 @@ def test_the_compiled_run_returns_to_python_where_a_stage_outgrows_the_stage_blo
         model = P2PLLMModel(cfg)
         model.peers.cost[:] = np.where(model.peers.stage == 0, 1.0, 50.0)
         model.peers.stage_cost[:] = model.peers.cost[:, None]
-        model._environment = None  # rebuilt from the edited table
+        model.engine.invalidate()  # rebuilt from the edited table
         models.append(model)
     fused, stepped = models
     start = fused.environment.blocks.index.shape[1]
@@ -138,17 +139,17 @@ def test_an_interrupted_compiled_run_leaves_the_generator_where_its_steps_left_i
     to the steps done leaves it, and the run goes on as an uninterrupted one."""
     cfg = small("run.record_interval=25", experiment="paper_table1")
     fused, stepped, whole = P2PLLMModel(cfg), P2PLLMModel(cfg), P2PLLMModel(cfg)
-    finish = P2PLLMModel._finish_record
+    finish = Recorder.finish
 
-    def interrupted(model, state):
-        if model.steps == 50:
+    def interrupted(recorder, state):
+        if recorder.model.steps == 50:
             raise KeyboardInterrupt
-        finish(model, state)
+        finish(recorder, state)
 
-    monkeypatch.setattr(P2PLLMModel, "_finish_record", interrupted)
+    monkeypatch.setattr(Recorder, "finish", interrupted)
     with pytest.raises(KeyboardInterrupt):
         fused.run(100)
-    monkeypatch.setattr(P2PLLMModel, "_finish_record", finish)
+    monkeypatch.setattr(Recorder, "finish", finish)
     for _ in range(fused.steps):
         stepped.step()
     assert fused.steps == 50
@@ -285,7 +286,7 @@ def test_a_run_freezes_the_long_lived_objects_only_while_it_runs():
     among them is collected later."""
     import gc
 
-    from p2pllm_abm.model import long_lived_objects_frozen
+    from p2pllm_abm.runtime import long_lived_objects_frozen
 
     before = gc.get_freeze_count()
     with long_lived_objects_frozen():
@@ -308,7 +309,7 @@ def test_records_keep_no_device_array_alive():
 
     model = P2PLLMModel(small(experiment="paper_table1"))
     model.run(30)
-    for _, stage, request_class in model._records:
+    for _, stage, request_class in model.recorder.records:
         for name, column in {**stage, **request_class}.items():
             base = column
             while getattr(base, "base", None) is not None:

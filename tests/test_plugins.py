@@ -14,10 +14,9 @@ import pandas as pd
 import pytest
 
 from p2pllm_abm import P2PLLMModel, load_config
-from p2pllm_abm.config import ConfigError
 from p2pllm_abm.equilibrium import solve_equilibrium
 from p2pllm_abm.registries import (REGISTRIES, Behaviour, Mechanism, Parameter, PluginError, PriceRule, Registry,
-                                   RegistryError, load_plugins, price_rules)
+                                   RegistryError, load_plugins)
 from p2pllm_abm.verification import Draws, Hops, Verifier
 from tests.test_cli import sim
 from tests.test_economics import params, random_market
@@ -200,3 +199,14 @@ def test_a_builtin_registered_under_a_new_name_gives_exactly_its_outputs(builtin
             for alias, builtin in names.items():
                 text = text.replace(f'"{alias}"', f'"{builtin}"')
             assert json.loads(text) == expected[name]
+
+
+def test_a_sweep_over_plugin_names(tmp_path):
+    """Each multirun job (a joblib worker process) imports run.plugins before it validates."""
+    result = sim("-m", "experiment=paper_28", *SMALL, f"run.plugins=[{EXAMPLE}]",
+                 "market.update_rule=gradient,partial_best_response", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    assert "2 jobs, 2 done" in result.stdout
+    rules = sorted(json.loads(path.read_text())["config"]["market"]["update_rule"]
+                   for path in tmp_path.glob("*/summary.json"))
+    assert rules == ["gradient", "partial_best_response"]
