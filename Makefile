@@ -26,7 +26,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto -m "not serial and not slow"
 	$(BIN)/python -m pytest -q -m serial
 
-# The tests marked slow (a SLURM-free submitit sweep, the Optuna sweep, killing a sweep): about 1 minute
+# The tests marked slow (a SLURM-free submitit sweep, the Optuna sweep, killing a sweep, the wheel built and
+# installed into a fresh venv): about 1.5 minutes
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto -m slow
 

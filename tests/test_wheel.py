@@ -6,7 +6,8 @@ configs, profiles, fingerprints and Vyper sources inside the package and no gene
 The fresh venv reaches the third-party dependencies through a ``.pth`` line naming this
 environment's site-packages (installing jax & co. from the index would take minutes); the
 package itself, the thing under test, comes only from the wheel: this environment's editable
-install of the checkout is not on that venv's path.
+install of the checkout is not on that venv's path. Building and installing takes about half a
+minute: the two tests that do are marked slow (``make test-slow``, which CI runs too).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def run(venv: Path, *command: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_the_wheel_holds_the_package_data_and_no_generic_top_level_name(installed):
     wheel, _ = installed
     names = zipfile.ZipFile(wheel).namelist()
@@ -74,6 +76,7 @@ def test_the_wheel_holds_the_package_data_and_no_generic_top_level_name(installe
     assert "p2pllm-analysis = p2pllm_abm.analysis.__main__:main" in entry_points
 
 
+@pytest.mark.slow
 def test_the_installed_wheel_runs_from_any_directory(installed, tmp_path):
     _, venv = installed
     where = run(venv, "python", "-c", "import p2pllm_abm; print(p2pllm_abm.__file__, p2pllm_abm.__version__)",
