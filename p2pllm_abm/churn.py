@@ -24,7 +24,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .config import Config, initial_distribution
-from .costs import load_profile, stage_times
+from .costs import stage_times
+from .profiles import load_profile
 from .registries import allocation_rules
 
 

@@ -21,8 +21,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .costs import COST_METRICS, PROFILED, ProfileError, devices, load_profile, resolve_profile
 from .paths import CONF_DIR, resolve_fingerprints
+from .profiles import COST_METRICS, PROFILED, ProfileError, devices, load_profile, resolve_profile
 from .registries import (MARKET_SCALE, PluginError, Registry, allocation_rules, behaviours, load_plugins, mechanisms,
                          price_rules, routings)
 
@@ -346,7 +346,7 @@ def _registry_keys(name: str) -> list[str] | None:
     """The valid dotted names beside ``name`` when its parent is a dict field keyed by a registry's
     names (``adversary.mix.<behaviour>``, a plug-in's too); ``market.rule_params.<name>`` takes any
     name, checked by :func:`validate` against the chosen rule's parameters. ``None`` elsewhere."""
-    parent, _, key = name.rpartition(".")
+    parent = name.rpartition(".")[0]
     if parent == "adversary.mix":
         return [f"{parent}.{behaviour}" for behaviour in behaviours.names()]
     if parent == "market.rule_params":

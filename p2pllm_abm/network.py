@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import NetworkConfig, initial_distribution
-from .costs import load_profile, span_sum, stage_times
+from .costs import span_sum, stage_times
+from .profiles import load_profile
 
 #: the unit square's diameter, the largest distance between two positions
 _MAX_DISTANCE = float(np.sqrt(2.0))

@@ -23,6 +23,7 @@ the import graph).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 from dataclasses import dataclass
@@ -69,7 +70,7 @@ class Parameter:
         """The allowed range in words, for error messages and the docs."""
         lower = "" if self.low == -math.inf else f"{self.low:g} {'<' if self.low_open else '<='} "
         upper = "" if self.high == math.inf else f" {'<' if self.high_open else '<='} {self.high:g}"
-        return f"a finite number {lower}{self.name}{upper}".replace("number  ", "number ")
+        return f"a finite number {lower}{self.name}{upper}" if lower or upper else "a finite number"
 
 
 @dataclass(frozen=True)
@@ -253,13 +254,19 @@ class PluginError(RegistryError):
 
 
 def load_plugins(modules: Sequence[str] = ()) -> None:
-    """Import every module of the entry-point group :data:`ENTRY_POINT_GROUP` (once per process), then
-    each of ``modules`` (``run.plugins``); importing a plug-in module registers its entries. A module
-    already imported is not imported again, so a plug-in registers its names once."""
-    for point in entry_points(group=ENTRY_POINT_GROUP):
-        _import(point.value.partition(":")[0], f"entry point {point.name!r}")
+    """Import every module of the entry-point group :data:`ENTRY_POINT_GROUP` (the installed packages
+    are read once per process), then each of ``modules`` (``run.plugins``); importing a plug-in module
+    registers its entries. A module already imported is not imported again, so a plug-in registers
+    its names once."""
+    for name, module in _entry_point_modules():
+        _import(module, f"entry point {name!r}")
     for module in modules:
         _import(module, "run.plugins")
+
+
+@functools.cache
+def _entry_point_modules() -> tuple[tuple[str, str], ...]:
+    return tuple((point.name, point.value.partition(":")[0]) for point in entry_points(group=ENTRY_POINT_GROUP))
 
 
 def _import(module: str, source: str) -> None:

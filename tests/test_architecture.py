@@ -60,8 +60,8 @@ def test_registries_import_nothing_of_the_package_and_config_no_implementation()
     graph = module_imports()
     assert graph["p2pllm_abm.registries"] == set()
     # config reads names and ranges from the registries; paths and the cost-profile files are data access
-    assert graph["p2pllm_abm.config"] <= {"p2pllm_abm.registries", "p2pllm_abm.paths", "p2pllm_abm.costs"}
-    assert graph["p2pllm_abm.costs"] <= {"p2pllm_abm.paths"}
+    assert graph["p2pllm_abm.config"] <= {"p2pllm_abm.registries", "p2pllm_abm.paths", "p2pllm_abm.profiles"}
+    assert graph["p2pllm_abm.profiles"] <= {"p2pllm_abm.paths"}
 
 
 def test_the_mesa_model_sits_above_the_engine_and_the_phases():

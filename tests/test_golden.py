@@ -104,7 +104,14 @@ def write_references(names: list[str], scratch: Path) -> None:
         print(f"wrote {target}")
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+#: the configurations every ``make test`` runs (the paper's Table 1, newton, observed, outside option +
+#: marginal cost, the ledger, spot checks with adversaries, spans, an ensemble); the others run in
+#: ``make test-slow`` (CI runs both)
+CORE = ("table1", "newton", "observed", "outside_marginal", "ledger", "spot_check", "spans", "ensemble")
+
+
+@pytest.mark.parametrize("name", [name if name in CORE else pytest.param(name, marks=pytest.mark.slow)
+                                  for name in sorted(CONFIGS)])
 def test_outputs_equal_the_references(name, tmp_path):
     reference = GOLDEN / name
     outputs = run_outputs(name, tmp_path)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +20,12 @@ from p2pllm_abm.equilibrium import solve_equilibrium
 from p2pllm_abm.registries import (REGISTRIES, Behaviour, Mechanism, Parameter, PluginError, PriceRule, Registry,
                                    RegistryError, load_plugins)
 from p2pllm_abm.verification import Draws, Hops, Verifier
-from tests.test_cli import sim
+from tests.test_cli import SIM, sim
 from tests.test_economics import params, random_market
 
 EXAMPLE = "p2pllm_abm.examples.plugin"
 TESTS = Path(__file__).parent
-SMALL = ["run.steps=30", "run.record_interval=10", "run.progress=false", "run.figures=false"]
+SMALL = ["run.steps=12", "run.record_interval=4", "run.progress=false", "run.figures=false"]
 
 
 def plugin_env() -> dict[str, str]:
@@ -132,7 +134,7 @@ def test_the_example_plugin_runs_in_python():
                                                  "adversary.fraction=0.3", "adversary.cheat_probability=1.0"])
     model = P2PLLMModel(config)
     assert model.environment.options == {"weight": 0.3}
-    model.run(30)
+    model.run(12)
     summary = model.security.summary()
     assert summary["mechanism"] == "hop_sampling" and summary["adversarial_peers"] == 60
     assert 0 < summary["cheats"] and 0 < summary["caught"] <= summary["cheats"] and summary["slashed_honest"] == 0
@@ -172,25 +174,22 @@ def read_outputs(directory: Path) -> dict[str, object]:
     return {**frames, "summary.json": summary}
 
 
-@pytest.mark.parametrize("builtin, aliased", [
-    (["market.update_rule=gradient", "clients.routing=path"],
-     ["market.update_rule=my_gradient", "clients.routing=my_path"]),
-    (["verification.mechanism=spot_check", "adversary.behaviour=lazy"],
-     ["verification.mechanism=my_spot_check", "adversary.behaviour=my_lazy"]),
-])
-def test_a_builtin_registered_under_a_new_name_gives_exactly_its_outputs(builtin, aliased, tmp_path):
+def test_a_builtin_registered_under_a_new_name_gives_exactly_its_outputs(tmp_path):
+    """One run with a price rule, a routing, a mechanism and a behaviour each registered again under a
+    new name (tests/plugins/alias_plugin.py) against the run with the built-ins."""
+    builtin = ["market.update_rule=gradient", "clients.routing=path", "verification.mechanism=spot_check",
+               "adversary.behaviour=lazy"]
+    aliased = ["market.update_rule=my_gradient", "clients.routing=my_path", "verification.mechanism=my_spot_check",
+               "adversary.behaviour=my_lazy"]
     common = ["experiment=paper_table1_ledger", *SMALL, "adversary.fraction=0.2"]
     ours = sim(*common, *builtin, f"hydra.run.dir={tmp_path / 'builtin'}")
     env = {**os.environ, **plugin_env()}
-    import subprocess
-
-    from tests.test_cli import SIM
     theirs = subprocess.run([SIM, *common, "run.plugins=[alias_plugin]", *aliased, f"hydra.run.dir={tmp_path / 'alias'}"],
                             capture_output=True, text=True, env=env, timeout=300)
     assert ours.returncode == 0 and theirs.returncode == 0, ours.stderr + theirs.stderr
     expected, got = read_outputs(tmp_path / "builtin"), read_outputs(tmp_path / "alias")
     assert sorted(expected) == sorted(got)
-    names = {"my_lazy": "lazy", "my_spot_check": "spot_check"}  # the names a run echoes
+    names = {"my_lazy": "lazy", "my_spot_check": "spot_check"}  # the names a run echoes besides its config
     for name, value in got.items():
         if isinstance(value, pd.DataFrame):
             pd.testing.assert_frame_equal(value.replace(names), expected[name], check_exact=True)
@@ -210,3 +209,21 @@ def test_a_sweep_over_plugin_names(tmp_path):
     rules = sorted(json.loads(path.read_text())["config"]["market"]["update_rule"]
                    for path in tmp_path.glob("*/summary.json"))
     assert rules == ["gradient", "partial_best_response"]
+
+
+def test_an_installed_package_registers_through_its_entry_point(tmp_path):
+    """A package that names a module in the entry-point group p2pllm_abm.plugins is loaded without
+    run.plugins (here a distribution made by hand on PYTHONPATH)."""
+    (tmp_path / "entry_rules.py").write_text(
+        "from p2pllm_abm.registries import price_rules\n"
+        "price_rules.register('entry_gradient', price_rules.get('gradient'))\n")
+    info = tmp_path / "entry_rules-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: entry-rules\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[p2pllm_abm.plugins]\nentry_rules = entry_rules\n")
+    script = ("from p2pllm_abm import load_config\n"
+              "print(load_config('paper_28', ['market.update_rule=entry_gradient']).market.update_rule)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "entry_gradient"
