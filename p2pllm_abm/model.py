@@ -44,7 +44,7 @@ from .ledger import MarketLedger
 from .metrics import LEDGER_PEER_COLUMNS, PEER_COLUMNS, PeerTableCollector, RequestClasses, model_reporters
 from .network import PeerTable
 from .pareto import ParetoFrontier, pareto_paths
-from .phases import Contracts, Membership, Reallocation
+from .phases import Contracts, Membership, Phase, Reallocation
 from .recorder import Recorder
 from .resources import check_memory
 from .routing import best_path
@@ -174,6 +174,8 @@ class P2PLLMModel(mesa.Model):
             periods = [cfg.run.record_interval] + ([cfg.allocation.period] if cfg.allocation.enabled else [])
             self.engine.chunk_length = min(periods)  # the compiled scan's length (the longest chunk)
         self.contracts = Contracts(self)  #: phase 4
+        #: the host phases after the market's ticks, in the paper's order (5.1)
+        self.phases: tuple[Phase, ...] = (self.reallocation, self.contracts)
 
         if self.behaviours is not None:
             self.peers.behaviour = self.behaviours.names()
@@ -197,12 +199,12 @@ class P2PLLMModel(mesa.Model):
         """One step: membership (joins, leaves, failures), requests and prices, then reallocation,
         contracts and the record when due."""
         self.membership()
-        self.engine.market_ticks(1, first_step=self.steps)  # Mesa has counted this step already
+        self.engine.market_ticks(1, first_step=self.steps)  # phases 1-2; Mesa has counted this step already
         self.membership.after_requests()
-        if self.reallocation.due(self.steps):
-            self.reallocation()
-        self.contracts_phase()
-        if self.steps % self.config.run.record_interval == 0:
+        for phase in self.phases:  # 3-4
+            if phase.due(self.steps):
+                phase()
+        if self.recorder.due():  # 5
             self.recorder.record()
         if not self.engine.in_run:  # called on its own: the table shows this step's market
             self.engine.await_ticks()

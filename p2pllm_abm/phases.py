@@ -23,7 +23,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 
 from .allocation import move_candidates
 from .churn import failing, joining_starts, leaving, newcomers
@@ -32,8 +34,6 @@ from .metrics import EVENT_KINDS
 from .registries import allocation_rules
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from .model import P2PLLMModel
 
 
@@ -177,10 +177,8 @@ class Membership:
         free = ~peers.present
         return np.flatnonzero(free & (peers.peer_id < 0) if self.model.ledger is not None else free)
 
-    def mask(self, rows: np.ndarray):
+    def mask(self, rows: np.ndarray) -> jnp.ndarray:
         """Rows ``rows`` as a mask over the table, on the device."""
-        import jax.numpy as jnp
-
         mask = np.zeros(len(self.model.peers), dtype=bool)
         mask[rows] = True
         return jnp.asarray(mask)
@@ -196,8 +194,6 @@ class Membership:
     def events_frame(self) -> pd.DataFrame:
         """Joins, leaves, failures, recoveries and moves: one row per peer and event (``step``,
         ``event``, ``peer_id``, ``stage`` where it was or went)."""
-        import pandas as pd
-
         step, kind, peer, stage = zip(*self.events) if self.events else ((), (), (), ())
         sizes = [len(ids) for ids in peer]
         return pd.DataFrame({"step": np.repeat(np.asarray(step, dtype=np.int64), sizes),
