@@ -27,7 +27,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -m serial
 
 # The tests marked slow (a SLURM-free submitit sweep, the Optuna sweep, killing a sweep, the wheel built and
-# installed into a fresh venv): about 1.5 minutes
+# installed into a fresh venv, eight golden-output configurations): about 2 minutes
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto -m slow
 
