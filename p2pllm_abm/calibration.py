@@ -66,7 +66,6 @@ FITTABLE = {
 ALLOCATION_FITTABLE = {"allocation.move_fraction": np.geomspace(0.005, 0.5, 21)}
 #: fields that move the equilibrium (fitted first on the last checkpoint by implicit differentiation)
 STEADY_STATE = ("market.temperature", "market.alpha")
-#: price rules the replay supports (those that need no per-stage blocks and read no requests)
 def replay_rules() -> tuple[str, ...]:
     """The price rules a schedule can be replayed with: deterministic maps of prices that read no
     stage blocks (the blocks change with every reallocation)."""

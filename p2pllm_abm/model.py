@@ -204,8 +204,7 @@ class P2PLLMModel(mesa.Model):
         for phase in self.phases:  # 3-4
             if phase.due(self.steps):
                 phase()
-        if self.recorder.due():  # 5
-            self.recorder.record()
+        self.record_if_due()  # 5
         if not self.engine.in_run:  # called on its own: the table shows this step's market
             self.engine.await_ticks()
 

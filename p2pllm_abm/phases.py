@@ -155,8 +155,13 @@ class Membership:
         model.peers.present[rows], model.peers.alive[rows], model.peers.down_until[rows] = False, False, 0
         self.reloading[rows] = False
         model.peers_left(rows)
-        if model.config.network.step_ms is not None:  # their queues are lost
-            model.engine.state = reset_rows(model.engine.state, self.mask(rows), 0.0, fields=("backlog",))
+        self.drop_queues(rows)
+
+    def drop_queues(self, rows: np.ndarray) -> None:
+        """Peers at ``rows`` went away (left, failed for good, or reload after a move): with capacity,
+        the requests queued at them are lost."""
+        if self.model.config.network.step_ms is not None:
+            self.model.engine.state = reset_rows(self.model.engine.state, self.mask(rows), 0.0, fields=("backlog",))
 
     def grow(self, rows: int) -> None:
         """Add ``rows`` free rows to the table, the per-peer arrays and the market state (a new array
@@ -236,8 +241,7 @@ class Reallocation:
         if alloc.reload_steps > 0:
             peers.alive[moved], peers.down_until[moved] = False, step + alloc.reload_steps + 1
             membership.reloading[moved] = True
-            if model.config.network.step_ms is not None:  # their queues are lost
-                model.engine.state = reset_rows(model.engine.state, membership.mask(moved), 0.0, fields=("backlog",))
+            membership.drop_queues(moved)
         membership.log("move", moved, step)
         model.engine.invalidate()
         self.moves += len(moves)

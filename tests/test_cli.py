@@ -15,8 +15,8 @@ SIM = str(Path(sys.executable).with_name("p2pllm-sim"))
 FAST = ["run.steps=20", "run.record_interval=10", "report.table_steps=[0,10,20]", "run.progress=false"]
 
 
-def sim(*args):
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+def sim(*args, extra_env: dict[str, str] | None = None):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(extra_env or {})}
     return subprocess.run([SIM, *args], capture_output=True, text=True, env=env, timeout=300)
 
 

@@ -20,7 +20,7 @@ from p2pllm_abm.equilibrium import solve_equilibrium
 from p2pllm_abm.registries import (REGISTRIES, Behaviour, Mechanism, Parameter, PluginError, PriceRule, Registry,
                                    RegistryError, load_plugins)
 from p2pllm_abm.verification import Draws, Hops, Verifier
-from tests.test_cli import SIM, sim
+from tests.test_cli import sim
 from tests.test_economics import params, random_market
 
 EXAMPLE = "p2pllm_abm.examples.plugin"
@@ -183,9 +183,8 @@ def test_a_builtin_registered_under_a_new_name_gives_exactly_its_outputs(tmp_pat
                "adversary.behaviour=my_lazy"]
     common = ["experiment=paper_table1_ledger", *SMALL, "adversary.fraction=0.2"]
     ours = sim(*common, *builtin, f"hydra.run.dir={tmp_path / 'builtin'}")
-    env = {**os.environ, **plugin_env()}
-    theirs = subprocess.run([SIM, *common, "run.plugins=[alias_plugin]", *aliased, f"hydra.run.dir={tmp_path / 'alias'}"],
-                            capture_output=True, text=True, env=env, timeout=300)
+    theirs = sim(*common, "run.plugins=[alias_plugin]", *aliased, f"hydra.run.dir={tmp_path / 'alias'}",
+                 extra_env=plugin_env())
     assert ours.returncode == 0 and theirs.returncode == 0, ours.stderr + theirs.stderr
     expected, got = read_outputs(tmp_path / "builtin"), read_outputs(tmp_path / "alias")
     assert sorted(expected) == sorted(got)
