@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-slow dashboard readme-figures bench bench-equilibrium bench-routing bench-sweeps bench-ledger bench-dynamics verify welfare learning security petals clean
+.PHONY: run test test-slow dashboard readme-figures bench bench-equilibrium bench-routing bench-sweeps bench-ledger bench-dynamics certify verify welfare learning security petals clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -38,7 +38,7 @@ dashboard: $(STAMP)
 	$(BIN)/solara run p2pllm_abm.app --host 127.0.0.1 --port $(DASHBOARD_PORT) --no-open --production
 
 # One of each figure for the README (analysis/readme_figures/): every producer, then the copies.
-readme-figures: $(STAMP) run verify welfare learning security petals
+readme-figures: $(STAMP) run certify welfare learning security petals
 	$(BIN)/p2pllm-sim experiment=paper_table1_ledger hydra.run.dir=outputs/paper_table1_ledger
 	$(BIN)/python -m analysis ledger-figures outputs/paper_table1_ledger
 	$(BIN)/p2pllm-sim -m sweep=ledger
@@ -69,9 +69,12 @@ bench-ledger: $(STAMP)
 bench-dynamics: $(STAMP)
 	$(BIN)/python -m benchmarks.network_dynamics
 
-# The equilibrium verification experiment (table + figures in outputs/equilibrium_verification).
-verify: $(STAMP)
-	$(BIN)/python -m experiments.equilibrium_verification
+# The equilibrium certification experiment (table + figures in outputs/equilibrium_certification).
+certify: $(STAMP)
+	$(BIN)/python -m experiments.equilibrium_certification
+
+# The earlier name of certify ('verification' now means only checking outputs).
+verify: certify
 
 # The welfare experiment (tables + figure in outputs/welfare).
 welfare: $(STAMP)

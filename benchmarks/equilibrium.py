@@ -18,7 +18,7 @@ import numpy as np
 
 from p2pllm_abm.equilibrium import solver_rules
 from p2pllm_abm.economics import MarketParams
-from p2pllm_abm.equilibrium import certify, solve_equilibrium, stable_eta
+from p2pllm_abm.equilibrium import nash_gap_jit, solve_equilibrium, stable_eta
 
 from .timing import timed
 
@@ -57,7 +57,7 @@ def main() -> None:
     price = price * 2.0
 
     def run_certify():
-        return jax.block_until_ready(certify(price, cost, stage, alive, params, n_stages=16))
+        return jax.block_until_ready(nash_gap_jit(price, cost, stage, alive, params, n_stages=16))
 
     seconds, certificate = timed(run_certify, repeats=REPEATS)
     print(f"\nCertify 10^5 peers x 16 stages: {seconds * 1e3:.1f} ms "

@@ -40,7 +40,7 @@ def run(cfg: DictConfig, seed: int, rule: str, eta: float | None) -> pd.DataFram
                  f"market.exploration={cfg.exploration}", f"market.baseline_rate={cfg.baseline_rate}",
                  *([f"market.eta={eta}"] if eta is not None else [])]
     model = P2PLLMModel(load_config(cfg.experiment, overrides=overrides))
-    env = model.environment
+    env = model.engine.environment
     target = solve_equilibrium("newton", np.full(len(model.peers.price), 2.0), env.cost, env.stage, env.alive,
                                model.market_params, model.peers.n_stages)
     if not target.converged:

@@ -119,7 +119,7 @@ def reallocation_scan(weight: Array, stage: Array, alive: Array, candidates: Arr
     return stage.at[jnp.where(valid, row, stage.shape[0])].set(after.astype(stage.dtype), mode="drop"), after
 
 
-_reallocation_jit = jax.jit(reallocation_scan, static_argnames=("n_stages",))
+reallocation_scan_jit = jax.jit(reallocation_scan, static_argnames=("n_stages",))
 
 
 def reallocate(
@@ -138,7 +138,7 @@ def reallocate(
     candidates = np.asarray(candidates, dtype=np.int64)
     padded = np.full(padded_size(len(candidates)), -1)
     padded[: len(candidates)] = candidates
-    new_stage, after = _reallocation_jit(share_weight(cost, reading), jnp.asarray(stage), jnp.asarray(alive),
+    new_stage, after = reallocation_scan_jit(share_weight(cost, reading), jnp.asarray(stage), jnp.asarray(alive),
                                          jnp.asarray(padded), float(hysteresis), n_stages=n_stages)
     return np.array(new_stage), turns_to_moves(candidates, stage, np.asarray(after))
 
@@ -305,7 +305,7 @@ def petals_moves(model: Any, candidates: np.ndarray) -> list[tuple[int, int, int
     joining (reloading) servers count, as in Petals; the moves as ``(peer, from, to)``."""
     peers, alloc = model.peers, model.config.allocation
     start, end = peers.stage_start.copy(), peers.stage_end.copy()
-    counted = peers.alive | model.reloading
+    counted = peers.alive | model.membership.reloading
     throughput = 1.0 / peers.cost
     moves = []
     for peer in candidates.tolist():

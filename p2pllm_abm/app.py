@@ -140,7 +140,7 @@ def NashGapView(model: P2PLLMModel):
     """Each layer's relative Nash gap (the largest gain a peer of the layer could make by
     changing its price alone, over its revenue) at the last record."""
     update_counter.get()
-    gap = np.asarray(model.certificate.stage_relative_gap)
+    gap = np.asarray(model.recorder.certificate.stage_relative_gap)
     figure = Figure(figsize=(5.4, 3.6), layout="constrained")
     ax = figure.subplots()
     ax.bar(_layers(model), gap, color="tab:purple")

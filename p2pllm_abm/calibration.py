@@ -98,7 +98,7 @@ def allocation_schedule(cfg: Config, steps: int) -> Schedule:
     stages = [model.peers.stage.copy()]
     for _ in range(steps // period):
         if cfg.allocation.enabled:
-            model.reallocation_phase()
+            model.reallocation()
         stages.append(model.peers.stage.copy())
     return Schedule(np.array(stages), np.asarray(model.claimed_cost), model.peers.alive.copy(), period)
 

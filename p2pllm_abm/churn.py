@@ -84,3 +84,15 @@ def joining_starts(cfg: Config, arrivals: Newcomers, stage_start: np.ndarray, st
         return np.minimum(start, n_stages - np.minimum(arrivals.length, n_stages))
     return allocation_rules.get(alloc.rule).joins(alloc, arrivals.stage_cost, arrivals.length, stage_start,
                                                   stage_end, cost, counted, n_stages)
+
+
+def spare_rows(cfg: Config) -> int:
+    """Rows beyond ``network.peers`` for joining peers: ``churn.headroom`` of the peers (the table grows
+    by a tenth when they run out); with the ledger on, whose accounts are opened at genesis, also
+    enough for the run's expected joins plus six standard deviations (joins beyond are refused and
+    counted as ``joins_refused``)."""
+    rows = int(np.ceil(cfg.churn.headroom * cfg.network.peers))
+    if cfg.ledger.enabled:
+        expected = cfg.churn.join_rate * cfg.run.steps
+        rows = max(rows, int(np.ceil(expected + 6 * np.sqrt(expected))) + 16)
+    return rows

@@ -174,7 +174,8 @@ def finite(state: MarketState) -> Array:
 
 
 #: :func:`finite` as a scalar on the device, so that asking does not wait for the ticks that compute ``state``
-all_finite = jax.jit(finite)
+finite_jit = jax.jit(finite)
+all_finite = finite_jit  #: the earlier name of finite_jit
 
 
 def grow_state(state: MarketState, rows: int) -> MarketState:
@@ -702,7 +703,7 @@ class StepsDone(NamedTuple):
     blocks: StageBlocks  #: the stage blocks at the end (the next call's, when this one did all its steps)
     #: with ``measure``: the record measures at the final prices (:func:`~p2pllm_abm.welfare.record_measures`)
     measures: tuple | None
-    finite: Array  #: whether the final prices and revenues are finite (:func:`all_finite`)
+    finite: Array  #: whether the final prices and revenues are finite (:func:`finite_jit`)
 
 
 @partial(jax.jit, static_argnames=(*TICK_OPTIONS, "measure", "with_welfare"))

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from .allocation import move_candidates, share_weight, turns_to_moves
 from .config import ConfigError, most_extreme_field, price_rule_options, security_on
-from .dynamics import (Environment, Geometry, MarketState, Reallocation, StepsDone, all_finite, device_scalars,
+from .dynamics import (Environment, Geometry, MarketState, Reallocation, StepsDone, finite_jit, device_scalars,
                        paid_tick_jit, reset_window, run_paid_ticks, run_steps, run_ticks)
 from .equilibrium import StageBlocks, padded_size, stage_blocks
 from .load import peer_capacity
@@ -124,7 +124,7 @@ class Engine:
             ),
             capacity=None if capacity is None else jnp.asarray(capacity),
             step_ms=0.0 if net.step_ms is None else float(net.step_ms),
-            failing=None if model.failing is None else jnp.asarray(model.failing.copy()),
+            failing=None if model.membership.failing is None else jnp.asarray(model.membership.failing.copy()),
             max_retries=float("inf") if cfg.failures.max_retries is None else float(cfg.failures.max_retries),
             hop_overhead=float(cfg.clients.hop_overhead_ms),
             **model.alpha_groups,
@@ -169,17 +169,17 @@ class Engine:
         start, env = self.state, self.environment
         if model.ledger is None:
             self.state = run_ticks(self.state, env, ticks, **options)
-        elif model.config.ledger.registry_view == "confirmed" or model.failing is not None:
+        elif model.config.ledger.registry_view == "confirmed" or model.membership.failing is not None:
             # requests see the registry's prices, or failed hops go to the ledger too
             confirmed = model.config.ledger.registry_view == "confirmed"
             quoted = model.ledger.registry.posted_price.copy() if confirmed else model.peers.price.copy()
             self.state, paid, failed = paid_tick_jit(self.state, env, jnp.asarray(quoted), **options)
             self.paid = (np.asarray(paid), quoted)
-            self.failed_hops = np.asarray(failed) if model.failing is not None else None
+            self.failed_hops = np.asarray(failed) if model.membership.failing is not None else None
         else:  # the chunk's compiled scan, one tick long
             self.state, paid, before = run_paid_ticks(self.state, env, 1, length=self.chunk_length, **options)
             self.paid = (np.asarray(paid)[0], np.asarray(before)[0])
-        self.unsettled.append(Dispatched(start, env, first_step, ticks, all_finite(self.state)))
+        self.unsettled.append(Dispatched(start, env, first_step, ticks, finite_jit(self.state)))
         if model.ledger is not None or len(self.unsettled) >= MAX_UNSETTLED:
             self.await_ticks()
 
@@ -203,7 +203,7 @@ class Engine:
         probe, step = chunk.start, chunk.first_step
         for step in range(chunk.first_step, chunk.first_step + chunk.ticks):
             probe = run_ticks(probe, chunk.env, 1, **options)
-            if not bool(all_finite(probe)):
+            if not bool(finite_jit(probe)):
                 break
         quantity = "price" if not np.isfinite(np.asarray(probe.price)).all() else "revenue"
         values = np.asarray(getattr(probe, quantity))
@@ -230,14 +230,14 @@ class Engine:
         start, env = self.state, self.environment
         options = self.tick_options()
         final, paid, before = run_paid_ticks(start, env, ticks, length=self.chunk_length, **options)
-        if not bool(all_finite(final)):
-            self.refuse_non_finite(Dispatched(start, env, model.steps + 1, ticks, all_finite(final)))
+        if not bool(finite_jit(final)):
+            self.refuse_non_finite(Dispatched(start, env, model.steps + 1, ticks, finite_jit(final)))
         paid, before = np.asarray(paid), np.asarray(before)
         for k in range(ticks):
             model.steps += 1
             self.paid = (paid[k], before[k])
             model.peers.price = before[k + 1] if k + 1 < ticks else np.asarray(final.price)
-            if model.contracts_phase():
+            if model.contracts():
                 self.state = run_ticks(start, env, k + 1, **options)
                 self.sync_peers()
                 return k + 1
@@ -363,7 +363,7 @@ class Engine:
         names the step and peer. Returns the steps done."""
         model = self.model
         alloc, peers = model.config.allocation, model.peers
-        if not bool(all_finite(state) if finite is None else finite):
+        if not bool(finite_jit(state) if finite is None else finite):
             model.rng.bit_generator.state = call.drawn_from
             self.run_chunked(model.steps + call.steps, tqdm(disable=True))
             self.await_ticks()

@@ -88,7 +88,7 @@ class Ensemble:
         self._metric_pieces: list[pd.DataFrame] = []  #: metrics rows built so far (see metrics_frame)
         self._records_read = [0] * len(self.models)  #: each member's records in them
         #: whether the members run in one vmapped call (no host phases), else one after another
-        self.fused = all(model.fusable for model in self.models)
+        self.fused = all(model.engine.fusable for model in self.models)
         if self.fused:
             self._check_shapes()
 
@@ -112,25 +112,25 @@ class Ensemble:
                 tqdm(total=steps, disable=not progress, unit="step", desc="p2pllm-sim ensemble") as bar:
             while self.steps < end:
                 before = self.steps
-                calls, results = self._dispatch([model.steps_to_record(end) for model in self.models])
+                calls, results = self._dispatch([model.engine.steps_to_record(end) for model in self.models])
                 for model, state in recorded:  # while the steps run
                     model.recorder.finish(state)
                 self._finish(calls, *results)
-                recorded = [(model, model.recorder.start()) for model in self.models if model.record_due()]
+                recorded = [(model, model.recorder.start()) for model in self.models if model.recorder.due()]
                 bar.update(self.steps - before)
         for model, state in recorded:
             model.recorder.finish(state)
         for model in self.models:
-            model.record_if_due(last=True)
+            model.recorder.record_if_due(last=True)
 
     def _dispatch(self, steps: list[int]) -> tuple[list[FusedCall], tuple[MarketState, jax.Array, jax.Array]]:
         """Up to ``steps[k]`` steps of member ``k``, all in one :func:`~p2pllm_abm.dynamics.run_ensemble_steps`
         call over blocks of one width (the members' widest), dispatched: each member's call and the
         call's (stacked) results, for :meth:`_finish`."""
         self._share_block_width()
-        calls = [model.fused_call(n) for model, n in zip(self.models, steps)]
+        calls = [model.engine.fused_call(n) for model, n in zip(self.models, steps)]
         return calls, run_ensemble_steps(
-            stack([model.engine.state for model in self.models]), stack([model.environment for model in self.models]),
+            stack([model.engine.state for model in self.models]), stack([model.engine.environment for model in self.models]),
             jnp.asarray(steps), jnp.asarray([model.steps for model in self.models]),
             stack([call.reallocation for call in calls]), **self.models[0].engine.tick_options())
 
@@ -138,13 +138,13 @@ class Ensemble:
         """Each member takes its part of a :meth:`_dispatch` call's results."""
         done, after = np.asarray(done), np.asarray(after)
         for model, call, member, n, turns in zip(self.models, calls, unstack(state), done, after):
-            model.finish_fused_call(call, member, n, turns)
+            model.engine.finish_fused_call(call, member, n, turns)
 
     def _share_block_width(self) -> None:
         """Widen every member's stage blocks to the widest member's (one compiled shape)."""
         width = max(model.engine.block_width for model in self.models)
         for model in self.models:
-            model.widen_blocks(width)
+            model.engine.widen_blocks(width)
 
     def _check_shapes(self) -> None:
         """Refuse members whose compiled inputs differ in kind or shape (they cannot share one call),
@@ -152,7 +152,7 @@ class Ensemble:
         self._share_block_width()
 
         def signature(model: P2PLLMModel) -> Any:
-            inputs = (model.engine.state, model.environment, model.fused_call(0).reallocation)
+            inputs = (model.engine.state, model.engine.environment, model.engine.fused_call(0).reallocation)
             return (jax.tree.structure(inputs), [np.shape(leaf) for leaf in jax.tree.leaves(inputs)],
                     model.engine.tick_options())
 
@@ -201,7 +201,7 @@ class Ensemble:
         Nash gap (what ``p2pllm-sim`` prints for an ensemble)."""
         rows = []
         for labels, model in zip(self.labels, self.models):
-            stats = model.stage_stats
+            stats = model.recorder.stage_stats
             rows.append({**labels, **{f"{name} {s + 1}": value for name, column in
                                       (("peers", "peers"), ("price", "mean_price"), ("gap", "relative_nash_gap"))
                                       for s, value in enumerate(stats[column].tolist())}})

@@ -175,7 +175,8 @@ def nash_gap(price: Array, cost: Array, stage: Array, alive: Array, params: Mark
 
 
 #: :func:`nash_gap`, compiled once per number of stages
-certify = jax.jit(nash_gap, static_argnames=("n_stages",))
+nash_gap_jit = jax.jit(nash_gap, static_argnames=("n_stages",))
+certify = nash_gap_jit  #: the earlier name of nash_gap_jit
 
 
 # -- equilibrium solvers ---------------------------------------------------------------------------
@@ -384,11 +385,11 @@ def _certificate(p, cost, stage, alive, params, n_stages):
 
 @partial(jax.jit, static_argnames=("rule", "n_stages", "max_iterations"))
 def _iterate(price, cost, stage, alive, params, blocks, options, tol, price_tol, rule, n_stages, max_iterations):
-    def certify(p):
+    def gap_and_residual(p):
         return _certificate(p, cost, stage, alive, params, n_stages)
 
     empty = jnp.full(max_iterations + 1, jnp.nan)
-    gap0, residual0 = certify(price)
+    gap0, residual0 = gap_and_residual(price)
     start = (0, price, empty.at[0].set(gap0), empty.at[0].set(residual0))
 
     def running(carry):
@@ -399,7 +400,7 @@ def _iterate(price, cost, stage, alive, params, blocks, options, tol, price_tol,
     def update(carry):
         it, p, gaps, residuals = carry
         p = price_update(rule, p, cost, stage, alive, params, n_stages, blocks, options)
-        gap, residual = certify(p)
+        gap, residual = gap_and_residual(p)
         return it + 1, p, gaps.at[it + 1].set(gap), residuals.at[it + 1].set(residual)
 
     return jax.lax.while_loop(running, update, start)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import mesa
 import numpy as np
@@ -38,7 +38,7 @@ from .equilibrium import NashGap
 from .load import OUTCOMES
 from .network import PeerTable
 from .paths import atomic_path, write_text_atomic
-from .welfare import WELFARE_METRICS, Welfare, welfare_summary
+from .welfare import WELFARE_METRICS, Welfare
 
 if TYPE_CHECKING:
     from .ledger import MarketLedger
@@ -476,10 +476,10 @@ def model_reporters(n_stages: int, n_classes: int) -> dict[str, Any]:
     reporters: dict[str, Any] = {"step": lambda m: m.steps, "seed": lambda m: m.config.seed}
     for metric in STAGE_METRICS:
         for s in range(n_stages):
-            reporters[f"{metric}_stage_{s}"] = lambda m, metric=metric, s=s: m.reported[metric][s]
+            reporters[f"{metric}_stage_{s}"] = lambda m, metric=metric, s=s: m.recorder.reported[metric][s]
     for metric in CLASS_REPORTED:
         for k in range(n_classes):
-            reporters[f"{metric}_class_{k}"] = lambda m, metric=metric, k=k: m.reported[f"{metric}_class"][k]
+            reporters[f"{metric}_class_{k}"] = lambda m, metric=metric, k=k: m.recorder.reported[f"{metric}_class"][k]
     return reporters
 
 
@@ -551,36 +551,49 @@ def request_summary(outcomes: np.ndarray) -> dict[str, Any]:
             "failed_over": count["failed_over"], "dropped": dropped, "dropped_by_reason": reasons}
 
 
-def summary(model: P2PLLMModel, wall_time_s: float) -> dict[str, Any]:
-    final = model.stage_stats
-    ledger = {"ledger": model.ledger.summary()} if model.ledger is not None else {}
-    if model.security is not None:
-        ledger["security"] = model.security.summary()
+class RunSnapshot(NamedTuple):
+    """What ``summary.json`` reads of a run as of its last record (:meth:`Recorder.snapshot
+    <p2pllm_abm.recorder.Recorder.snapshot>`): the outputs read this, not the model."""
+
+    config: Any  #: the run's Config
+    steps: int
+    stage_stats: pd.DataFrame  #: the last record's per-stage statistics
+    class_stats: pd.DataFrame  #: the last record's per-request-class statistics
+    outcomes: np.ndarray  #: cumulative requests per outcome (:data:`~p2pllm_abm.load.OUTCOMES`)
+    churn: dict[str, int]  #: joins, leaves, ..., peers present and alive, table rows
+    allocation: dict[str, Any]  #: :func:`allocation_status`
+    welfare: dict[str, Any]  #: :func:`~p2pllm_abm.welfare.welfare_summary`, or a note at alpha = 0
+    security_layers: dict[str, Any]  #: the ``ledger`` and ``security`` blocks, where on
+
+
+def summary(run: RunSnapshot | P2PLLMModel, wall_time_s: float) -> dict[str, Any]:
+    """summary.json of a run (a :class:`RunSnapshot`, or a model: its recorder's snapshot) that took
+    ``wall_time_s``."""
+    snap = run if isinstance(run, RunSnapshot) else run.recorder.snapshot()
+    final, classes = snap.stage_stats, snap.class_stats
     return {
-        "config": OmegaConf.to_container(OmegaConf.structured(model.config)),
-        "steps": model.steps,
+        "config": OmegaConf.to_container(OmegaConf.structured(snap.config)),
+        "steps": snap.steps,
         "final": {
             "peers_per_stage": final["peers"].tolist(),
             "mean_price_per_stage": final["mean_price"].tolist(),
             "compute_share_per_stage": final["compute_share"].tolist(),
             "nash_gap_per_stage": final["nash_gap"].tolist(),
             "relative_nash_gap_per_stage": final["relative_nash_gap"].tolist(),
-            "path_price_per_class": model.class_stats["path_price"].tolist(),
-            "path_time_per_class": model.class_stats["path_time"].tolist(),
-            "throughput_per_stage": model.stage_stats["throughput"].tolist(),
-            "utilisation_per_stage": model.stage_stats["utilisation"].tolist(),
-            "request_time_p95_per_class": model.class_stats["request_time_p95"].tolist(),
+            "path_price_per_class": classes["path_price"].tolist(),
+            "path_time_per_class": classes["path_time"].tolist(),
+            "throughput_per_stage": final["throughput"].tolist(),
+            "utilisation_per_stage": final["utilisation"].tolist(),
+            "request_time_p95_per_class": classes["request_time_p95"].tolist(),
         },
-        "requests": request_summary(model.outcomes),
-        "churn": {**model.churn_counts, "peers_present": int(model.peers.present.sum()),
-                  "peers_alive": int(model.peers.alive.sum()), "rows": len(model.peers)},
-        "allocation": allocation_status(model.peers, model.config.allocation.reading),
-        "welfare": (welfare_summary(model.welfare, model.market_params) if model.welfare is not None else
-                    {"note": "market.alpha = 0: clients ignore prices, so surplus has no money scale"}),
+        "requests": request_summary(snap.outcomes),
+        "churn": snap.churn,
+        "allocation": snap.allocation,
+        "welfare": snap.welfare,
         "wall_time_s": wall_time_s,
-        "steps_per_s": model.steps / wall_time_s if wall_time_s > 0 else None,
+        "steps_per_s": snap.steps / wall_time_s if wall_time_s > 0 else None,
         "peak_memory_mb": peak_memory_mb(),
-        **ledger,
+        **snap.security_layers,
     }
 
 

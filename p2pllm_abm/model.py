@@ -36,8 +36,10 @@ from tqdm.auto import tqdm
 from .agents import ClientAgent, PeerAgent
 from .behaviours import Behaviours, assign
 from .config import ClientsConfig, Config, ConfigError, dotted_name, security_on, to_config, with_parameters
+from .churn import spare_rows
+from .compat import DelegatedNames
 from .cores import SMALL_MARKET_PEERS, separate_cores
-from .dynamics import Environment, initial_state
+from .dynamics import initial_state
 from .economics import market_params
 from .engine import MAX_UNSETTLED, Dispatched, Engine, FusedCall
 from .ledger import MarketLedger
@@ -55,18 +57,6 @@ from .threefry import register_cpu_lowering
 #: the model, its helpers, and the names that lived here before the engine and the runtime moved out
 __all__ = ["P2PLLMModel", "model_config", "draw_client_alpha", "spare_rows", "FusedCall", "Dispatched",
            "MAX_UNSETTLED", "deferred_interrupt", "long_lived_objects_frozen"]
-
-def spare_rows(cfg: Config) -> int:
-    """Rows beyond ``network.peers`` for joining peers: ``churn.headroom`` of the peers (the table grows
-    by a tenth when they run out); with the ledger on, whose accounts are opened at genesis, also
-    enough for the run's expected joins plus six standard deviations (joins beyond are refused and
-    counted as ``joins_refused``)."""
-    rows = int(np.ceil(cfg.churn.headroom * cfg.network.peers))
-    if cfg.ledger.enabled:
-        expected = cfg.churn.join_rate * cfg.run.steps
-        rows = max(rows, int(np.ceil(expected + 6 * np.sqrt(expected))) + 16)
-    return rows
-
 
 def draw_client_alpha(clients: ClientsConfig, market_alpha: float, rng: np.random.Generator) -> np.ndarray:
     """Each client's price preference alpha from ``clients.alpha_distribution``."""
@@ -98,7 +88,7 @@ def model_config(config: Config | DictConfig | None, rng: Any, parameters: dict[
     cfg = to_config(config if config is not None else Config())
     return with_parameters(cfg, parameters) if parameters else cfg
 
-class P2PLLMModel(mesa.Model):
+class P2PLLMModel(DelegatedNames, mesa.Model):
     """Peers competing on price per stage and moving between stages; clients routing requests.
 
     >>> model = P2PLLMModel(load_config("paper_28", overrides=["seed=3"]))
@@ -204,7 +194,7 @@ class P2PLLMModel(mesa.Model):
         for phase in self.phases:  # 3-4
             if phase.due(self.steps):
                 phase()
-        self.record_if_due()  # 5
+        self.recorder.record_if_due()  # 5
         if not self.engine.in_run:  # called on its own: the table shows this step's market
             self.engine.await_ticks()
 
@@ -221,29 +211,7 @@ class P2PLLMModel(mesa.Model):
                 tqdm(total=steps, disable=not progress, unit="step", desc="p2pllm-sim") as bar:
             self.engine.run(end, bar)
         self.engine.await_ticks()
-        self.record_if_due(last=True)
-
-    def membership_phase(self) -> None:
-        """Phase 0 (:class:`~p2pllm_abm.phases.Membership`)."""
-        self.membership()
-
-    def reallocation_phase(self) -> None:
-        """Phase 3 (:class:`~p2pllm_abm.phases.Reallocation`)."""
-        self.reallocation()
-
-    def contracts_phase(self) -> bool:
-        """Phase 4 (:class:`~p2pllm_abm.phases.Contracts`), with the ledger on; whether peers left."""
-        return self.contracts() if self.contracts.due(self.steps) else False
-
-    def record_if_due(self, last: bool = False) -> None:
-        """Record the current step when it is due (a multiple of ``run.record_interval``; with
-        ``last``, any step: a run's last) and not recorded yet."""
-        if self.recorder.due(last):
-            self.recorder.record()
-
-    def record_due(self, last: bool = False) -> bool:
-        """Whether :meth:`record_if_due` would record now."""
-        return self.recorder.due(last)
+        self.recorder.record_if_due(last=True)
 
     # -- the Mesa adapter: agents are handles on table rows -------------------------------------
     def _sync_agents(self) -> None:
@@ -300,83 +268,6 @@ class P2PLLMModel(mesa.Model):
         """The table grew by ``rows`` free rows."""
         self._peer_unique_ids = np.concatenate([self._peer_unique_ids, np.full(rows, -1, dtype=np.int64)])
 
-    # -- the phases' and the engine's state, as before ------------------------------------------
-    @property
-    def dynamic(self) -> bool:
-        """Whether peers join, leave or fail (then every step runs the membership phase)."""
-        return self.membership.dynamic
-
-    @property
-    def reloading(self) -> np.ndarray:
-        """Peers reloading after a move (down, but counted by Petals' block selection as joining)."""
-        return self.membership.reloading
-
-    @property
-    def failing(self) -> np.ndarray | None:
-        """Peers failing mid-request this step (None: failures off)."""
-        return self.membership.failing
-
-    @property
-    def switch_fees(self) -> np.ndarray:
-        """Cumulative ``allocation.switch_fee`` paid per row."""
-        return self.membership.switch_fees
-
-    @property
-    def churn_counts(self) -> dict[str, int]:
-        """Joins, leaves, failures, recoveries, moves and refused joins so far, by kind."""
-        return self.membership.counts
-
-    @property
-    def moves(self) -> int:
-        """Peers moved by reallocation so far."""
-        return self.reallocation.moves
-
-    @property
-    def certificate(self):
-        """The last record's Nash-gap certificate (:class:`~p2pllm_abm.equilibrium.NashGap`)."""
-        return self.recorder.certificate
-
-    @property
-    def welfare(self):
-        """The last record's per-stage welfare (:mod:`p2pllm_abm.welfare`; None at alpha = 0)."""
-        return self.recorder.welfare
-
-    @property
-    def outcomes(self) -> np.ndarray:
-        """Cumulative requests per outcome (:data:`p2pllm_abm.load.OUTCOMES`) as of the last record."""
-        return self.recorder.outcomes
-
-    @property
-    def reported(self) -> dict[str, Any]:
-        """What the DataCollector's model reporters read (the last record's columns)."""
-        return self.recorder.reported
-
-    @property
-    def fusable(self) -> bool:
-        """Whether :meth:`run` compiles everything between two records into one call (:attr:`Engine.fusable`)."""
-        return self.engine.fusable
-
-    @property
-    def environment(self) -> Environment:
-        """What the jitted ticks read (:attr:`Engine.environment`)."""
-        return self.engine.environment
-
-    def widen_blocks(self, width: int) -> None:
-        """Lay the stage blocks out at least ``width`` wide from now on (:meth:`Engine.widen_blocks`)."""
-        self.engine.widen_blocks(width)
-
-    def steps_to_record(self, end: int, start: int | None = None) -> int:
-        """Steps to the next record or ``end`` (:meth:`Engine.steps_to_record`)."""
-        return self.engine.steps_to_record(end, start)
-
-    def fused_call(self, steps: int, start: int | None = None) -> FusedCall:
-        """A compiled call's host side (:meth:`Engine.fused_call`)."""
-        return self.engine.fused_call(steps, start)
-
-    def finish_fused_call(self, call: FusedCall, state, done, after, finite=None) -> int:
-        """Take a compiled call's results (:meth:`Engine.finish_fused_call`); the steps done."""
-        return self.engine.finish_fused_call(call, state, done, after, finite)
-
     def route(self, alpha: float | None = None, client: np.ndarray | None = None) -> tuple[float, list[int]]:
         """The weighted-sum optimal path (Alg. 2) at current prices for a client with ``alpha``
         (default market.alpha) at position ``client`` (default: endpoint latencies left out): its
@@ -392,16 +283,6 @@ class P2PLLMModel(mesa.Model):
         """Tidy metrics: one row per recorded step and stage and per recorded step and request class
         (:meth:`Recorder.metrics_frame`), with the ledger's and security's rows."""
         return self.recorder.metrics_frame()
-
-    @property
-    def stage_stats(self) -> pd.DataFrame:
-        """The last record's per-stage statistics (:attr:`Recorder.stage_stats`)."""
-        return self.recorder.stage_stats
-
-    @property
-    def class_stats(self) -> pd.DataFrame:
-        """The last record's per-request-class statistics (:attr:`Recorder.class_stats`)."""
-        return self.recorder.class_stats
 
     def peers_frame(self) -> pd.DataFrame:
         """One row per peer per recorded step."""

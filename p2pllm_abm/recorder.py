@@ -20,9 +20,9 @@ import pandas as pd
 
 from .dynamics import MarketState, reset_window
 from .runtime import deferred_interrupt
-from .metrics import (Columns, ledger_metric_rows, load_statistics, metric_rows, reported_columns, stage_statistics,
-                      statistics_frame)
-from .welfare import record_measures
+from .metrics import (Columns, RunSnapshot, allocation_status, ledger_metric_rows, load_statistics, metric_rows,
+                      reported_columns, stage_statistics, statistics_frame)
+from .welfare import record_measures, welfare_summary
 
 if TYPE_CHECKING:
     from .model import P2PLLMModel
@@ -64,6 +64,11 @@ class Recorder:
     def record(self) -> None:
         """Record the current step (device part, then host part)."""
         self.finish(self.start())
+
+    def record_if_due(self, last: bool = False) -> None:
+        """Record the current step when it is :meth:`due`."""
+        if self.due(last):
+            self.record()
 
     def start(self, measures: tuple | None = None) -> MarketState:
         """A record's device part, dispatched without waiting for it: the Nash certificate and the
@@ -149,3 +154,20 @@ class Recorder:
     def class_stats(self) -> pd.DataFrame:
         """The last record's per-request-class statistics: ``request_class`` and :data:`~p2pllm_abm.metrics.CLASS_METRICS`."""
         return self.last_frames()[1]
+
+    def snapshot(self) -> RunSnapshot:
+        """What summary.json reads, as of the last record (:func:`~p2pllm_abm.metrics.summary`)."""
+        model = self.model
+        peers = model.peers
+        layers = {"ledger": model.ledger.summary()} if model.ledger is not None else {}
+        if model.security is not None:
+            layers["security"] = model.security.summary()
+        welfare = (welfare_summary(self.welfare, model.market_params) if self.welfare is not None else
+                   {"note": "market.alpha = 0: clients ignore prices, so surplus has no money scale"})
+        return RunSnapshot(
+            config=model.config, steps=model.steps, stage_stats=self.stage_stats, class_stats=self.class_stats,
+            outcomes=self.outcomes,
+            churn={**model.membership.counts, "peers_present": int(peers.present.sum()),
+                   "peers_alive": int(peers.alive.sum()), "rows": len(peers)},
+            allocation=allocation_status(peers, model.config.allocation.reading), welfare=welfare,
+            security_layers=layers)

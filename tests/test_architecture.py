@@ -92,3 +92,38 @@ def test_importing_the_library_changes_no_process_wide_state():
     state = json.loads(result.stdout.strip().splitlines()[-1])
     assert state["pyplot"]  # the figures modules were imported, so the check means something
     assert state["backend"] is None and not state["schema"] and state["xla_flags_unchanged"], state
+
+
+def small_model():
+    from p2pllm_abm.config import load_config
+    from p2pllm_abm.model import P2PLLMModel
+
+    model = P2PLLMModel(load_config("paper_table1", overrides=["clients.count=4",
+                                                              "allocation.period=5", "seed=2"]))
+    model.run(12)
+    return model
+
+
+def test_summary_reads_the_recorders_snapshot_not_the_model():
+    """summary.json is a function of the recorder's snapshot: a snapshot that has travelled through
+    pickle (so it holds no reference to the model) gives the model's summary."""
+    import pickle
+
+    from p2pllm_abm.metrics import summary
+
+    model = small_model()
+    snapshot = pickle.loads(pickle.dumps(model.recorder.snapshot()))
+    machine = ("wall_time_s", "steps_per_s", "peak_memory_mb")
+    from_snapshot, from_model = summary(snapshot, 2.0), summary(model, 2.0)
+    assert {k: v for k, v in from_snapshot.items() if k not in machine} == \
+        {k: v for k, v in from_model.items() if k not in machine}
+    assert from_snapshot["steps"] == 12
+
+
+def test_the_models_earlier_names_answer_from_its_parts():
+    model = small_model()
+    assert model.environment is model.engine.environment
+    assert model.stage_stats is model.recorder.stage_stats and model.certificate is model.recorder.certificate
+    assert model.churn_counts is model.membership.counts and model.moves == model.reallocation.moves
+    assert model.fusable == model.engine.fusable and model.reported is model.recorder.reported
+    assert model.record_due() == model.recorder.due() is False  # step 12 was recorded by run

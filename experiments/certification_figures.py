@@ -1,4 +1,4 @@
-"""Figures of the equilibrium verification sweep (seaborn): gap vs iteration per rule, the
+"""Figures of the equilibrium certification sweep (seaborn): gap vs iteration per rule, the
 iterations-to-converge heatmap of eq. 5 over (eta, stage size), equilibrium mean price vs (alpha, T)."""
 
 from __future__ import annotations
