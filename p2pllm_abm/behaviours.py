@@ -15,7 +15,9 @@ name. Peers:
   other, and on adjacent stages they commit consistent boundaries;
 - ``sybil``: like lazy, but ``sybil_identities`` identities share one owner and each bonds only
   ``ledger.min_stake``, so a slash costs the owner little;
-- ``offline``: drops a request with probability ``offline_probability`` (an SLA timeout).
+- ``offline``: drops a request with probability ``offline_probability`` (an SLA timeout);
+- ``patient``: a strategic lazy peer that serves honestly until it has served ``verification.warmup``
+  hops (the spot check's warm-up, during which every hop is re-executed), then cheats at rate q.
 
 Clients: ``stale_channel``: when its channel drains, it closes it unilaterally with the channel's
 opening state (all of the deposit back) instead of the final one, hoping nobody watches.
@@ -66,13 +68,15 @@ def codes_where(trait: str) -> np.ndarray:
     return np.array([code for code, entry in enumerate(behaviours.values()) if getattr(entry, trait)], dtype=np.int8)
 
 
-def cheated_outputs(code: np.ndarray, u: np.ndarray, q: float) -> np.ndarray:
+def cheated_outputs(code: np.ndarray, u: np.ndarray, q: float, seasoned: np.ndarray | None = None) -> np.ndarray:
     """Whether each hop (of a peer with behaviour ``code``) returns a wrong output on purpose, from
-    one uniform draw per hop ``u`` and the cheat probability ``q`` (each behaviour's ``cheats``)."""
+    one uniform draw per hop ``u`` and the cheat probability ``q`` (each behaviour's ``cheats``); a
+    patient behaviour cheats only on hops whose peer is ``seasoned`` (past its warm-up; None: all are)."""
     cheated = np.zeros(code.shape, dtype=bool)
     for c, entry in enumerate(behaviours.values()):
         if entry.cheats is not None:
-            cheated |= (code == c) & entry.cheats(u, q)
+            cheats = (code == c) & entry.cheats(u, q)
+            cheated |= cheats & seasoned if entry.patient and seasoned is not None else cheats
     return cheated
 
 
@@ -153,3 +157,5 @@ behaviours.register("colluding", Behaviour(cheats=_at_rate, colludes=True,
 behaviours.register("sybil", Behaviour(cheats=_at_rate, sybil=True,
                                        doc="lazy, with sybil_identities identities per owner at ledger.min_stake"))
 behaviours.register("offline", Behaviour(drops=_at_rate, doc="drops a request with offline_probability"))
+behaviours.register("patient", Behaviour(cheats=_at_rate, patient=True,
+                                         doc="honest through the warm-up (verification.warmup hops), then lazy at rate q"))

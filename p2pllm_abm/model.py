@@ -159,7 +159,7 @@ class P2PLLMModel(DelegatedNames, mesa.Model):
                 claimed_cost=self.claimed_cost,
                 stale_clients=None if self.behaviours is None else self.behaviours.stale_client)
             if self.behaviours is not None:
-                self.security = SecurityPhase(cfg, self.behaviours, self.ledger, adversary_rng)
+                self.security = SecurityPhase(cfg, self.behaviours, self.ledger, adversary_rng, self.peers)
             self.peers.update_ledger_columns(self.ledger.peer_columns())
             periods = [cfg.run.record_interval] + ([cfg.allocation.period] if cfg.allocation.enabled else [])
             self.engine.chunk_length = min(periods)  # the compiled scan's length (the longest chunk)

@@ -152,6 +152,9 @@ class Mechanism:
     check: Callable[..., Any]
     detection: Callable[..., float]
     checks: bool = True  #: ``False`` only for ``none``: no check, no referee
+    #: ``verification.probability`` sets its detection (so a deterrence threshold in it is reported)
+    sampling: bool = False
+    warmup: bool = False  #: checks every one of a peer's first ``verification.warmup`` hops
     doc: str = ""
 
 
@@ -166,6 +169,7 @@ class Behaviour:
     colludes: bool = False  #: all such peers are one owner; their wrong outputs agree
     sybil: bool = False  #: ``adversary.sybil_identities`` identities per owner, each bonding ``ledger.min_stake``
     overclaims: bool = False  #: registers ``adversary.overclaim_factor`` x its true cost
+    patient: bool = False  #: serves honestly until it has served ``verification.warmup`` hops
     client: bool = False  #: a client's behaviour (its share of a mix applies to clients)
     doc: str = ""
 

@@ -22,8 +22,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .behaviours import CODE, Behaviours
+from dataclasses import replace
+
+from .behaviours import CODE, Behaviours, codes_where
 from .config import Config
+from .deterrence import Protocol, best_response_rate, sampling_threshold
 from .registries import behaviours as behaviour_registry
 from .ledger.phase import MarketLedger
 from .network import PeerTable
@@ -37,8 +40,11 @@ BEHAVIOUR_METRICS = ("behaviour", "behaviour_peers", "registered", "cheats", "ca
 class SecurityPhase:
     """Adversaries, verification and slashing of one run, with per-peer counters."""
 
-    def __init__(self, config: Config, behaviours: Behaviours, ledger: MarketLedger, rng: np.random.Generator):
+    def __init__(self, config: Config, behaviours: Behaviours, ledger: MarketLedger, rng: np.random.Generator,
+                 peers: PeerTable):
         self.config, self.behaviours, self.ledger, self.rng = config, behaviours, ledger, rng
+        #: each peer's stage and true cost when behaviours were drawn: what cheaters are matched on
+        self.start_stage, self.start_cost = peers.stage.copy(), peers.cost.copy()
         adv = config.adversary
         self.verifier = Verifier(config.verification, adv.cheat_probability, adv.offline_probability, rng)
         n = len(behaviours.peer)
@@ -54,6 +60,8 @@ class SecurityPhase:
         self.flagged_honest = self.referee_calls = 0
         self.verification_ms = self.served_ms = 0.0
         self.fees_refused = 0
+        self.hop_price = self.hop_ms = 0.0  #: sums over paid hops: the posted price and the true compute
+        self.hops = 0
 
     def step(self, step: int, client: np.ndarray, position: np.ndarray, peer: np.ndarray,
              peers: PeerTable) -> tuple[np.ndarray, np.ndarray]:
@@ -61,6 +69,9 @@ class SecurityPhase:
         request's commitment (the Merkle root of its hops' fingerprints, per client)."""
         registry = self.ledger.registry
         hops = Hops(request=client, position=position, peer=peer, stage=peers.stage[peer], cost=peers.cost[peer])
+        self.hops += len(peer)
+        self.hop_price += float(peers.price[peer].sum())
+        self.hop_ms += float(hops.cost.sum())
         n_requests = len(self.behaviours.stale_client)
         verdict = self.verifier.check(hops, self.behaviours.peer, self.behaviours.owner, registry.effective_stake(),
                                       peers.stage, n_requests, peers.n_stages)
@@ -126,13 +137,17 @@ class SecurityPhase:
         return int(registry.accounts[self.rng.choice(honest)]) if len(honest) else None
 
     # -- outputs --------------------------------------------------------------------------------
+    def wealth_and_compute(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per peer, in price units: what it gained since genesis (balance, bonded and unbonding stake,
+        escrowed earnings; slashes and SLA penalties included) and the compute it spent."""
+        cfg, columns = self.config.ledger, self.ledger.peer_columns()
+        held = columns["balance"] + columns["stake"] + self.ledger.registry.unbonding_stake() + columns["escrowed"]
+        return (held - cfg.peer_endowment) / cfg.unit, self.compute_ms * self.config.verification.compute_price
+
     def behaviour_rows(self, step: int, peers: PeerTable) -> pd.DataFrame:
         """One ``scope = "behaviour"`` row per behaviour present (cumulative figures; money in price
-        units), from the ledger columns the model last put on ``peers``."""
-        cfg = self.config.ledger
-        held = peers.balance + peers.stake + self.ledger.registry.unbonding_stake() + peers.escrowed
-        wealth = (held - cfg.peer_endowment) / cfg.unit  # what each peer gained since genesis, in price units
-        compute = self.compute_ms * self.config.verification.compute_price
+        units)."""
+        wealth, compute = self.wealth_and_compute()
         names = self.behaviours.names()
         rows = []
         for name in behaviour_registry.names():
@@ -148,6 +163,62 @@ class SecurityPhase:
                          "profit": float((wealth - compute)[members].sum())})
         frame = pd.DataFrame(rows)
         return frame.assign(step=step, scope="behaviour")[["step", "scope", *BEHAVIOUR_METRICS]]
+
+    def protocol(self) -> Protocol | None:
+        """The configured protocol as one peer met it in this run (:mod:`p2pllm_abm.deterrence`): the
+        mean posted price and true compute cost of the paid hops, the hops an honest peer served, the
+        slash (``slash_amount`` or ``slash_fraction`` x ``ledger.initial_stake``), the SLA penalty,
+        the warm-up and the detection at ``verification.probability``. None before any paid hop."""
+        ver, led = self.config.verification, self.config.ledger
+        honest = self.behaviours.peer == CODE["honest"]
+        if not self.hops or not honest.any():
+            return None
+        price = self.hop_price / self.hops
+        slash = ver.slash_amount if ver.slash_amount is not None else ver.slash_fraction * led.initial_stake
+        mechanism, fn = self.verifier.mechanism, self.verifier.fn
+        return Protocol(price=price, cost=self.hop_ms / self.hops * ver.compute_price, slash=slash / led.unit,
+                        sla_penalty=led.sla_penalty * price, detection=mechanism.detection(ver, fn),
+                        warmup_detection=1.0 - fn if mechanism.warmup else mechanism.detection(ver, fn),
+                        warmup=float(ver.warmup),
+                        horizon=float(self.verifier.served[honest].mean()), exits=ver.exit_on_slash)
+
+    def deterrence(self) -> dict[str, Any]:
+        """The deterrence fields of the ``security`` block: the thresholds in ``verification.probability``
+        for this run's protocol (:func:`~p2pllm_abm.deterrence.sampling_threshold`; None where the
+        mechanism's detection does not depend on it, or even p = 1 does not deter), and the realised
+        profit per peer of cheating peers and of their matched honest peers."""
+        ver, proto = self.config.verification, self.protocol()
+        block: dict[str, Any] = {"deterrence_threshold": None, "deterrence_threshold_at_q": None}
+        if proto is not None and self.verifier.mechanism.sampling:
+            at = lambda p: proto._replace(detection=self.verifier.mechanism.detection(replace(ver, probability=p),
+                                                                                     self.verifier.fn))
+            block["deterrence_threshold"] = sampling_threshold(at)
+            block["deterrence_threshold_at_q"] = sampling_threshold(at, self.config.adversary.cheat_probability)
+        if proto is not None:
+            rate, gain = best_response_rate(proto)
+            block["deterrence_inputs"] = {**{k: float(v) for k, v in proto._asdict().items() if k != "exits"},
+                                          "exits": bool(proto.exits), "best_response_rate": rate,
+                                          "best_response_gain": gain}
+        cheaters = np.isin(self.behaviours.peer, codes_where("cheats"))
+        honest = np.flatnonzero(self.behaviours.peer == CODE["honest"])
+        block["cheater_profit_per_peer"] = block["honest_profit_per_peer"] = None
+        if cheaters.any() and len(honest):
+            wealth, compute = self.wealth_and_compute()
+            profit = wealth - compute
+            matched = np.array([self.matched_honest_peer(peer, honest) for peer in np.flatnonzero(cheaters)])
+            block["cheater_profit_per_peer"] = float(profit[cheaters].mean())
+            block["honest_profit_per_peer"] = float(profit[matched].mean())
+        block["profit_matching"] = ("each cheating peer is compared with the honest peer of its stage (when "
+                                    "behaviours were drawn) whose true cost is nearest; profit = wealth change "
+                                    "(slashes and SLA penalties included) - compute spent")
+        return block
+
+    def matched_honest_peer(self, peer: int, honest: np.ndarray) -> int:
+        """The honest peer (of ``honest``) of ``peer``'s starting stage whose true cost is nearest
+        (any stage when its stage has none)."""
+        same = honest[self.start_stage[honest] == self.start_stage[peer]]
+        pool = same if len(same) else honest
+        return int(pool[np.argmin(np.abs(self.start_cost[pool] - self.start_cost[peer]))])
 
     def summary(self) -> dict[str, Any]:
         """``summary.json``'s ``security`` block."""
@@ -179,4 +250,5 @@ class SecurityPhase:
             "stale_channel_clients": int(self.behaviours.stale_client.sum()),
             "stale_closes": int(channels.stale_closes) if channels else 0,
             "stale_closes_challenged": int(channels.challenges_won) if channels else 0,
+            **self.deterrence(),
         }

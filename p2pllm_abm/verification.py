@@ -16,7 +16,8 @@ the ``topk`` index fingerprint).
   before release; a cheated hop is caught with probability ``1 - FN``, an honest one is flagged with
   probability ``eps``; a caught request gets the validator's correct output. A peer's first
   ``warmup`` hops are all re-executed (from the hop's committed input): a new peer has no
-  reputation. (A strategic cheater would wait the warm-up out; then only p deters it.)
+  reputation. (A strategic cheater waits the warm-up out, the ``patient`` behaviour; then only p
+  deters it, :mod:`p2pllm_abm.deterrence`.)
 - ``redundancy``: every hop runs on k peers of its stage (the market's choice and k - 1 drawn by
   stake); any disagreement sends the hop to the referee. Colluders' wrong outputs agree, so a hop
   passes wrong when all k replicas are cheating colluders: for a committee drawn by stake with
@@ -177,7 +178,11 @@ class Verifier:
         self.q, self.offline = cheat_probability, offline_probability
         self.eps, self.fn = fingerprint_rates(config.fingerprint_profile, config.fingerprint)
         self.rng = rng
-        self.served = np.zeros(0, dtype=np.int64)  #: hops each peer has served (its reputation)
+        self.served = np.zeros(0, dtype=np.int64)  #: hops each peer has served before this step (its reputation)
+
+    def seasoned(self, peer: np.ndarray) -> np.ndarray:
+        """Whether each of ``peer`` has served its ``verification.warmup`` hops (before this step)."""
+        return self.served[peer] >= self.config.warmup
 
     def check(self, hops: Hops, behaviour: np.ndarray, owner: np.ndarray, stake: np.ndarray, peer_stage: np.ndarray,
               n_requests: int, n_stages: int) -> Verdict:
@@ -187,7 +192,9 @@ class Verifier:
         rng, cfg = self.rng, self.config
         code = behaviour[hops.peer]
         u = rng.random(len(hops.peer))
-        cheated = cheated_outputs(code, u, self.q)
+        if len(self.served) < len(behaviour):
+            self.served = np.r_[self.served, np.zeros(len(behaviour) - len(self.served), dtype=np.int64)]
+        cheated = cheated_outputs(code, u, self.q, self.seasoned(hops.peer))
         dropped = dropped_requests(code, u, self.offline)
         honest = ~cheated & ~dropped
         draws = Draws(hops, behaviour, owner, stake, peer_stage, n_requests, n_stages, cheated,
@@ -196,6 +203,7 @@ class Verifier:
                       mismatch_honest=honest & (rng.random(len(u)) < self.eps),
                       has_cheat=np.bincount(hops.request, cheated, minlength=n_requests) > 0)
         checked = self.mechanism.check(self, draws)
+        self.served += np.bincount(hops.peer, minlength=len(self.served))
         caught, flagged = checked.caught, checked.flagged
         if checked.delay > cfg.challenge_window:  # the check cannot finish inside the window: nothing is proven
             caught, flagged = np.zeros_like(caught), np.zeros_like(flagged)
@@ -229,7 +237,7 @@ class Verifier:
             weight = stake[members] / stake[members].sum()
             replicas = members[rng.choice(len(members), size=(len(rows), k - 1), p=weight)]
             code = behaviour[replicas]
-            replica_cheats = cheated_outputs(code, rng.random(replicas.shape), self.q)
+            replica_cheats = cheated_outputs(code, rng.random(replicas.shape), self.q, self.seasoned(replicas))
             replica_colludes = replica_cheats & (owner[replicas] == COLLUDERS)
             # the primary's output: correct (0), the colluders' agreed wrong output (1), or its own garbage (2)
             primary = np.where(~cheated[rows], 0, np.where(colluding[rows], 1, 2))
@@ -273,10 +281,7 @@ def spot_check(verifier: Verifier, d: Draws) -> Checked:
     """Proof of Sampling: a validator re-executes a request with probability p, and every hop of a
     peer's first ``warmup`` served hops."""
     cfg, rng, hops = verifier.config, verifier.rng, d.hops
-    if len(verifier.served) < len(d.behaviour):
-        verifier.served = np.zeros(len(d.behaviour), dtype=np.int64)
-    novice = verifier.served[hops.peer] < cfg.warmup
-    verifier.served += np.bincount(hops.peer, minlength=len(verifier.served))
+    novice = ~verifier.seasoned(hops.peer)
     checked = (rng.random(d.n_requests) < cfg.probability)[hops.request] | novice
     caught, flagged = checked & d.mismatch_cheat, checked & d.mismatch_honest
     saved = np.bincount(hops.request, caught, minlength=d.n_requests) > 0
@@ -325,10 +330,10 @@ def _watchers_detect(config: VerificationConfig, fn: float) -> float:
 mechanisms.register("none", Mechanism(check=no_check, detection=lambda config, fn: 0.0, checks=False,
                                       doc="no verification"))
 mechanisms.register("spot_check", Mechanism(check=spot_check, detection=lambda config, fn: config.probability * (1 - fn),
-                                            doc="Proof of Sampling: re-execute a request with probability p"))
+                                            sampling=True, warmup=True, doc="Proof of Sampling: re-execute a request with probability p"))
 mechanisms.register("redundancy", Mechanism(check=redundancy, detection=lambda config, fn: 1 - fn,
                                             doc="k replicas per hop; a disagreement goes to the referee"))
-mechanisms.register("optimistic", Mechanism(check=optimistic, detection=_watchers_detect,
+mechanisms.register("optimistic", Mechanism(check=optimistic, detection=_watchers_detect, sampling=True,
                                             doc="delivered at once; watchers re-execute and challenge"))
-mechanisms.register("dispute_game", Mechanism(check=dispute_game, detection=_watchers_detect,
+mechanisms.register("dispute_game", Mechanism(check=dispute_game, detection=_watchers_detect, sampling=True,
                                               doc="optimistic, with a bisection game over the boundaries"))

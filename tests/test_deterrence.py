@@ -1,0 +1,121 @@
+"""Deterrence for the configured protocol: the closed form against a Monte-Carlo hop process and the
+one-hop threshold, the best response against brute force, the patient cheater's warm-up, and the
+threshold against the full simulation (cheaters earn more at p*/2 and less at 2p*)."""
+
+import numpy as np
+import pytest
+
+from p2pllm_abm import P2PLLMModel, load_config
+from p2pllm_abm.behaviours import CODE
+from p2pllm_abm.config import VerificationConfig
+from p2pllm_abm.deterrence import Protocol, best_response_rate, cheater_profit, deviation_gain, honest_profit, \
+    sampling_threshold
+from p2pllm_abm.verification import Hops, Verifier, minimal_sampling_rate
+
+PROTOCOL = Protocol(price=2.0, cost=0.8, slash=10.0, sla_penalty=1.0, detection=0.01, warmup_detection=0.95,
+                    warmup=16.0, horizon=300.0, exits=True)
+
+
+def simulated_profit(q: float, p: Protocol, q_warmup: float, cheaters: int, rng: np.random.Generator):
+    """Mean and standard error of a cheater's profit, hop by hop: cheat with its rate, caught with the
+    phase's detection (refund, SLA penalty, slash, and out when ``exits``)."""
+    hops = int(p.horizon)
+    warm = np.arange(hops) < p.warmup
+    rate, detect = np.where(warm, q_warmup, q), np.where(warm, p.warmup_detection, p.detection)
+    cheat = rng.random((cheaters, hops)) < rate
+    caught = cheat & (rng.random((cheaters, hops)) < detect)
+    alive = np.ones((cheaters, hops), dtype=bool)
+    if p.exits:  # hops after the first catch are not served
+        alive = np.cumsum(caught, axis=1) - caught == 0
+    value = np.where(cheat, p.price, p.price - p.cost) - caught * (p.price + p.sla_penalty + p.slash)
+    profit = (value * alive).sum(axis=1)
+    return profit.mean(), profit.std() / np.sqrt(cheaters)
+
+
+@pytest.mark.parametrize("q, q_warmup, exits", [(0.3, 0.0, True), (1.0, 0.0, True), (0.5, 0.5, True),
+                                                (0.7, 0.0, False)])
+def test_expected_profit_matches_a_hop_by_hop_simulation(q, q_warmup, exits):
+    p = PROTOCOL._replace(exits=exits)
+    mean, error = simulated_profit(q, p, q_warmup, 40_000, np.random.default_rng(1))
+    assert float(cheater_profit(q, p, q_warmup)) == pytest.approx(mean, abs=4 * error)
+    assert float(cheater_profit(0.0, p)) == pytest.approx(float(honest_profit(p)))
+
+
+def test_one_hop_without_exit_or_penalty_gives_the_papers_threshold():
+    """With one hop, no warm-up, no SLA penalty and no exit the gain is q (c - d (price + S)), so the
+    threshold is the one-hop p* = c / ((1 - FN)(price + S)) at any rate q."""
+    fn = 0.05
+    one_hop = PROTOCOL._replace(horizon=1.0, warmup=0.0, sla_penalty=0.0, exits=False)
+    at = lambda p: one_hop._replace(detection=p * (1 - fn))
+    expected = minimal_sampling_rate(one_hop.cost, one_hop.price, one_hop.slash, fn)
+    for q in (0.2, 1.0, None):
+        assert sampling_threshold(at, q) == pytest.approx(expected, abs=1e-8)
+
+
+def test_the_gain_changes_sign_at_the_threshold_and_the_best_response_is_stricter():
+    at = lambda p: PROTOCOL._replace(detection=p * 0.95)
+    for q in (0.25, 1.0):
+        threshold = sampling_threshold(at, q)
+        assert float(deviation_gain(q, at(threshold * 0.999))) > 0 > float(deviation_gain(q, at(threshold * 1.001)))
+        assert sampling_threshold(at) >= threshold - 1e-9
+    assert sampling_threshold(lambda p: PROTOCOL._replace(cost=0.0, detection=p)) == 0.0  # nothing to save
+    # no stake at risk, half the cheats missed, little to lose by leaving: even p = 1 does not deter
+    assert sampling_threshold(lambda p: PROTOCOL._replace(slash=0.0, sla_penalty=0.0, detection=p * 0.5, warmup=0.0,
+                                                          horizon=5.0, cost=1.9)) is None
+    # a patient cheater whose whole run is the warm-up never cheats
+    assert sampling_threshold(lambda p: PROTOCOL._replace(detection=p, horizon=10.0)) == 0.0
+
+
+@pytest.mark.parametrize("detection, horizon", [(0.001, 300.0), (0.004, 300.0), (0.02, 50.0), (0.05, 2000.0)])
+def test_best_response_rate_against_brute_force(detection, horizon):
+    p = PROTOCOL._replace(detection=detection, horizon=horizon)
+    grid = np.linspace(0.0, 1.0, 20_001)
+    gains = np.array([float(deviation_gain(q, p)) for q in grid[::50]])  # coarse scan, then a fine one
+    k = int(np.argmax(gains)) * 50
+    fine = grid[max(k - 100, 0): k + 101]
+    fine_gains = np.array([float(deviation_gain(q, p)) for q in fine])
+    rate, gain = best_response_rate(p)
+    best = max(float(fine_gains.max()), 0.0)
+    assert gain == pytest.approx(best, rel=1e-6, abs=1e-9)
+    if best > 0:
+        assert rate == pytest.approx(fine[int(np.argmax(fine_gains))], abs=1e-3)
+
+
+def test_a_patient_peer_serves_its_warm_up_honestly():
+    config = VerificationConfig(mechanism="spot_check", warmup=16, probability=0.0)
+    verifier = Verifier(config, cheat_probability=1.0, offline_probability=0.0, rng=np.random.default_rng(0))
+    behaviour, owner = np.array([CODE["patient"], CODE["lazy"]], dtype=np.int8), np.arange(2)
+    cheated = []
+    for _ in range(6):  # five hops of each peer per step
+        hops = Hops(request=np.arange(10), position=np.zeros(10, int), peer=np.repeat([0, 1], 5),
+                    stage=np.zeros(10, int), cost=np.full(10, 5.0))
+        verdict = verifier.check(hops, behaviour, owner, np.full(2, 10**6), np.zeros(2, int), 10, 1)
+        cheated.append(verdict.cheated.reshape(2, 5).all(axis=1))
+    cheated = np.array(cheated)
+    assert not cheated[:4, 0].any() and cheated[4:, 0].all()  # 0, 5, 10, 15 hops served: still warming up
+    assert cheated[:, 1].all()  # the lazy peer cheats from its first hop
+
+
+def run_patient(probability: float, seed: int) -> dict:
+    steps = 200
+    model = P2PLLMModel(load_config("paper_table1", overrides=[
+        "ledger.enabled=true", f"run.steps={steps}", "report.reference=null", "verification=spot_check",
+        f"verification.probability={probability}", "adversary.behaviour=patient", "adversary.fraction=0.2",
+        "adversary.cheat_probability=1.0", "network.cost_range=[20,20]", "verification.compute_price=0.05",
+        f"seed={seed}"]))
+    model.run(steps)
+    return model.security.summary()
+
+
+@pytest.mark.slow
+def test_the_threshold_separates_profitable_from_deterred_cheating_in_the_simulation():
+    """A patient cheater at half the run's threshold earns more than its matched honest peers, at
+    twice it less; no honest peer is slashed (the referee is on)."""
+    threshold = run_patient(0.02, seed=0)["deterrence_threshold_at_q"]
+    assert 0.001 < threshold < 0.02
+    for factor, cheaters_win in ((0.5, True), (2.0, False)):
+        for seed in (0, 1):
+            block = run_patient(factor * threshold, seed)
+            assert block["deterrence_threshold_at_q"] == pytest.approx(threshold, rel=0.15)  # the run's own
+            assert (block["cheater_profit_per_peer"] > block["honest_profit_per_peer"]) == cheaters_win
+            assert block["slashed_honest"] == 0 and block["wrongly_slashed"] == 0
