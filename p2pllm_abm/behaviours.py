@@ -17,7 +17,10 @@ name. Peers:
   ``ledger.min_stake``, so a slash costs the owner little;
 - ``offline``: drops a request with probability ``offline_probability`` (an SLA timeout);
 - ``patient``: a strategic lazy peer that serves honestly until it has served ``verification.warmup``
-  hops (the spot check's warm-up, during which every hop is re-executed), then cheats at rate q.
+  hops (the spot check's warm-up, during which every hop is re-executed), then cheats at rate q;
+- ``adaptive``: patient, and instead of a fixed q it cheats each step at its best response
+  (:mod:`p2pllm_abm.deterrence`) to the detection risk it has observed: the share of its own
+  post-warm-up hops that were checked.
 
 Clients: ``stale_channel``: when its channel drains, it closes it unilaterally with the channel's
 opening state (all of the deposit back) instead of the final one, hoping nobody watches.
@@ -68,9 +71,10 @@ def codes_where(trait: str) -> np.ndarray:
     return np.array([code for code, entry in enumerate(behaviours.values()) if getattr(entry, trait)], dtype=np.int8)
 
 
-def cheated_outputs(code: np.ndarray, u: np.ndarray, q: float, seasoned: np.ndarray | None = None) -> np.ndarray:
+def cheated_outputs(code: np.ndarray, u: np.ndarray, q: float | np.ndarray, seasoned: np.ndarray | None = None) -> np.ndarray:
     """Whether each hop (of a peer with behaviour ``code``) returns a wrong output on purpose, from
-    one uniform draw per hop ``u`` and the cheat probability ``q`` (each behaviour's ``cheats``); a
+    one uniform draw per hop ``u`` and the cheat probability ``q`` (one, or one per hop; each behaviour's
+    ``cheats``); a
     patient behaviour cheats only on hops whose peer is ``seasoned`` (past its warm-up; None: all are)."""
     cheated = np.zeros(code.shape, dtype=bool)
     for c, entry in enumerate(behaviours.values()):
@@ -159,3 +163,5 @@ behaviours.register("sybil", Behaviour(cheats=_at_rate, sybil=True,
 behaviours.register("offline", Behaviour(drops=_at_rate, doc="drops a request with offline_probability"))
 behaviours.register("patient", Behaviour(cheats=_at_rate, patient=True,
                                          doc="honest through the warm-up (verification.warmup hops), then lazy at rate q"))
+behaviours.register("adaptive", Behaviour(cheats=_at_rate, patient=True, adapts=True,
+                                          doc="patient, and cheats at the best response to the checks it has seen"))

@@ -101,6 +101,23 @@ def best_response_rate(p: Protocol) -> tuple[float, float]:
     return (float(fine[j]), float(fine_gains[j])) if fine_gains[j] > 0 else (0.0, 0.0)
 
 
+#: :func:`gains_at_rates` for many protocols (arrays in every field): one grid for all, or a grid each
+_gains_per_protocol = jax.jit(jax.vmap(gains_at_rates, in_axes=(None, 0)))
+_gains_per_protocol_grid = jax.jit(jax.vmap(gains_at_rates, in_axes=(0, 0)))
+
+
+def best_response_rates(protocols: Protocol) -> np.ndarray:
+    """:func:`best_response_rate` of many peers at once (each field of ``protocols`` an array over them)."""
+    gains = np.asarray(_gains_per_protocol(jnp.asarray(RATE_GRID), protocols))
+    k = np.argmax(gains, axis=1)
+    low, high = RATE_GRID[np.maximum(k - 1, 0)], RATE_GRID[np.minimum(k + 1, len(RATE_GRID) - 1)]
+    fine = low[:, None] + (high - low)[:, None] * np.linspace(0.0, 1.0, 401)
+    fine_gains = np.asarray(_gains_per_protocol_grid(jnp.asarray(fine), protocols))
+    j = np.argmax(fine_gains, axis=1)
+    rows = np.arange(len(j))
+    return np.where(fine_gains[rows, j] > 0, fine[rows, j], 0.0)
+
+
 def sampling_threshold(protocol_at: Callable[[float], Protocol], q: float | None = None) -> float | None:
     """The smallest sampling probability in [0, 1] at which cheating does not pay: at rate ``q``, or
     (``q=None``) at the best response rate. ``protocol_at(p)`` gives the :class:`Protocol` at

@@ -170,6 +170,9 @@ class Behaviour:
     sybil: bool = False  #: ``adversary.sybil_identities`` identities per owner, each bonding ``ledger.min_stake``
     overclaims: bool = False  #: registers ``adversary.overclaim_factor`` x its true cost
     patient: bool = False  #: serves honestly until it has served ``verification.warmup`` hops
+    #: chooses its cheat rate each step as a best response to the detection risk it has observed
+    #: (:meth:`~p2pllm_abm.security.SecurityPhase.adaptive_rates`) instead of ``adversary.cheat_probability``
+    adapts: bool = False
     client: bool = False  #: a client's behaviour (its share of a mix applies to clients)
     doc: str = ""
 

@@ -26,7 +26,7 @@ from dataclasses import replace
 
 from .behaviours import CODE, Behaviours, codes_where
 from .config import Config
-from .deterrence import Protocol, best_response_rate, sampling_threshold
+from .deterrence import Protocol, best_response_rate, best_response_rates, sampling_threshold
 from .registries import behaviours as behaviour_registry
 from .ledger.phase import MarketLedger
 from .network import PeerTable
@@ -45,6 +45,7 @@ class SecurityPhase:
         self.config, self.behaviours, self.ledger, self.rng = config, behaviours, ledger, rng
         #: each peer's stage and true cost when behaviours were drawn: what cheaters are matched on
         self.start_stage, self.start_cost = peers.stage.copy(), peers.cost.copy()
+        self.adaptive = np.isin(behaviours.peer, codes_where("adapts"))  #: peers choosing their cheat rate
         adv = config.adversary
         self.verifier = Verifier(config.verification, adv.cheat_probability, adv.offline_probability, rng)
         n = len(behaviours.peer)
@@ -73,6 +74,8 @@ class SecurityPhase:
         self.hop_price += float(peers.price[peer].sum())
         self.hop_ms += float(hops.cost.sum())
         n_requests = len(self.behaviours.stale_client)
+        if self.adaptive.any():
+            self.verifier.rates = self.adaptive_rates(step, peers)
         verdict = self.verifier.check(hops, self.behaviours.peer, self.behaviours.owner, registry.effective_stake(),
                                       peers.stage, n_requests, peers.n_stages)
         # redundancy's replicas that cheated were caught with the hop they replicated
@@ -163,6 +166,27 @@ class SecurityPhase:
                          "profit": float((wealth - compute)[members].sum())})
         frame = pd.DataFrame(rows)
         return frame.assign(step=step, scope="behaviour")[["step", "scope", *BEHAVIOUR_METRICS]]
+
+    def adaptive_rates(self, step: int, peers: PeerTable) -> np.ndarray:
+        """Each adaptive peer's cheat rate for ``step`` (NaN for the others): its best response
+        (:func:`~p2pllm_abm.deterrence.best_response_rates`) to what it has seen. Its detection
+        estimate is the share of its post-warm-up hops that a check re-executed, with a uniform prior
+        ((1 + checks) / (2 + hops)), times 1 - FN (the published fingerprint miss rate); the hops it
+        still expects to serve are its hops per step so far (one hop per step as a prior) times the
+        steps left; price and cost are its posted price and true compute cost."""
+        ver, led, verifier = self.config.verification, self.config.ledger, self.verifier
+        verifier.grow(len(self.behaviours.peer))
+        peer = np.flatnonzero(self.adaptive)
+        detection = (1 + verifier.seen_checks[peer]) / (2 + verifier.seen_hops[peer]) * (1 - verifier.fn)
+        remaining = (verifier.served[peer] + 1) / step * max(self.config.run.steps - step + 1, 0)
+        price = peers.price[peer]
+        slash = ver.slash_amount if ver.slash_amount is not None else ver.slash_fraction * led.initial_stake
+        rates = np.full(len(self.behaviours.peer), np.nan)
+        rates[peer] = best_response_rates(Protocol(
+            price=price, cost=peers.cost[peer] * ver.compute_price, slash=np.full(len(peer), slash / led.unit),
+            sla_penalty=led.sla_penalty * price, detection=detection, warmup_detection=detection,
+            warmup=np.zeros(len(peer)), horizon=remaining, exits=np.full(len(peer), ver.exit_on_slash)))
+        return rates
 
     def protocol(self) -> Protocol | None:
         """The configured protocol as one peer met it in this run (:mod:`p2pllm_abm.deterrence`): the

@@ -179,6 +179,24 @@ class Verifier:
         self.eps, self.fn = fingerprint_rates(config.fingerprint_profile, config.fingerprint)
         self.rng = rng
         self.served = np.zeros(0, dtype=np.int64)  #: hops each peer has served before this step (its reputation)
+        self.seen_hops = np.zeros(0, dtype=np.int64)  #: hops each peer served after its warm-up
+        self.seen_checks = np.zeros(0, dtype=np.int64)  #: of those, re-executed by a check it could see
+        #: per peer, a cheat rate replacing ``cheat_probability`` (NaN: none; adaptive peers' best responses)
+        self.rates: np.ndarray | None = None
+
+    def grow(self, n_peers: int) -> None:
+        """Make room in the per-peer counters for ``n_peers`` peers."""
+        for name in ("served", "seen_hops", "seen_checks"):
+            counts = getattr(self, name)
+            if len(counts) < n_peers:
+                setattr(self, name, np.r_[counts, np.zeros(n_peers - len(counts), dtype=np.int64)])
+
+    def rate(self, peer: np.ndarray) -> float | np.ndarray:
+        """The cheat rate of each of ``peer``: ``cheat_probability`` unless :attr:`rates` sets one."""
+        if self.rates is None:
+            return self.q
+        rates = self.rates[peer]
+        return np.where(np.isnan(rates), self.q, rates)
 
     def seasoned(self, peer: np.ndarray) -> np.ndarray:
         """Whether each of ``peer`` has served its ``verification.warmup`` hops (before this step)."""
@@ -192,9 +210,9 @@ class Verifier:
         rng, cfg = self.rng, self.config
         code = behaviour[hops.peer]
         u = rng.random(len(hops.peer))
-        if len(self.served) < len(behaviour):
-            self.served = np.r_[self.served, np.zeros(len(behaviour) - len(self.served), dtype=np.int64)]
-        cheated = cheated_outputs(code, u, self.q, self.seasoned(hops.peer))
+        self.grow(len(behaviour))
+        seasoned = self.seasoned(hops.peer)
+        cheated = cheated_outputs(code, u, self.rate(hops.peer), seasoned)
         dropped = dropped_requests(code, u, self.offline)
         honest = ~cheated & ~dropped
         draws = Draws(hops, behaviour, owner, stake, peer_stage, n_requests, n_stages, cheated,
@@ -204,6 +222,8 @@ class Verifier:
                       has_cheat=np.bincount(hops.request, cheated, minlength=n_requests) > 0)
         checked = self.mechanism.check(self, draws)
         self.served += np.bincount(hops.peer, minlength=len(self.served))
+        self.seen_hops += np.bincount(hops.peer[seasoned], minlength=len(self.seen_hops))
+        self.seen_checks += np.bincount(hops.peer[seasoned & (checked.checking > 0)], minlength=len(self.seen_checks))
         caught, flagged = checked.caught, checked.flagged
         if checked.delay > cfg.challenge_window:  # the check cannot finish inside the window: nothing is proven
             caught, flagged = np.zeros_like(caught), np.zeros_like(flagged)
@@ -237,7 +257,7 @@ class Verifier:
             weight = stake[members] / stake[members].sum()
             replicas = members[rng.choice(len(members), size=(len(rows), k - 1), p=weight)]
             code = behaviour[replicas]
-            replica_cheats = cheated_outputs(code, rng.random(replicas.shape), self.q, self.seasoned(replicas))
+            replica_cheats = cheated_outputs(code, rng.random(replicas.shape), self.rate(replicas), self.seasoned(replicas))
             replica_colludes = replica_cheats & (owner[replicas] == COLLUDERS)
             # the primary's output: correct (0), the colluders' agreed wrong output (1), or its own garbage (2)
             primary = np.where(~cheated[rows], 0, np.where(colluding[rows], 1, 2))

@@ -8,8 +8,8 @@ import pytest
 from p2pllm_abm import P2PLLMModel, load_config
 from p2pllm_abm.behaviours import CODE
 from p2pllm_abm.config import VerificationConfig
-from p2pllm_abm.deterrence import Protocol, best_response_rate, cheater_profit, deviation_gain, honest_profit, \
-    sampling_threshold
+from p2pllm_abm.deterrence import Protocol, best_response_rate, best_response_rates, cheater_profit, deviation_gain, \
+    honest_profit, sampling_threshold
 from p2pllm_abm.verification import Hops, Verifier, minimal_sampling_rate
 
 PROTOCOL = Protocol(price=2.0, cost=0.8, slash=10.0, sla_penalty=1.0, detection=0.01, warmup_detection=0.95,
@@ -81,6 +81,28 @@ def test_best_response_rate_against_brute_force(detection, horizon):
         assert rate == pytest.approx(fine[int(np.argmax(fine_gains))], abs=1e-3)
 
 
+def test_the_best_response_is_the_best_rate_of_a_hop_by_hop_simulation():
+    """Brute force without the closed form: simulate cheaters hop by hop at rates 0, 0.05, ..., 1; the
+    simulated profit at the best response rate is within noise of the best simulated one (an interior
+    best response here)."""
+    p = PROTOCOL._replace(detection=0.01, warmup=0.0, cost=1.5)
+    rate, _ = best_response_rate(p)
+    assert 0.3 < rate < 0.8
+    rng = np.random.default_rng(3)
+    simulated = {q: simulated_profit(q, p, 0.0, 20_000, rng) for q in [*np.linspace(0, 1, 21), rate]}
+    best_q = max(simulated, key=lambda q: simulated[q][0])
+    (at_rate, error_rate), (best, error_best) = simulated[rate], simulated[best_q]
+    assert at_rate >= best - 4 * np.hypot(error_rate, error_best)
+    assert at_rate > simulated[0.0][0] and at_rate > simulated[1.0][0]
+
+
+def test_best_response_rates_of_many_peers_at_once_equal_each_ones():
+    cases = [(0.001, 300.0), (0.004, 300.0), (0.02, 50.0), (0.05, 2000.0), (0.0005, 20.0)]
+    protocols = [PROTOCOL._replace(detection=d, warmup_detection=d, warmup=0.0, horizon=h) for d, h in cases]
+    batch = Protocol(*(np.array([getattr(p, name) for p in protocols]) for name in Protocol._fields))
+    assert best_response_rates(batch) == pytest.approx([best_response_rate(p)[0] for p in protocols], abs=1e-12)
+
+
 def test_a_patient_peer_serves_its_warm_up_honestly():
     config = VerificationConfig(mechanism="spot_check", warmup=16, probability=0.0)
     verifier = Verifier(config, cheat_probability=1.0, offline_probability=0.0, rng=np.random.default_rng(0))
@@ -119,3 +141,29 @@ def test_the_threshold_separates_profitable_from_deterred_cheating_in_the_simula
             assert block["deterrence_threshold_at_q"] == pytest.approx(threshold, rel=0.15)  # the run's own
             assert (block["cheater_profit_per_peer"] > block["honest_profit_per_peer"]) == cheaters_win
             assert block["slashed_honest"] == 0 and block["wrongly_slashed"] == 0
+
+
+def run_adaptive(probability: float) -> dict:
+    steps = 200
+    model = P2PLLMModel(load_config("paper_table1", overrides=[
+        "ledger.enabled=true", f"run.steps={steps}", "report.reference=null", "verification=spot_check",
+        f"verification.probability={probability}", "adversary.behaviour=adaptive", "adversary.fraction=0.2",
+        "network.cost_range=[20,20]", "verification.compute_price=0.05", "seed=0"]))
+    model.run(steps)
+    return model.security.summary()
+
+
+@pytest.mark.slow
+def test_adaptive_cheaters_cheat_below_the_threshold_and_mostly_stop_above_it():
+    """Adaptive peers learn the check rate from the checks they see: at a third of the threshold most
+    of them cheat and they out-earn their matched honest peers; at ten times it most never cheat (some
+    still do near the run's end, when little future income is at stake) and those that cheat earn
+    less. No honest peer is slashed."""
+    below = run_adaptive(0.002)
+    threshold = below["deterrence_threshold"]
+    assert 0.002 < threshold / 3 * 1.5 and threshold < 0.02
+    above = run_adaptive(10 * threshold)
+    assert below["cheating_peers"] > 0.8 * below["adversarial_peers"]
+    assert below["cheater_profit_per_peer"] > below["honest_profit_per_peer"]
+    assert above["cheating_peers"] < 0.5 * above["adversarial_peers"] and above["cheats"] < below["cheats"] / 10
+    assert below["slashed_honest"] == above["slashed_honest"] == 0
