@@ -18,6 +18,10 @@ name. Peers:
 - ``offline``: drops a request with probability ``offline_probability`` (an SLA timeout);
 - ``patient``: a strategic lazy peer that serves honestly until it has served ``verification.warmup``
   hops (the spot check's warm-up, during which every hop is re-executed), then cheats at rate q;
+- ``coordinated``: colluding peers that act as one in a redundancy committee: a coordinated peer
+  cheats (at rate q) only when every replica of its hop is coordinated too, and they all return
+  the same wrong output, which then passes; otherwise it serves honestly. As a replica it copies a
+  coordinated primary's wrong output and never cheats on its own;
 - ``adaptive``: patient, and instead of a fixed q it cheats each step at its best response
   (:mod:`p2pllm_abm.deterrence`) to the detection risk it has observed: the share of its own
   post-warm-up hops that were checked.
@@ -163,5 +167,7 @@ behaviours.register("sybil", Behaviour(cheats=_at_rate, sybil=True,
 behaviours.register("offline", Behaviour(drops=_at_rate, doc="drops a request with offline_probability"))
 behaviours.register("patient", Behaviour(cheats=_at_rate, patient=True,
                                          doc="honest through the warm-up (verification.warmup hops), then lazy at rate q"))
+behaviours.register("coordinated", Behaviour(cheats=_at_rate, colludes=True, coordinates=True,
+                                             doc="colluding, and a redundancy committee of them agrees on one wrong output"))
 behaviours.register("adaptive", Behaviour(cheats=_at_rate, patient=True, adapts=True,
                                           doc="patient, and cheats at the best response to the checks it has seen"))

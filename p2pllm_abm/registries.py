@@ -167,6 +167,9 @@ class Behaviour:
     cheats: Callable[..., Any] | None = None
     drops: Callable[..., Any] | None = None
     colludes: bool = False  #: all such peers are one owner; their wrong outputs agree
+    #: colludes, and coordinates within a redundancy committee: cheats only when every replica is a
+    #: coordinating peer (which then returns the same wrong output), else serves honestly
+    coordinates: bool = False
     sybil: bool = False  #: ``adversary.sybil_identities`` identities per owner, each bonding ``ledger.min_stake``
     overclaims: bool = False  #: registers ``adversary.overclaim_factor`` x its true cost
     patient: bool = False  #: serves honestly until it has served ``verification.warmup`` hops

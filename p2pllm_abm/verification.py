@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .behaviours import COLLUDERS, cheated_outputs, dropped_requests
+from .behaviours import COLLUDERS, cheated_outputs, codes_where, dropped_requests
 from .paths import resolve_fingerprints
 from .registries import Mechanism, mechanisms
 
@@ -166,6 +166,8 @@ class Checked:
     refereed: np.ndarray  #: hops the referee re-executes
     delay: int = 0  #: steps until the slashes land
     extra: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  #: replica peers caught
+    #: hops whose cheat was called off once the committee was known (coordinated peers): served honestly
+    withdrawn: np.ndarray | None = None
 
 
 class Verifier:
@@ -221,6 +223,8 @@ class Verifier:
                       mismatch_honest=honest & (rng.random(len(u)) < self.eps),
                       has_cheat=np.bincount(hops.request, cheated, minlength=n_requests) > 0)
         checked = self.mechanism.check(self, draws)
+        if checked.withdrawn is not None:
+            cheated = cheated & ~checked.withdrawn
         self.served += np.bincount(hops.peer, minlength=len(self.served))
         self.seen_hops += np.bincount(hops.peer[seasoned], minlength=len(self.seen_hops))
         self.seen_checks += np.bincount(hops.peer[seasoned & (checked.checking > 0)], minlength=len(self.seen_checks))
@@ -243,8 +247,11 @@ class Verifier:
     def _redundancy(self, hops: Hops, cheated: np.ndarray, behaviour: np.ndarray, owner: np.ndarray,
                     stake: np.ndarray, peer_stage: np.ndarray, colluding: np.ndarray):
         """k - 1 replicas per hop drawn by stake within its stage; returns caught and flagged hops,
-        hops whose wrong output passed, and replica peers caught cheating."""
+        hops whose wrong output passed, replica peers caught cheating, and the coordinated hops whose
+        cheat was called off (a committee not all coordinated)."""
         k, rng = self.config.replicas, self.rng
+        coordinating = np.isin(behaviour, codes_where("coordinates"))
+        withdrawn = np.zeros(len(hops.peer), dtype=bool)
         caught = np.zeros(len(hops.peer), dtype=bool)
         flagged = np.zeros(len(hops.peer), dtype=bool)
         passed = np.zeros(len(hops.peer), dtype=bool)
@@ -258,6 +265,13 @@ class Verifier:
             replicas = members[rng.choice(len(members), size=(len(rows), k - 1), p=weight)]
             code = behaviour[replicas]
             replica_cheats = cheated_outputs(code, rng.random(replicas.shape), self.rate(replicas), self.seasoned(replicas))
+            if coordinating.any():  # a coordinated committee cheats as one, or not at all
+                in_step = coordinating[replicas]
+                joint = coordinating[hops.peer[rows]] & in_step.all(axis=1)
+                withdrawn[rows] = cheated[rows] & coordinating[hops.peer[rows]] & ~joint
+                cheated = cheated.copy()
+                cheated[rows] &= ~withdrawn[rows]
+                replica_cheats = np.where(in_step, (cheated[rows] & joint)[:, None], replica_cheats)
             replica_colludes = replica_cheats & (owner[replicas] == COLLUDERS)
             # the primary's output: correct (0), the colluders' agreed wrong output (1), or its own garbage (2)
             primary = np.where(~cheated[rows], 0, np.where(colluding[rows], 1, 2))
@@ -270,7 +284,8 @@ class Verifier:
             flagged[rows] = disagreement & ~cheated[rows]
             passed[rows] = agree & (primary == 1)
             extra.append(replicas[disagreement[:, None] & replica_cheats])
-        return caught, flagged, passed, np.concatenate(extra) if extra else np.zeros(0, np.int64)
+        return (caught, flagged, passed, np.concatenate(extra) if extra else np.zeros(0, np.int64),
+                withdrawn if coordinating.any() else None)
 
     def _hidden_by_colluders(self, hops: Hops, colluding: np.ndarray) -> np.ndarray:
         """Cheated hops a bisection cannot pin: a colluder followed on its path by another colluding
@@ -311,10 +326,11 @@ def spot_check(verifier: Verifier, d: Draws) -> Checked:
 def redundancy(verifier: Verifier, d: Draws) -> Checked:
     """Every hop also runs on k - 1 replicas of its stage drawn by stake; a disagreement goes to the
     referee (:meth:`Verifier._redundancy`)."""
-    caught, flagged, passed, extra = verifier._redundancy(d.hops, d.cheated, d.behaviour, d.owner, d.stake,
-                                                          d.peer_stage, d.colluding)
+    caught, flagged, passed, extra, withdrawn = verifier._redundancy(d.hops, d.cheated, d.behaviour, d.owner, d.stake,
+                                                                     d.peer_stage, d.colluding)
     bad = np.bincount(d.hops.request, passed, minlength=d.n_requests) > 0
-    return Checked(caught, flagged, bad, (verifier.config.replicas - 1) * d.hops.cost, caught | flagged, extra=extra)
+    return Checked(caught, flagged, bad, (verifier.config.replicas - 1) * d.hops.cost, caught | flagged, extra=extra,
+                   withdrawn=withdrawn)
 
 
 def watched(verifier: Verifier, d: Draws) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -67,6 +67,31 @@ def test_colluders_pass_redundancy_about_beta_to_the_k_minus_one():
         assert passed == pytest.approx(0.4 ** (k - 1), abs=0.01)
 
 
+@pytest.mark.parametrize("q", [0.5, 1.0])
+def test_coordinated_committees_pass_q_beta_to_the_k_minus_one_and_are_never_caught(q):
+    """A coordinated peer cheats only when its whole committee is coordinated (stake share beta per
+    replica), and then the committee's one wrong output passes: wrong outputs q beta^(k - 1), none
+    caught; independent colluders at the same q pass only when all k cheat, q^k beta^(k - 1)."""
+    requests = 20_000
+    peer_of = np.tile(np.arange(STAGES) * 10, (requests, 1))  # every hop to a coordinated peer
+    for k in (2, 3):
+        behaviour, owner, stake, stage = network(10, lambda s, j: "coordinated" if j < 4 else "honest")
+        owner = np.where(behaviour == CODE["coordinated"], COLLUDERS, owner)
+        v = verifier("redundancy", q=q, replicas=k, seed=k)
+        verdict = v.check(hops_of(requests, peer_of), behaviour, owner, stake, stage, requests, STAGES)
+        passed = verdict.cheated & ~verdict.caught
+        expected = q * 0.4 ** (k - 1)
+        assert passed.mean() == pytest.approx(expected, abs=4 * np.sqrt(expected / len(passed)))
+        assert not verdict.caught.any() and (verdict.cheated == passed).all()
+        assert len(verdict.extra_cheaters) == 0  # coordinated replicas never cheat on their own
+        colluders = np.where(behaviour == CODE["coordinated"], CODE["colluding"], behaviour)
+        independent = verifier("redundancy", q=q, replicas=k, seed=k).check(
+            hops_of(requests, peer_of), colluders, owner, stake, stage, requests, STAGES)
+        alone = q ** k * 0.4 ** (k - 1)  # all k cheat on their own, and every replica is a colluder
+        assert (independent.cheated & ~independent.caught).mean() == pytest.approx(alone, abs=4 * np.sqrt(alone / requests))
+        assert independent.caught.mean() > 0.3
+
+
 def test_adjacent_colluders_hide_from_the_dispute_game_unless_the_referee_samples_inside():
     behaviour, owner, stake, stage = network(5, lambda s, j: "colluding" if j == 0 and s in (1, 2) else "honest")
     peer_of = np.tile(np.arange(STAGES) * 5, (5000, 1))
