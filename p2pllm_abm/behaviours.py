@@ -22,6 +22,9 @@ name. Peers:
   cheats (at rate q) only when every replica of its hop is coordinated too, and they all return
   the same wrong output, which then passes; otherwise it serves honestly. As a replica it copies a
   coordinated primary's wrong output and never cheats on its own;
+- ``lazy_verifier``: serves honestly, but as the validator drawn (by stake) for a spot check it is
+  paid for, it reports "ok" without re-executing with probability ``verifier_skip_probability``
+  (the verifier's dilemma); the remedy is ``verification.forced_error_rate``;
 - ``adaptive``: patient, and instead of a fixed q it cheats each step at its best response
   (:mod:`p2pllm_abm.deterrence`) to the detection risk it has observed: the share of its own
   post-warm-up hops that were checked.
@@ -169,5 +172,7 @@ behaviours.register("patient", Behaviour(cheats=_at_rate, patient=True,
                                          doc="honest through the warm-up (verification.warmup hops), then lazy at rate q"))
 behaviours.register("coordinated", Behaviour(cheats=_at_rate, colludes=True, coordinates=True,
                                              doc="colluding, and a redundancy committee of them agrees on one wrong output"))
+behaviours.register("lazy_verifier", Behaviour(skips_checks=True,
+                                               doc="serves honestly; as a validator, sometimes reports ok unchecked"))
 behaviours.register("adaptive", Behaviour(cheats=_at_rate, patient=True, adapts=True,
                                           doc="patient, and cheats at the best response to the checks it has seen"))

@@ -257,6 +257,8 @@ class AdversaryConfig:
     cheat_probability: float = 0.5
     overclaim_factor: float = 0.5  #: an overclaiming peer registers this factor x its true cost
     offline_probability: float = 0.5  #: an offline peer drops a request with this probability
+    #: a lazy verifier reports "ok" without re-executing a check assigned to it with this probability
+    verifier_skip_probability: float = 0.5
     sybil_identities: int = 4  #: identities per sybil owner, each bonding only ledger.min_stake
 
 
@@ -284,6 +286,10 @@ class VerificationConfig:
     slash_amount: int | None = None  #: base units slashed per confirmed fraud instead (null: the fraction)
     exit_on_slash: bool = True  #: a slashed peer is forced out (Ethereum); false: it stays while bonded
     compute_price: float = 0.01  #: price units per ms of compute: what a skipped hop saves, what checks cost
+    #: spot_check: chance a check carries a forced error (a planted wrong output, the remedy to the
+    #: verifier's dilemma): a validator that reports "ok" on it is exposed and slashed like a cheater
+    forced_error_rate: float = 0.0
+    jackpot: float = 0.0  #: price units the request's client pays a validator that finds a forced error
     payer: str = "client"  #: who pays verification compute: "client" or "peer" (the checked one)
 
 
@@ -718,17 +724,19 @@ def _validate_security(cfg: Config) -> None:
         mix, names = dict(adv.mix), behaviours.names()
         _require(len(mix) > 0 and all(name in names for name in mix) and all(_finite(w) and w >= 0 for w in mix.values())
                  and sum(mix.values()) > 0, "adversary.mix", mix, f"weights >= 0 over {names}, not all 0")
-    for name in ("cheat_probability", "offline_probability"):
+    for name in ("cheat_probability", "offline_probability", "verifier_skip_probability"):
         _require(_finite(getattr(adv, name)) and 0 <= getattr(adv, name) <= 1, f"adversary.{name}",
                  getattr(adv, name), "a probability in [0, 1]")
     _require(_finite(adv.overclaim_factor) and 0 < adv.overclaim_factor <= 1, "adversary.overclaim_factor",
              adv.overclaim_factor, "0 < factor <= 1 (a peer claims at most its true cost)")
     _require(isinstance(adv.sybil_identities, int) and adv.sybil_identities >= 1, "adversary.sybil_identities",
              adv.sybil_identities, "an integer >= 1")
-    for name in ("probability", "inside_sampling", "slash_fraction"):
+    for name in ("probability", "inside_sampling", "slash_fraction", "forced_error_rate"):
         _require(_finite(getattr(ver, name)) and 0 <= getattr(ver, name) <= 1, f"verification.{name}",
                  getattr(ver, name), "a number in [0, 1]")
     _require(isinstance(ver.warmup, int) and ver.warmup >= 0, "verification.warmup", ver.warmup, "an integer >= 0")
+    _require(_finite(ver.jackpot) and 0 <= ver.jackpot <= _MAX_AMOUNT / cfg.ledger.unit, "verification.jackpot",
+             ver.jackpot, "a number >= 0 (price units) whose amount in base units fits the supply")
     _require(isinstance(ver.replicas, int) and ver.replicas >= 2, "verification.replicas", ver.replicas, "an integer >= 2")
     _require(isinstance(ver.watchers, int) and ver.watchers >= 1, "verification.watchers", ver.watchers, "an integer >= 1")
     _require(isinstance(ver.challenge_window, int) and ver.challenge_window >= 0, "verification.challenge_window",

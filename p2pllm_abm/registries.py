@@ -176,6 +176,8 @@ class Behaviour:
     #: chooses its cheat rate each step as a best response to the detection risk it has observed
     #: (:meth:`~p2pllm_abm.security.SecurityPhase.adaptive_rates`) instead of ``adversary.cheat_probability``
     adapts: bool = False
+    #: as a spot check's validator, reports "ok" without re-executing with ``adversary.verifier_skip_probability``
+    skips_checks: bool = False
     client: bool = False  #: a client's behaviour (its share of a mix applies to clients)
     doc: str = ""
 

@@ -47,7 +47,8 @@ class SecurityPhase:
         self.start_stage, self.start_cost = peers.stage.copy(), peers.cost.copy()
         self.adaptive = np.isin(behaviours.peer, codes_where("adapts"))  #: peers choosing their cheat rate
         adv = config.adversary
-        self.verifier = Verifier(config.verification, adv.cheat_probability, adv.offline_probability, rng)
+        self.verifier = Verifier(config.verification, adv.cheat_probability, adv.offline_probability, rng,
+                                 adv.verifier_skip_probability)
         n = len(behaviours.peer)
         self.cheats = np.zeros(n, dtype=np.int64)  #: hops each peer cheated on
         self.caught = np.zeros(n, dtype=np.int64)  #: of those, found out
@@ -63,6 +64,12 @@ class SecurityPhase:
         self.fees_refused = 0
         self.hop_price = self.hop_ms = 0.0  #: sums over paid hops: the posted price and the true compute
         self.hops = 0
+        #: validators (when drawn: lazy verifiers or forced errors): compute each re-executed, checks each
+        #: skipped, and forced errors each was exposed by
+        self.validator_ms = np.zeros(n)
+        self.skipped_checks = np.zeros(n, dtype=np.int64)
+        self.exposed = np.zeros(n, dtype=np.int64)
+        self.forced_errors = self.jackpots_paid = self.jackpots_refused = 0
 
     def step(self, step: int, client: np.ndarray, position: np.ndarray, peer: np.ndarray,
              peers: PeerTable) -> tuple[np.ndarray, np.ndarray]:
@@ -94,26 +101,58 @@ class SecurityPhase:
         self.referee_calls += verdict.referee_calls
         self.verification_ms += float(verdict.verification_ms.sum())
         self.served_ms += float(spent.sum())
-        self._charge(client, peer, verdict.verification_ms)
-        accused = np.concatenate([peer[verdict.confirmed], verdict.extra_cheaters])
-        truth = np.concatenate([verdict.cheated[verdict.confirmed], np.ones(len(verdict.extra_cheaters), bool)])
+        exposed = self._audit(client, verdict)
+        self._charge(client, peer, verdict)
+        accused = np.concatenate([peer[verdict.confirmed], verdict.extra_cheaters, exposed])
+        truth = np.concatenate([verdict.cheated[verdict.confirmed], np.ones(len(verdict.extra_cheaters) + len(exposed),
+                                                                            bool)])
         self.pending.append((step + verdict.delay, accused, truth))
         self._slash_due(step)
         failed = verdict.dropped | verdict.caught
         self.sla_timeouts += int(verdict.dropped.sum())
         return failed, verdict.commitments
 
-    def _charge(self, client: np.ndarray, peer: np.ndarray, ms: np.ndarray) -> None:
-        """Verification compute, paid into ``sys:treasury`` by ``verification.payer``."""
+    def _audit(self, client: np.ndarray, verdict) -> np.ndarray:
+        """The validators' side of the step's spot checks (when drawn): the compute each re-executed,
+        the checks each skipped, jackpots (paid by the request's client, a tax on tasks) to those that
+        found a forced error;
+        returns the validators exposed by one (they reported "ok" on a planted wrong output)."""
+        audit = verdict.audit
+        if audit is None:
+            return np.zeros(0, dtype=np.int64)
+        n = len(self.validator_ms)
+        audited = audit.validator >= 0
+        redone = np.bincount(client, verdict.verification_ms, minlength=len(audit.validator))
+        self.validator_ms += np.bincount(audit.validator[audited], redone[audited], minlength=n)
+        self.skipped_checks += np.bincount(audit.validator[audited & audit.skipped], minlength=n)
+        self.forced_errors += int((audited & audit.forced).sum())
+        exposed = audit.validator[audited & audit.forced & audit.skipped]
+        self.exposed += np.bincount(exposed, minlength=n)
+        found = np.flatnonzero(audited & audit.forced & ~audit.skipped)  # requests whose forced error was found
+        amount = int(round(self.config.verification.jackpot * self.config.ledger.unit))
+        if amount > 0 and len(found):
+            accounts = self.ledger.registry.accounts[audit.validator[found]]
+            paid = self.ledger.ledger.transfer_batch(self.ledger.sla.client_accounts[found], accounts,
+                                                     np.full(len(found), amount), "verification_fee", ref=-1)
+            self.jackpots_paid += int(paid.sum())
+            self.jackpots_refused += int((~paid).sum())
+        return exposed
+
+    def _charge(self, client: np.ndarray, peer: np.ndarray, verdict) -> None:
+        """Verification compute, paid by ``verification.payer`` into ``sys:treasury``, or to the
+        request's validator where validators are drawn (paid per check, whether it re-executed or not)."""
         ledger = self.ledger
-        amount = np.floor(ms * self.config.verification.compute_price * self.config.ledger.unit).astype(np.int64)
+        amount = np.floor(verdict.fee_ms * self.config.verification.compute_price * self.config.ledger.unit).astype(np.int64)
         keep = amount > 0
         if not keep.any():
             return
         payer = (ledger.sla.client_accounts[client] if self.config.verification.payer == "client"
                  else ledger.registry.accounts[peer])[keep]
-        treasury = np.full(int(keep.sum()), ledger.ledger.index["sys:treasury"])
-        paid = ledger.ledger.transfer_batch(payer, treasury, amount[keep], "verification_fee", ref=-1)
+        payee = np.full(int(keep.sum()), ledger.ledger.index["sys:treasury"])
+        if verdict.audit is not None:
+            validator = verdict.audit.validator[client[keep]]
+            payee = np.where(validator >= 0, ledger.registry.accounts[np.maximum(validator, 0)], payee)
+        paid = ledger.ledger.transfer_batch(payer, payee, amount[keep], "verification_fee", ref=-1)
         self.fees_refused += int((~paid).sum())
 
     def _slash_due(self, step: int) -> None:
@@ -145,7 +184,8 @@ class SecurityPhase:
         escrowed earnings; slashes and SLA penalties included) and the compute it spent."""
         cfg, columns = self.config.ledger, self.ledger.peer_columns()
         held = columns["balance"] + columns["stake"] + self.ledger.registry.unbonding_stake() + columns["escrowed"]
-        return (held - cfg.peer_endowment) / cfg.unit, self.compute_ms * self.config.verification.compute_price
+        spent = self.compute_ms + self.validator_ms
+        return (held - cfg.peer_endowment) / cfg.unit, spent * self.config.verification.compute_price
 
     def behaviour_rows(self, step: int, peers: PeerTable) -> pd.DataFrame:
         """One ``scope = "behaviour"`` row per behaviour present (cumulative figures; money in price
@@ -274,5 +314,8 @@ class SecurityPhase:
             "stale_channel_clients": int(self.behaviours.stale_client.sum()),
             "stale_closes": int(channels.stale_closes) if channels else 0,
             "stale_closes_challenged": int(channels.challenges_won) if channels else 0,
+            "skipped_checks": int(self.skipped_checks.sum()), "forced_errors": self.forced_errors,
+            "exposed_verifiers": int((self.exposed > 0).sum()), "jackpots_paid": self.jackpots_paid,
+            "jackpots_refused": self.jackpots_refused,
             **self.deterrence(),
         }

@@ -131,6 +131,8 @@ class Verdict:
     bad_request: np.ndarray  #: per request: a wrong output was delivered
     delay: int  #: steps until the slashes land
     verification_ms: np.ndarray  #: per hop: compute re-executed to check it (validators, replicas, watchers, referee)
+    fee_ms: np.ndarray  #: per hop: the verification compute paid for (more than re-executed when validators skip)
+    audit: Audit | None  #: the validators of the step's checks (None: not drawn)
     referee_calls: int
     extra_cheaters: np.ndarray  #: redundancy: replica peers that cheated and were caught
     commitments: np.ndarray  #: per request: the Merkle root of its hops' fingerprints
@@ -156,6 +158,15 @@ class Draws:
 
 
 @dataclass
+class Audit:
+    """Who checked each request, when validators are drawn (lazy verifiers present, or forced errors on)."""
+
+    validator: np.ndarray  #: per request: the validator peer drawn by stake, -1 where nothing was checked
+    skipped: np.ndarray  #: per request: the validator reported "ok" without re-executing
+    forced: np.ndarray  #: per request: the check carried a forced error (a planted wrong output)
+
+
+@dataclass
 class Checked:
     """What a mechanism's checks found for a step's hops."""
 
@@ -168,14 +179,18 @@ class Checked:
     extra: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  #: replica peers caught
     #: hops whose cheat was called off once the committee was known (coordinated peers): served honestly
     withdrawn: np.ndarray | None = None
+    #: per hop: the compute validators are paid for (None: ``checking``; differs when a validator skips)
+    claimed: np.ndarray | None = None
+    audit: Audit | None = None  #: the validators of the step's checks (None: not drawn)
 
 
 class Verifier:
     """Draws who cheats on the step's hops and runs ``verification.mechanism`` over them."""
 
     def __init__(self, config: VerificationConfig, cheat_probability: float, offline_probability: float,
-                 rng: np.random.Generator):
+                 rng: np.random.Generator, skip_probability: float = 0.0):
         self.config = config
+        self.skip = skip_probability  #: a lazy verifier's chance to report "ok" without re-executing
         self.mechanism = mechanisms.get(config.mechanism)
         self.q, self.offline = cheat_probability, offline_probability
         self.eps, self.fn = fingerprint_rates(config.fingerprint_profile, config.fingerprint)
@@ -233,14 +248,16 @@ class Verifier:
             caught, flagged = np.zeros_like(caught), np.zeros_like(flagged)
         referee = cfg.referee and self.mechanism.checks
         confirmed = caught | (flagged if not referee else np.zeros_like(flagged))
+        refereed_ms = np.where(checked.refereed, hops.cost, 0.0) if referee else 0.0
         leaves = np.zeros((n_requests, n_stages), dtype=np.uint64)
         truth = np.where(cheated, np.uint64(1), np.uint64(2))  # a wrong output commits to another value
         leaves[hops.request, hops.position] = mix64(hops.peer.astype(np.uint64) * np.uint64(n_stages + 1)
                                                     + hops.position.astype(np.uint64) + truth)
         return Verdict(cheated=cheated, dropped=dropped, caught=caught, confirmed=confirmed, flagged_honest=flagged,
                        bad_request=checked.bad, delay=checked.delay,
-                       verification_ms=checked.checking + (np.where(checked.refereed, hops.cost, 0.0) if referee
-                                                           else 0.0),
+                       verification_ms=checked.checking + refereed_ms,
+                       fee_ms=(checked.checking if checked.claimed is None else checked.claimed) + refereed_ms,
+                       audit=checked.audit,
                        referee_calls=int((caught | flagged).sum()) if referee else 0, extra_cheaters=checked.extra,
                        commitments=merkle_roots(leaves))
 
@@ -287,6 +304,25 @@ class Verifier:
         return (caught, flagged, passed, np.concatenate(extra) if extra else np.zeros(0, np.int64),
                 withdrawn if coordinating.any() else None)
 
+    def audit(self, d: Draws, checked: np.ndarray) -> Audit | None:
+        """Draw a validator by stake for every request with a ``checked`` hop, whether it skips the
+        re-execution (a lazy verifier, with ``adversary.verifier_skip_probability``) and whether the
+        check carries a forced error (``verification.forced_error_rate``). None, drawing nothing, when
+        there is no lazy verifier and no forced error."""
+        skippers = np.isin(d.behaviour, codes_where("skips_checks"))
+        if not skippers.any() and self.config.forced_error_rate == 0:
+            return None
+        rng, n = self.rng, d.n_requests
+        audited = np.flatnonzero(np.bincount(d.hops.request, checked, minlength=n) > 0)
+        stakers = np.flatnonzero(d.stake > 0)
+        validator, skipped, forced = np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+        if len(stakers) and len(audited):
+            validator[audited] = stakers[rng.choice(len(stakers), size=len(audited),
+                                                    p=d.stake[stakers] / d.stake[stakers].sum())]
+            skipped[audited] = skippers[validator[audited]] & (rng.random(len(audited)) < self.skip)
+            forced[audited] = rng.random(len(audited)) < self.config.forced_error_rate
+        return Audit(validator, skipped, forced)
+
     def _hidden_by_colluders(self, hops: Hops, colluding: np.ndarray) -> np.ndarray:
         """Cheated hops a bisection cannot pin: a colluder followed on its path by another colluding
         hop commits a boundary the next colluder agrees with; the run's last hop is re-executed from
@@ -318,9 +354,14 @@ def spot_check(verifier: Verifier, d: Draws) -> Checked:
     cfg, rng, hops = verifier.config, verifier.rng, d.hops
     novice = ~verifier.seasoned(hops.peer)
     checked = (rng.random(d.n_requests) < cfg.probability)[hops.request] | novice
+    audit = verifier.audit(d, checked)
+    claimed = np.where(checked, hops.cost, 0.0)
+    if audit is not None:  # a validator that skips reports "ok": its request's hops are not re-executed
+        checked = checked & ~audit.skipped[hops.request]
     caught, flagged = checked & d.mismatch_cheat, checked & d.mismatch_honest
     saved = np.bincount(hops.request, caught, minlength=d.n_requests) > 0
-    return Checked(caught, flagged, d.has_cheat & ~saved, np.where(checked, hops.cost, 0.0), caught | flagged)
+    return Checked(caught, flagged, d.has_cheat & ~saved, np.where(checked, hops.cost, 0.0), caught | flagged,
+                   claimed=None if audit is None else claimed, audit=audit)
 
 
 def redundancy(verifier: Verifier, d: Draws) -> Checked:

@@ -261,6 +261,10 @@ def test_security_block_and_behaviour_rows(tmp_path):
     ("verification.slash_amount=-1", "verification.slash_amount"),
     ("verification.compute_price=-1", "verification.compute_price"),
     ("verification.payer=nobody", "verification.payer"),
+    ("adversary.verifier_skip_probability=1.2", "adversary.verifier_skip_probability"),
+    ("verification.forced_error_rate=-0.1", "verification.forced_error_rate"),
+    ("verification.jackpot=-1", "verification.jackpot"),
+    ("verification.jackpot=nan", "verification.jackpot"),
 ])
 def test_every_security_field_is_validated(override, field):
     with pytest.raises(ConfigError) as err:
