@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-slow dashboard readme-figures bench bench-equilibrium bench-routing bench-sweeps bench-ledger bench-dynamics certify verify welfare learning security petals clean
+.PHONY: run test test-slow dashboard readme-figures bench bench-equilibrium bench-routing bench-sweeps bench-ledger bench-dynamics certify verify welfare learning security design petals clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -87,6 +87,10 @@ learning: $(STAMP)
 # The security experiment (tables + figures in outputs/security).
 security: $(STAMP)
 	$(BIN)/python -m experiments.security
+
+# Mechanism design by gradients: the cheapest spot check that deters every behaviour (outputs/mechanism_design).
+design: $(STAMP)
+	$(BIN)/python -m experiments.mechanism_design
 
 # The paper's market against Petals' rules under load, churn and failures (outputs/petals_baseline).
 petals: $(STAMP)

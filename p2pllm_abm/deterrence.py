@@ -46,7 +46,7 @@ class Protocol(NamedTuple):
     exits: bool  #: a caught cheater leaves the market (verification.exit_on_slash)
 
 
-def _served(q: Array, d: Array, hops: Array, exits: Array) -> tuple[Array, Array]:
+def expected_hops(q: Array, d: Array, hops: Array, exits: Array) -> tuple[Array, Array]:
     """Expected hops served and the survival after ``hops`` hops at cheat rate q and detection d."""
     risk = jnp.where(exits, q * d, 0.0)
     survive = jnp.exp(hops * jnp.log1p(-jnp.minimum(risk, 1.0 - 1e-15)))
@@ -66,8 +66,8 @@ def cheater_profit(q: Array, p: Protocol, q_warmup: Array = 0.0) -> Array:
     """Expected profit over the run of a peer cheating at rate q after the warm-up and ``q_warmup``
     during it (0: a patient cheater)."""
     warm = jnp.minimum(p.warmup, p.horizon)
-    served_warm, survive_warm = _served(q_warmup, p.warmup_detection, warm, p.exits)
-    served_after, _ = _served(q, p.detection, p.horizon - warm, p.exits)
+    served_warm, survive_warm = expected_hops(q_warmup, p.warmup_detection, warm, p.exits)
+    served_after, _ = expected_hops(q, p.detection, p.horizon - warm, p.exits)
     return (served_warm * _hop_value(q_warmup, p.warmup_detection, p)
             + survive_warm * served_after * _hop_value(q, p.detection, p))
 

@@ -250,7 +250,8 @@ class SecurityPhase:
         """The deterrence fields of the ``security`` block: the thresholds in ``verification.probability``
         for this run's protocol (:func:`~p2pllm_abm.deterrence.sampling_threshold`; None where the
         mechanism's detection does not depend on it, or even p = 1 does not deter), and the realised
-        profit per peer of cheating peers and of their matched honest peers."""
+        profit per peer of the peers with a dishonest behaviour (cheaters, lazy verifiers, ...) and of
+        their matched honest peers."""
         ver, proto = self.config.verification, self.protocol()
         block: dict[str, Any] = {"deterrence_threshold": None, "deterrence_threshold_at_q": None}
         if proto is not None and self.verifier.mechanism.sampling:
@@ -263,7 +264,7 @@ class SecurityPhase:
             block["deterrence_inputs"] = {**{k: float(v) for k, v in proto._asdict().items() if k != "exits"},
                                           "exits": bool(proto.exits), "best_response_rate": rate,
                                           "best_response_gain": gain}
-        cheaters = np.isin(self.behaviours.peer, codes_where("cheats"))
+        cheaters = self.behaviours.adversarial
         honest = np.flatnonzero(self.behaviours.peer == CODE["honest"])
         block["cheater_profit_per_peer"] = block["honest_profit_per_peer"] = None
         if cheaters.any() and len(honest):
@@ -272,9 +273,9 @@ class SecurityPhase:
             matched = np.array([self.matched_honest_peer(peer, honest) for peer in np.flatnonzero(cheaters)])
             block["cheater_profit_per_peer"] = float(profit[cheaters].mean())
             block["honest_profit_per_peer"] = float(profit[matched].mean())
-        block["profit_matching"] = ("each cheating peer is compared with the honest peer of its stage (when "
-                                    "behaviours were drawn) whose true cost is nearest; profit = wealth change "
-                                    "(slashes and SLA penalties included) - compute spent")
+        block["profit_matching"] = ("each peer with a dishonest behaviour is compared with the honest peer of its "
+                                    "stage (when behaviours were drawn) whose true cost is nearest; profit = "
+                                    "wealth change (slashes and SLA penalties included) - compute spent")
         return block
 
     def matched_honest_peer(self, peer: int, honest: np.ndarray) -> int:
@@ -306,6 +307,7 @@ class SecurityPhase:
             "bad_outputs_delivered": self.bad_requests,
             "bad_output_share": self.bad_requests / self.requests if self.requests else None,
             "verification_compute_share": self.verification_ms / total_ms if total_ms else None,
+            "verification_overhead": self.verification_ms / self.served_ms if self.served_ms else None,
             "mean_steps_to_detection": float(delays.mean()) if len(delays) else None,
             "cheats": int(self.cheats.sum()), "caught": int(self.caught.sum()),
             "honest_flags": self.flagged_honest, "referee_calls": self.referee_calls,
