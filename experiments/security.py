@@ -79,6 +79,16 @@ def grid(cfg: DictConfig) -> list[tuple[str, dict, list[str], int]]:
         params = {"adversary_share": share, "seed": seed}
         runs.append(("t", params, [*base, "verification=spot_check", f"adversary.fraction={share}", f"seed={seed}"],
                      cfg.steps))
+    for mechanism, behaviour, seed in itertools.product(cfg.mechanisms, cfg.strategic, cfg.seeds):
+        params = {"mechanism": mechanism, "adversary": behaviour, "seed": seed}
+        runs.append(("s", params, [*base, f"adversary.behaviour={behaviour}", f"verification={mechanism}",
+                                   "adversary.fraction=0.2", f"seed={seed}"], cfg.steps))
+    for rate, seed in itertools.product(cfg.dilemma.forced_error_rates, cfg.seeds):
+        params = {"forced_error_rate": rate, "seed": seed}
+        runs.append(("v", params, [*base, "verification=spot_check", "adversary.behaviour=lazy_verifier",
+                                   "adversary.fraction=0.2",
+                                   f"verification.forced_error_rate={rate}", f"verification.jackpot={cfg.dilemma.jackpot}",
+                                   f"seed={seed}"], cfg.steps))
     for fingerprint, referee, seed in itertools.product(("exact", "topk"), (True, False), cfg.seeds):
         params = {"fingerprint": fingerprint, "referee": referee, "seed": seed}
         runs.append(("c", params, [*base, "verification=spot_check", f"verification.fingerprint={fingerprint}",
@@ -155,6 +165,9 @@ def main(argv: list[str] | None = None) -> None:
     rows, over_time = [], []
     for run_id, (part, params, overrides, steps) in enumerate(tqdm(grid(cfg), desc="security runs", unit="run")):
         summary, history = run(overrides, steps)
+        if part in ("s", "v"):  # the paired gain: the same draws, the same peers honest (adversary.counterfactual)
+            baseline, _ = run([*overrides, "adversary.counterfactual=true"], steps)
+            summary["paired_gain"] = summary["cheater_profit_per_peer"] - baseline["designated_profit_per_peer"]
         rows.append({**summary, "run_id": run_id, "part": part, **params})
         over_time.append(history.assign(run_id=run_id, part=part, **{k: str(v) for k, v in params.items()}))
     runs = pd.DataFrame(rows)
@@ -190,12 +203,24 @@ def tables(runs: pd.DataFrame, deter: pd.DataFrame, threshold: dict, colluders: 
     a = runs[runs["part"] == "a"].groupby(["p", "adversary_share", "slash_fraction"])[columns].mean().reset_index()
     b = runs[runs["part"] == "b"].groupby(["mechanism", "adversary"])[columns].mean().reset_index()
     targets = runs[runs["part"] == "t"].groupby("adversary_share")[columns].mean().reset_index()
+    strategic = runs[runs["part"] == "s"].groupby(["mechanism", "adversary"])[
+        ["cheating_peers", "cheats", "slashed_cheaters", "slashed_honest", "bad_output_share", "deterrence_threshold_at_q",
+         "paired_gain"]].mean().reset_index()
+    dilemma = runs[runs["part"] == "v"].groupby("forced_error_rate")[
+        ["skipped_checks", "forced_errors", "exposed_verifiers", "jackpots_paid", "slashed_honest", "paired_gain"]
+    ].mean().reset_index()
     c = runs[runs["part"] == "c"].groupby(["fingerprint", "referee"])[
         ["honest_flags", "slashed_honest", "slashed_cheaters", "cheating_peers"]].mean().reset_index()
     return "\n\n".join([
         "## (a) Spot checks, uniform sampling\n\n" + markdown(a),
         "## (b) Mechanisms at their defaults, 20% adversaries\n\n" + b.pipe(markdown)
         + "\n\nThe default spot check (p = 0.1, warm-up 16) against lazy peers:\n\n" + targets.pipe(markdown),
+        "## (s) Strategic adversaries, 20% of the peers (deterrence_threshold_at_q: the spot-check or "
+        "watcher probability at which cheating stops paying; paired_gain: the dishonest peers' profit per peer "
+        "minus the same peers' in the counterfactual run, where they serve honestly)\n\n"
+        + strategic.pipe(markdown),
+        "## (v) The verifier's dilemma: 20% lazy verifiers, spot checks, with and without forced errors "
+        "(paired_gain: the lazy verifiers' profit per peer minus their counterfactual honest one)\n\n" + dilemma.pipe(markdown),
         "## (c) Honest false slashing (spot checks p = 0.1, 10% lazy)\n\n" + c.pipe(markdown),
         "## (d) Deterrence threshold\n\n" + deter.pipe(markdown)
         + f"\n\nsimulated threshold p = {threshold['p_simulated']:.4f}; closed form p* = c / ((1 - FN)(price + S)) = "

@@ -107,6 +107,12 @@ class Behaviours:
     peer: np.ndarray  #: int8 index into the behaviour registry
     owner: np.ndarray  #: int64: the peer itself, COLLUDERS, or a sybil owner (< COLLUDERS)
     stale_client: np.ndarray  #: bool per client
+    #: bool per peer: drawn as an adversary (in a counterfactual run they behave honestly)
+    designated: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.designated is None:
+            object.__setattr__(self, "designated", self.peer != CODE[HONEST])
 
     @property
     def adversarial(self) -> np.ndarray:
@@ -145,7 +151,16 @@ def assign(adversary: AdversaryConfig, n_peers: int, n_clients: int, rng: np.ran
     owner[sybils] = COLLUDERS - 1 - np.arange(len(sybils)) // adversary.sybil_identities
     stale_client = np.zeros(n_clients, dtype=bool)
     stale_client[rng.choice(n_clients, size=round(adversary.fraction * stale_share * n_clients), replace=False)] = True
+    if adversary.counterfactual:  # the same draws, honest behaviour
+        return Behaviours(np.zeros_like(peer), np.arange(n_peers, dtype=np.int64), np.zeros_like(stale_client),
+                          designated=peer != CODE[HONEST])
     return Behaviours(peer, owner, stale_client)
+
+
+def configured_traits(adversary: AdversaryConfig, trait: str) -> bool:
+    """Whether a behaviour the config names (``behaviour``, or the mix's weighted ones) has ``trait``."""
+    names = [name for name, w in adversary.mix.items() if w > 0] if adversary.behaviour == "mix" else [adversary.behaviour]
+    return adversary.fraction > 0 and any(getattr(behaviours.get(name), trait) for name in names)
 
 
 # -- the built-in behaviours (registered as a plug-in registers its own; honest first: code 0) -------

@@ -259,6 +259,9 @@ class AdversaryConfig:
     offline_probability: float = 0.5  #: an offline peer drops a request with this probability
     #: a lazy verifier reports "ok" without re-executing a check assigned to it with this probability
     verifier_skip_probability: float = 0.5
+    #: draw the adversaries exactly as configured but let them behave honestly: the paired run a
+    #: deviation's gain is measured against (same seed; the security block's designated_profit_per_peer)
+    counterfactual: bool = False
     sybil_identities: int = 4  #: identities per sybil owner, each bonding only ledger.min_stake
 
 
@@ -724,6 +727,7 @@ def _validate_security(cfg: Config) -> None:
         mix, names = dict(adv.mix), behaviours.names()
         _require(len(mix) > 0 and all(name in names for name in mix) and all(_finite(w) and w >= 0 for w in mix.values())
                  and sum(mix.values()) > 0, "adversary.mix", mix, f"weights >= 0 over {names}, not all 0")
+    _require(isinstance(adv.counterfactual, bool), "adversary.counterfactual", adv.counterfactual, "true or false")
     for name in ("cheat_probability", "offline_probability", "verifier_skip_probability"):
         _require(_finite(getattr(adv, name)) and 0 <= getattr(adv, name) <= 1, f"adversary.{name}",
                  getattr(adv, name), "a probability in [0, 1]")

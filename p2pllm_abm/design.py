@@ -63,7 +63,7 @@ class Design(NamedTuple):
 
     probability: float  #: p
     warmup: float  #: W, hops
-    stake: float  #: sigma, price units
+    stake: float  #: sigma, price units: the bond every identity posts (ledger.initial_stake = ledger.min_stake)
     slash_fraction: float  #: f
     sla_penalty: float  #: lambda, times the price
     forced_error_rate: float  #: phi

@@ -24,7 +24,7 @@ import pandas as pd
 
 from dataclasses import replace
 
-from .behaviours import CODE, Behaviours, codes_where
+from .behaviours import CODE, Behaviours, codes_where, configured_traits
 from .config import Config
 from .deterrence import Protocol, best_response_rate, best_response_rates, sampling_threshold
 from .registries import behaviours as behaviour_registry
@@ -48,7 +48,8 @@ class SecurityPhase:
         self.adaptive = np.isin(behaviours.peer, codes_where("adapts"))  #: peers choosing their cheat rate
         adv = config.adversary
         self.verifier = Verifier(config.verification, adv.cheat_probability, adv.offline_probability, rng,
-                                 adv.verifier_skip_probability)
+                                 adv.verifier_skip_probability,
+                                 configured_traits(adv, "skips_checks") or config.verification.forced_error_rate > 0)
         n = len(behaviours.peer)
         self.cheats = np.zeros(n, dtype=np.int64)  #: hops each peer cheated on
         self.caught = np.zeros(n, dtype=np.int64)  #: of those, found out
@@ -264,8 +265,8 @@ class SecurityPhase:
             block["deterrence_inputs"] = {**{k: float(v) for k, v in proto._asdict().items() if k != "exits"},
                                           "exits": bool(proto.exits), "best_response_rate": rate,
                                           "best_response_gain": gain}
-        cheaters = self.behaviours.adversarial
-        honest = np.flatnonzero(self.behaviours.peer == CODE["honest"])
+        cheaters = self.behaviours.designated
+        honest = np.flatnonzero((self.behaviours.peer == CODE["honest"]) & ~cheaters)
         block["cheater_profit_per_peer"] = block["honest_profit_per_peer"] = None
         if cheaters.any() and len(honest):
             wealth, compute = self.wealth_and_compute()
@@ -273,6 +274,8 @@ class SecurityPhase:
             matched = np.array([self.matched_honest_peer(peer, honest) for peer in np.flatnonzero(cheaters)])
             block["cheater_profit_per_peer"] = float(profit[cheaters].mean())
             block["honest_profit_per_peer"] = float(profit[matched].mean())
+        if self.config.adversary.counterfactual:  # the designated peers behaved honestly: their profit is the baseline
+            block["designated_profit_per_peer"] = block.pop("cheater_profit_per_peer")
         block["profit_matching"] = ("each peer with a dishonest behaviour is compared with the honest peer of its "
                                     "stage (when behaviours were drawn) whose true cost is nearest; profit = "
                                     "wealth change (slashes and SLA penalties included) - compute spent")

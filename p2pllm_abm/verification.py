@@ -188,9 +188,13 @@ class Verifier:
     """Draws who cheats on the step's hops and runs ``verification.mechanism`` over them."""
 
     def __init__(self, config: VerificationConfig, cheat_probability: float, offline_probability: float,
-                 rng: np.random.Generator, skip_probability: float = 0.0):
+                 rng: np.random.Generator, skip_probability: float = 0.0, draws_validators: bool | None = None):
         self.config = config
         self.skip = skip_probability  #: a lazy verifier's chance to report "ok" without re-executing
+        #: draw a validator per check (None: when this step's peers include lazy verifiers, or forced
+        #: errors are on); the security phase sets it from the config, so that a counterfactual run
+        #: draws the same validators
+        self.draws_validators = draws_validators
         self.mechanism = mechanisms.get(config.mechanism)
         self.q, self.offline = cheat_probability, offline_probability
         self.eps, self.fn = fingerprint_rates(config.fingerprint_profile, config.fingerprint)
@@ -310,7 +314,10 @@ class Verifier:
         check carries a forced error (``verification.forced_error_rate``). None, drawing nothing, when
         there is no lazy verifier and no forced error."""
         skippers = np.isin(d.behaviour, codes_where("skips_checks"))
-        if not skippers.any() and self.config.forced_error_rate == 0:
+        draws = self.draws_validators
+        if draws is None:
+            draws = bool(skippers.any()) or self.config.forced_error_rate > 0
+        if not draws:
             return None
         rng, n = self.rng, d.n_requests
         audited = np.flatnonzero(np.bincount(d.hops.request, checked, minlength=n) > 0)

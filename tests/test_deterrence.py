@@ -167,3 +167,22 @@ def test_adaptive_cheaters_cheat_below_the_threshold_and_mostly_stop_above_it():
     assert below["cheater_profit_per_peer"] > below["honest_profit_per_peer"]
     assert above["cheating_peers"] < 0.5 * above["adversarial_peers"] and above["cheats"] < below["cheats"] / 10
     assert below["slashed_honest"] == above["slashed_honest"] == 0
+
+
+def test_a_counterfactual_run_draws_the_same_adversaries_and_lets_them_serve_honestly():
+    """The paired baseline of a deviation: the same seed and draws, the designated peers honest."""
+    def run(counterfactual: bool):
+        model = P2PLLMModel(load_config("paper_table1", overrides=[
+            "ledger.enabled=true", "run.steps=60", "report.reference=null", "verification=spot_check",
+            "adversary.behaviour=mix", "adversary.mix.lazy=1", "adversary.mix.lazy_verifier=1", "adversary.fraction=0.3",
+            f"adversary.counterfactual={str(counterfactual).lower()}", "seed=5"]))
+        model.run(60)
+        return model.security
+
+    factual, baseline = run(False), run(True)
+    assert np.array_equal(baseline.behaviours.designated, factual.behaviours.adversarial)
+    assert not baseline.behaviours.adversarial.any()
+    block = baseline.summary()
+    assert block["cheats"] == 0 and block["skipped_checks"] == 0 and block["slashed_honest"] == 0
+    assert "designated_profit_per_peer" in block and "cheater_profit_per_peer" not in block
+    assert factual.summary()["cheats"] > 0
