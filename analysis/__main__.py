@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     ledger.add_argument("source", type=Path, help="a ledger run directory, or a multirun directory (sweep=ledger)")
     ledger.add_argument("--out", type=Path, help="output folder (default: the run directory, or <sweep>/figures)")
     calibrating = commands.add_parser("calibrate", help="fit unstated settings to a published checkpoint table")
-    calibrating.add_argument("--table", default="paper_table1", help="a published table of p2pllm_abm/paper.py")
+    calibrating.add_argument("--table", default="paper_table1",
+                             help="a published table of p2pllm_abm/paper.py, or a CSV file with columns iteration, "
+                                  "layer (1-based), nodes, avg_price: one row per checkpoint and layer (needs --experiment)")
     calibrating.add_argument("--fit", nargs="+", required=True, metavar="FIELD",
                              help="config fields to fit, e.g. market.temperature network.initial_price market.eta")
     calibrating.add_argument("--fixed", nargs="*", default=[], metavar="FIELD=VALUE",

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from functools import partial
 from typing import Any, Iterable, NamedTuple, Sequence
 
@@ -137,10 +138,76 @@ class Table(NamedTuple):
     prices: np.ndarray  #: (checkpoints, stages)
 
 
+#: the columns of a table file (:func:`read_table`); ``nodes`` or ``avg_price`` may be left out
+TABLE_COLUMNS = ("iteration", "layer", "nodes", "avg_price")
+
+
+def read_table(path: str | Path) -> Table:
+    """A checkpoint table from a CSV file in the shape of the paper's Table 1: columns ``iteration,
+    layer, nodes, avg_price``, ``layer`` 1-based, one row per checkpoint and layer; either metric
+    column may be absent (its cells are NaN in the :class:`Table`). A malformed file is refused in
+    one line naming the line and column."""
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise ValueError(f"--table {path}: cannot be read as CSV ({error})") from None
+    columns = [c.strip() for c in frame.columns]
+    frame.columns = columns
+    unknown = [c for c in columns if c not in TABLE_COLUMNS]
+    missing = [c for c in ("iteration", "layer") if c not in columns]
+    if unknown or missing or not ({"nodes", "avg_price"} & set(columns)):
+        raise ValueError(f"--table {path}: columns {columns} are invalid: allowed iteration, layer and at least one "
+                         f"of nodes, avg_price (no others)")
+    if frame.empty:
+        raise ValueError(f"--table {path}: no rows: allowed one row per checkpoint and layer")
+
+    def number(line: int, column: str, text: str, integer: bool, low: float) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not np.isfinite(value) or value < low or (integer and value != int(value)):
+            kind = f"an integer >= {low:g}" if integer else f"a finite number > {low:g}"
+            raise ValueError(f"--table {path} line {line}, column {column}: {text!r} is invalid: allowed {kind}")
+        return value
+
+    rows = {}
+    for k, record in enumerate(frame.to_dict("records")):
+        line = k + 2  # the header is line 1
+        step = int(number(line, "iteration", record["iteration"], True, 0))
+        layer = int(number(line, "layer", record["layer"], True, 1))
+        if (step, layer) in rows:
+            raise ValueError(f"--table {path} line {line}, column layer: iteration {step} layer {layer} appears "
+                             f"twice: allowed one row per checkpoint and layer")
+        nodes = number(line, "nodes", record["nodes"], True, 0) if "nodes" in record else np.nan
+        price = number(line, "avg_price", record["avg_price"], False, 0) if "avg_price" in record else np.nan
+        if "avg_price" in record and price <= 0:
+            raise ValueError(f"--table {path} line {line}, column avg_price: {record['avg_price']!r} is invalid: "
+                             f"allowed a finite number > 0")
+        rows[step, layer] = (nodes, price)
+    steps = sorted({step for step, _ in rows})
+    layers = max(layer for _, layer in rows)
+    for step in steps:
+        absent = [layer for layer in range(1, layers + 1) if (step, layer) not in rows]
+        if absent:
+            raise ValueError(f"--table {path}, column layer: iteration {step} has no row for layer {absent[0]}: "
+                             f"allowed every layer 1-{layers} at every iteration")
+    nodes = np.array([[rows[s, layer][0] for layer in range(1, layers + 1)] for s in steps])
+    prices = np.array([[rows[s, layer][1] for layer in range(1, layers + 1)] for s in steps])
+    return Table(tuple(steps), nodes, prices)
+
+
+def load_table(table: str) -> Table:
+    """A table by name (:data:`p2pllm_abm.paper.REFERENCES`) or from a ``.csv`` file (:func:`read_table`)."""
+    return read_table(table) if str(table).endswith(".csv") else published_table(table)
+
+
 def published_table(name: str) -> Table:
     """A published table shipped in :mod:`p2pllm_abm.paper`."""
     if name not in REFERENCES:
-        raise ValueError(f"table = {name!r} is invalid: allowed one of {sorted(REFERENCES)}")
+        raise ValueError(f"table = {name!r} is invalid: allowed one of {sorted(REFERENCES)} or a .csv file "
+                         f"(columns {', '.join(TABLE_COLUMNS)})")
     reference = REFERENCES[name]
     steps = tuple(sorted(reference))
     return Table(steps, np.array([reference[s][0] for s in steps]), np.array([reference[s][1] for s in steps]))
@@ -335,8 +402,22 @@ def calibrate(table: str, fit: Sequence[str], fixed: dict[str, float] | None = N
             raise ValueError(f"--fit {name!r} is invalid: allowed any of {sorted([*FITTABLE, *ALLOCATION_FITTABLE])}")
     if len(set(names)) != len(names) or set(names) & set(fixed):
         raise ValueError(f"--fit {names} and --fixed {sorted(fixed)} are invalid: allowed distinct fields, none both")
-    paper = published_table(table)
-    base = load_config(experiment or table, overrides=[*overrides, *(f"{k}={v}" for k, v in fixed.items())])
+    paper = load_table(table)
+    from_file = str(table).endswith(".csv")
+    if from_file and experiment is None:
+        raise ValueError(f"--experiment is missing: allowed the experiment the table file {table} describes "
+                         "(conf/experiment/<name>.yaml), required with a table file")
+    absent = [name for name, cells in (("nodes", paper.nodes), ("avg_price", paper.prices)) if np.isnan(cells).any()]
+    if absent:
+        raise ValueError(f"--table {table}: column {absent[0]} is absent: allowed tables with both nodes and "
+                         "avg_price for now (the fit reads the node rows for the reading and the prices for the "
+                         "market fields)")
+    if not from_file:
+        experiment = experiment or table
+    base = load_config(experiment, overrides=[*overrides, *(f"{k}={v}" for k, v in fixed.items())])
+    if paper.nodes.shape[1] != base.network.stages:
+        raise ValueError(f"--table {table}: {paper.nodes.shape[1]} layers is invalid: allowed network.stages = "
+                         f"{base.network.stages} of experiment {experiment}")
     if reading != "auto" and reading not in ALLOCATION_READINGS:
         raise ValueError(f"--reading {reading!r} is invalid: allowed 'auto' or one of {ALLOCATION_READINGS}")
     seeds = list(seeds)
@@ -361,12 +442,12 @@ def calibrate(table: str, fit: Sequence[str], fixed: dict[str, float] | None = N
         parameters[name] = {"value": value, "low": float(np.quantile(draws, 0.05)),
                             "high": float(np.quantile(draws, 0.95))}
     calibrated = _with(dataclasses.replace(base, seed=seeds[0]), {n: p["value"] for n, p in parameters.items()})
-    literal = dataclasses.replace(load_config(experiment or table, overrides=list(overrides)), seed=seeds[0])
+    literal = dataclasses.replace(load_config(experiment, overrides=list(overrides)), seed=seeds[0])
     fitted_table = replay_table(calibrated, allocation_schedule(calibrated, paper.steps[-1]), paper.steps)
     literal_table = replay_table(literal, allocation_schedule(literal, paper.steps[-1]), paper.steps)
     return {
         "table_name": table,
-        "experiment": experiment or table,
+        "experiment": experiment,
         "user_overrides": list(overrides),
         "parameters": parameters,
         "fixed": fixed,

@@ -2,6 +2,7 @@
 allocation readings behave as their definitions say, and the command line refuses bad fields."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -102,3 +103,60 @@ def test_move_fraction_is_recovered_from_the_node_rows(monkeypatch):
     truth = load_config("paper_table1", overrides=[*overrides, f"allocation.move_fraction={fitted}"])
     assert np.array_equal(replay_table(truth, allocation_schedule(truth, 500), steps).nodes, table.nodes)
     assert result["loss"] == 0.0  # the market fields were not fitted: the prices are the table's own
+
+
+def write_csv(path, rows, columns=("iteration", "layer", "nodes", "avg_price")):
+    path.write_text(",".join(columns) + "\n" + "\n".join(",".join(str(v) for v in row) for row in rows) + "\n")
+    return path
+
+
+def table_rows(reference):
+    return [(step, s + 1, nodes[s], prices[s]) for step, (nodes, prices) in sorted(reference.items())
+            for s in range(len(nodes))]
+
+
+def test_a_table_file_reads_as_the_published_table(tmp_path):
+    from p2pllm_abm.calibration import published_table, read_table
+    from p2pllm_abm.paper import PAPER_TABLE1
+
+    rows = table_rows(PAPER_TABLE1)
+    shuffled = write_csv(tmp_path / "t.csv", rows[::-1])  # row order does not matter
+    read, published = read_table(shuffled), published_table("paper_table1")
+    assert read.steps == published.steps
+    assert np.array_equal(read.nodes, published.nodes) and np.array_equal(read.prices, published.prices)
+    only_prices = read_table(write_csv(tmp_path / "p.csv", [(r[0], r[1], r[3]) for r in rows],
+                                       ("iteration", "layer", "avg_price")))
+    assert np.isnan(only_prices.nodes).all() and np.array_equal(only_prices.prices, published.prices)
+
+
+@pytest.mark.parametrize("rows, columns, message", [
+    ([(0, 1, 5, "abc")], None, "line 2, column avg_price: 'abc' is invalid"),
+    ([(0, 1, 5, 1.0), (0, 0, 5, 1.0)], None, "line 3, column layer: '0' is invalid: allowed an integer >= 1"),
+    ([(0, 1, 5, 1.0), (0, 1, 6, 1.0)], None, "line 3, column layer: iteration 0 layer 1 appears twice"),
+    ([(0, 1, 5, 1.0), (0, 2, 5, 1.0), (100, 1, 5, 1.0)], None, "iteration 100 has no row for layer 2"),
+    ([(0, 1, -5, 1.0)], None, "line 2, column nodes: '-5' is invalid"),
+    ([(0.5, 1, 5, 1.0)], None, "line 2, column iteration: '0.5' is invalid"),
+    ([(0, 1, 5, 0.0)], None, "line 2, column avg_price: '0.0' is invalid: allowed a finite number > 0"),
+    ([(0, 1, 5)], ("iteration", "layer", "peers"), "columns ['iteration', 'layer', 'peers'] are invalid"),
+])
+def test_a_malformed_table_file_is_refused_naming_line_and_column(tmp_path, rows, columns, message):
+    from p2pllm_abm.calibration import read_table
+
+    path = write_csv(tmp_path / "bad.csv", rows, columns or ("iteration", "layer", "nodes", "avg_price"))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        read_table(path)
+
+
+def test_calibrating_to_a_table_file_equals_calibrating_to_the_same_table_by_name(monkeypatch, tmp_path):
+    overrides = [*SMALL, "run.steps=500", "report.table_steps=[0,100,500]", "allocation.reading=head_count"]
+    cfg = load_config("paper_table1", overrides=[*overrides, "allocation.move_fraction=0.05"])
+    steps = [0, 100, 200, 500]
+    table = replay_table(cfg, allocation_schedule(cfg, 500), steps)
+    reference = {s: (table.nodes[k].tolist(), table.prices[k].tolist()) for k, s in enumerate(steps)}
+    monkeypatch.setitem(__import__("p2pllm_abm.paper", fromlist=["REFERENCES"]).REFERENCES, "by_name", reference)
+    path = write_csv(tmp_path / "by_file.csv", table_rows(reference))
+    by_name, by_file = (calibrate(name, ["allocation.move_fraction"], seeds=[0], experiment="paper_table1",
+                                  overrides=overrides, reading="head_count") for name in ("by_name", str(path)))
+    assert by_file["parameters"] == by_name["parameters"] and by_file["table"] == by_name["table"]
+    with pytest.raises(ValueError, match="--experiment is missing"):
+        calibrate(str(path), ["allocation.move_fraction"], seeds=[0])
