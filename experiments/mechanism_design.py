@@ -93,6 +93,9 @@ def check(cfg: DictConfig, name: str, overrides: list[str]) -> pd.DataFrame:
     for behaviour, seed in tqdm(runs, desc=f"{name} protocol", unit="pair"):
         block = simulate(cfg, overrides, behaviour, seed)
         baseline = simulate(cfg, overrides, behaviour, seed, counterfactual=True)
+        if block["cheater_profit_per_peer"] is None:  # no peer drew the behaviour (or none stayed honest)
+            raise SystemExit(f"{behaviour} at adversary_share = {cfg.adversary_share}: no dishonest or no honest "
+                             "peer to compare; allowed a share that gives both")
         rows.append({"protocol": name, "behaviour": behaviour, "seed": seed,
                      "gain": block["cheater_profit_per_peer"] - baseline["designated_profit_per_peer"],
                      "deviator_profit": block["cheater_profit_per_peer"],
@@ -105,14 +108,15 @@ def check(cfg: DictConfig, name: str, overrides: list[str]) -> pd.DataFrame:
 
 def block_of(design: Design, market: Market, checks: pd.DataFrame, margin: float) -> dict:
     """A protocol's block of design.json."""
-    gains = checks.groupby("behaviour")["gain"].agg(["mean", "sem"])
+    gains = checks.groupby("behaviour")["gain"].agg(["mean", "sem", "count"])
     return {"parameters": design._asdict(), "verification_overhead": float(checks["verification_overhead"].mean()),
             "model_verification_overhead": float(verification_overhead(design, market)),
             "model_cost": float(cost(design, market)),
             "model_constraints": dict(zip(("incentive", "verifier_dilemma", "bond", "participation"),
                                           np.asarray(constraints(design, market, margin)).tolist())),
             "max_deviation_gain": float(gains["mean"].max()),
-            "deviation_gain": {b: {"mean": float(r["mean"]), "sem": float(r["sem"])} for b, r in gains.iterrows()},
+            "deviation_gain": {b: {"mean": float(r["mean"]), "sem": float(r["sem"]) if r["count"] > 1 else None}
+                               for b, r in gains.iterrows()},
             "slashed_honest": int(checks["slashed_honest"].sum())}
 
 
@@ -183,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
               "starts_feasible": found.starts_feasible, "designed": designed_block,
               "default": {**default_block, "model_margin": default_margin},
               "overhead_ratio": designed_block["verification_overhead"] / default_block["verification_overhead"]}
-    (out / "design.json").write_text(json.dumps(record, indent=2))
+    (out / "design.json").write_text(json.dumps(record, indent=2, allow_nan=False))
     checks.to_parquet(out / "checks.parquet", index=False)
     front.to_parquet(out / "frontier.parquet", index=False)
     figure = plot_frontier(front, designed_block, default_block, default_margin, cfg, out / "frontier.png")

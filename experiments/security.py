@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     rows, over_time = [], []
     for run_id, (part, params, overrides, steps) in enumerate(tqdm(grid(cfg), desc="security runs", unit="run")):
         summary, history = run(overrides, steps)
-        if part in ("s", "v"):  # the paired gain: the same draws, the same peers honest (adversary.counterfactual)
+        if part in ("s", "v") and summary["cheater_profit_per_peer"] is not None:  # the paired gain (counterfactual)
             baseline, _ = run([*overrides, "adversary.counterfactual=true"], steps)
             summary["paired_gain"] = summary["cheater_profit_per_peer"] - baseline["designated_profit_per_peer"]
         rows.append({**summary, "run_id": run_id, "part": part, **params})

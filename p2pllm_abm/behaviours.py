@@ -20,8 +20,9 @@ name. Peers:
   hops (the spot check's warm-up, during which every hop is re-executed), then cheats at rate q;
 - ``coordinated``: colluding peers that act as one in a redundancy committee: a coordinated peer
   cheats (at rate q) only when every replica of its hop is coordinated too, and they all return
-  the same wrong output, which then passes; otherwise it serves honestly. As a replica it copies a
-  coordinated primary's wrong output and never cheats on its own;
+  the same wrong output, which then passes; otherwise it serves that hop honestly. As a replica it
+  copies a coordinated primary's wrong output and never cheats on its own. Under the other
+  mechanisms (no committee) it cheats like a colluding peer;
 - ``lazy_verifier``: serves honestly, but as the validator drawn (by stake) for a spot check it is
   paid for, it reports "ok" without re-executing with probability ``verifier_skip_probability``
   (the verifier's dilemma); the remedy is ``verification.forced_error_rate``;
@@ -156,11 +157,6 @@ def assign(adversary: AdversaryConfig, n_peers: int, n_clients: int, rng: np.ran
                           designated=peer != CODE[HONEST])
     return Behaviours(peer, owner, stale_client)
 
-
-def configured_traits(adversary: AdversaryConfig, trait: str) -> bool:
-    """Whether a behaviour the config names (``behaviour``, or the mix's weighted ones) has ``trait``."""
-    names = [name for name, w in adversary.mix.items() if w > 0] if adversary.behaviour == "mix" else [adversary.behaviour]
-    return adversary.fraction > 0 and any(getattr(behaviours.get(name), trait) for name in names)
 
 
 # -- the built-in behaviours (registered as a plug-in registers its own; honest first: code 0) -------

@@ -260,7 +260,8 @@ class AdversaryConfig:
     #: a lazy verifier reports "ok" without re-executing a check assigned to it with this probability
     verifier_skip_probability: float = 0.5
     #: draw the adversaries exactly as configured but let them behave honestly: the paired run a
-    #: deviation's gain is measured against (same seed; the security block's designated_profit_per_peer)
+    #: deviation's gain is measured against (same seed; the security block's designated_profit_per_peer).
+    #: The pair shares its random draws until the first slash (a whistleblower is drawn then)
     counterfactual: bool = False
     sybil_identities: int = 4  #: identities per sybil owner, each bonding only ledger.min_stake
 
@@ -713,6 +714,13 @@ def price_rule_options(cfg: Config) -> dict[str, float]:
             for p in price_rules.get(cfg.market.update_rule).parameters}
 
 
+
+def configured_traits(adversary: AdversaryConfig, trait: str) -> bool:
+    """Whether a behaviour the config names (``behaviour``, or the mix's weighted ones) has ``trait``."""
+    names = [name for name, w in adversary.mix.items() if w > 0] if adversary.behaviour == "mix" else [adversary.behaviour]
+    return adversary.fraction > 0 and any(getattr(behaviours.get(name), trait) for name in names)
+
+
 def _validate_security(cfg: Config) -> None:
     adv, ver = cfg.adversary, cfg.verification
     _require(_finite(adv.fraction) and 0.0 <= adv.fraction <= 1.0, "adversary.fraction", adv.fraction, "0 <= fraction <= 1")
@@ -741,6 +749,14 @@ def _validate_security(cfg: Config) -> None:
     _require(isinstance(ver.warmup, int) and ver.warmup >= 0, "verification.warmup", ver.warmup, "an integer >= 0")
     _require(_finite(ver.jackpot) and 0 <= ver.jackpot <= _MAX_AMOUNT / cfg.ledger.unit, "verification.jackpot",
              ver.jackpot, "a number >= 0 (price units) whose amount in base units fits the supply")
+    audits = [name for name in mechanisms.names() if mechanisms.get(name).audits]
+    _require(ver.forced_error_rate == 0 or mechanism.audits, "verification.forced_error_rate", ver.forced_error_rate,
+             f"0 with verification.mechanism = {ver.mechanism!r} (forced errors need validators: one of {audits})")
+    _require(ver.jackpot == 0 or ver.forced_error_rate > 0, "verification.jackpot", ver.jackpot,
+             "0 without forced errors (verification.forced_error_rate > 0)")
+    _require(not configured_traits(adv, "skips_checks") or mechanism.audits, "adversary.behaviour", adv.behaviour,
+             f"no lazy verifiers with verification.mechanism = {ver.mechanism!r} (it draws no validators: one of "
+             f"{audits} does)")
     _require(isinstance(ver.replicas, int) and ver.replicas >= 2, "verification.replicas", ver.replicas, "an integer >= 2")
     _require(isinstance(ver.watchers, int) and ver.watchers >= 1, "verification.watchers", ver.watchers, "an integer >= 1")
     _require(isinstance(ver.challenge_window, int) and ver.challenge_window >= 0, "verification.challenge_window",

@@ -79,7 +79,8 @@ def cost(design: Design, market: Market) -> Array:
     """Verification overhead + the bond's cost of capital + jackpots, in units of serving compute."""
     overhead = verification_overhead(design, market)
     capital = market.cost_of_capital * design.stake * market.steps / (market.horizon * market.cost)
-    jackpots = design.probability * design.forced_error_rate * design.jackpot / market.cost
+    checks_per_hop = overhead / market.check_hops  # a check re-executes a request's m hops
+    jackpots = checks_per_hop * design.forced_error_rate * design.jackpot / market.cost
     return overhead + capital + jackpots
 
 
@@ -115,7 +116,7 @@ def constraints(design: Design, market: Market, margin: float) -> Array:
         market.check_hops * market.cost)
     bond = (design.sla_penalty * market.price - (1.0 - design.slash_fraction) * design.stake) / market.price
     honest = market.horizon * (market.price - market.cost)
-    participation = (market.cost_of_capital * design.stake * market.steps - honest) / honest
+    participation = (market.cost_of_capital * design.stake * market.steps - honest) / (market.horizon * market.price)
     return jnp.stack([incentive, dilemma, bond, participation])
 
 

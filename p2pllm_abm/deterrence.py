@@ -93,12 +93,8 @@ def best_response_rate(p: Protocol) -> tuple[float, float]:
     """A patient cheater's best cheat rate after the warm-up and its gain over honesty: the maximum of
     :func:`deviation_gain` over q in [0, 1], on :data:`RATE_GRID` and then on a grid 200 times finer
     around its best point. ``(0.0, 0.0)`` when no rate gains."""
-    gains = np.asarray(gains_at_rates(jnp.asarray(RATE_GRID), p))
-    k = int(np.argmax(gains))
-    fine = np.linspace(RATE_GRID[max(k - 1, 0)], RATE_GRID[min(k + 1, len(RATE_GRID) - 1)], 401)
-    fine_gains = np.asarray(gains_at_rates(jnp.asarray(fine), p))
-    j = int(np.argmax(fine_gains))
-    return (float(fine[j]), float(fine_gains[j])) if fine_gains[j] > 0 else (0.0, 0.0)
+    rates, gains = best_response_rates(Protocol(*(jnp.asarray([field]) for field in p)))
+    return float(rates[0]), float(gains[0])
 
 
 #: :func:`gains_at_rates` for many protocols (arrays in every field): one grid for all, or a grid each
@@ -106,16 +102,17 @@ _gains_per_protocol = jax.jit(jax.vmap(gains_at_rates, in_axes=(None, 0)))
 _gains_per_protocol_grid = jax.jit(jax.vmap(gains_at_rates, in_axes=(0, 0)))
 
 
-def best_response_rates(protocols: Protocol) -> np.ndarray:
-    """:func:`best_response_rate` of many peers at once (each field of ``protocols`` an array over them)."""
+def best_response_rates(protocols: Protocol) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`best_response_rate` of many peers at once (each field of ``protocols`` an array over
+    them): their rates and gains."""
     gains = np.asarray(_gains_per_protocol(jnp.asarray(RATE_GRID), protocols))
     k = np.argmax(gains, axis=1)
     low, high = RATE_GRID[np.maximum(k - 1, 0)], RATE_GRID[np.minimum(k + 1, len(RATE_GRID) - 1)]
     fine = low[:, None] + (high - low)[:, None] * np.linspace(0.0, 1.0, 401)
     fine_gains = np.asarray(_gains_per_protocol_grid(jnp.asarray(fine), protocols))
     j = np.argmax(fine_gains, axis=1)
-    rows = np.arange(len(j))
-    return np.where(fine_gains[rows, j] > 0, fine[rows, j], 0.0)
+    best = fine_gains[np.arange(len(j)), j]
+    return np.where(best > 0, fine[np.arange(len(j)), j], 0.0), np.maximum(best, 0.0)
 
 
 def sampling_threshold(protocol_at: Callable[[float], Protocol], q: float | None = None) -> float | None:

@@ -49,6 +49,8 @@ def mixed_equilibrium(game: InspectionGame) -> tuple[float, float]:
     """``(cheat rate x*, inspection rate y*)`` of the stage game (see the module docstring)."""
     catch = 1.0 - game.fn
     inspect_edge = game.forced_error_rate * (game.jackpot + game.exposure_penalty) - game.inspection_cost
+    if catch <= 0:  # a check never catches a cheat: peers cheat; verifiers inspect only for the forced errors
+        return (1.0 if game.saving > 0 else 0.0), (1.0 if inspect_edge >= 0 else 0.0)
     if inspect_edge >= 0:  # inspecting dominates: peers face y = 1
         return (1.0 if game.saving > catch * game.fine else 0.0), 1.0
     x = -inspect_edge / (catch * game.reward) if game.reward > 0 else float("inf")

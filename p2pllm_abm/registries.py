@@ -155,6 +155,9 @@ class Mechanism:
     #: ``verification.probability`` sets its detection (so a deterrence threshold in it is reported)
     sampling: bool = False
     warmup: bool = False  #: checks every one of a peer's first ``verification.warmup`` hops
+    #: draws a validator per check (:meth:`Verifier.audit <p2pllm_abm.verification.Verifier.audit>`), so
+    #: lazy verifiers and forced errors apply to it
+    audits: bool = False
     doc: str = ""
 
 

@@ -17,15 +17,14 @@ them.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from dataclasses import replace
-
-from .behaviours import CODE, Behaviours, codes_where, configured_traits
-from .config import Config
+from .behaviours import CODE, Behaviours, codes_where
+from .config import Config, configured_traits
 from .deterrence import Protocol, best_response_rate, best_response_rates, sampling_threshold
 from .registries import behaviours as behaviour_registry
 from .ledger.phase import MarketLedger
@@ -141,7 +140,9 @@ class SecurityPhase:
 
     def _charge(self, client: np.ndarray, peer: np.ndarray, verdict) -> None:
         """Verification compute, paid by ``verification.payer`` into ``sys:treasury``, or to the
-        request's validator where validators are drawn (paid per check, whether it re-executed or not)."""
+        request's validator where validators are drawn (paid per check, whether it re-executed or not;
+        a simplification: the referee's compute on a flagged hop is paid to, and counted for, the
+        validator too)."""
         ledger = self.ledger
         amount = np.floor(verdict.fee_ms * self.config.verification.compute_price * self.config.ledger.unit).astype(np.int64)
         keep = amount > 0
@@ -208,6 +209,11 @@ class SecurityPhase:
         frame = pd.DataFrame(rows)
         return frame.assign(step=step, scope="behaviour")[["step", "scope", *BEHAVIOUR_METRICS]]
 
+    def slash_per_fraud(self) -> float:
+        """What one confirmed fraud costs a peer that bonded ``ledger.initial_stake``, in base units."""
+        ver = self.config.verification
+        return ver.slash_amount if ver.slash_amount is not None else ver.slash_fraction * self.config.ledger.initial_stake
+
     def adaptive_rates(self, step: int, peers: PeerTable) -> np.ndarray:
         """Each adaptive peer's cheat rate for ``step`` (NaN for the others): its best response
         (:func:`~p2pllm_abm.deterrence.best_response_rates`) to what it has seen. Its detection
@@ -221,9 +227,9 @@ class SecurityPhase:
         detection = (1 + verifier.seen_checks[peer]) / (2 + verifier.seen_hops[peer]) * (1 - verifier.fn)
         remaining = (verifier.served[peer] + 1) / step * max(self.config.run.steps - step + 1, 0)
         price = peers.price[peer]
-        slash = ver.slash_amount if ver.slash_amount is not None else ver.slash_fraction * led.initial_stake
+        slash = self.slash_per_fraud()
         rates = np.full(len(self.behaviours.peer), np.nan)
-        rates[peer] = best_response_rates(Protocol(
+        rates[peer], _ = best_response_rates(Protocol(
             price=price, cost=peers.cost[peer] * ver.compute_price, slash=np.full(len(peer), slash / led.unit),
             sla_penalty=led.sla_penalty * price, detection=detection, warmup_detection=detection,
             warmup=np.zeros(len(peer)), horizon=remaining, exits=np.full(len(peer), ver.exit_on_slash)))
@@ -239,12 +245,12 @@ class SecurityPhase:
         if not self.hops or not honest.any():
             return None
         price = self.hop_price / self.hops
-        slash = ver.slash_amount if ver.slash_amount is not None else ver.slash_fraction * led.initial_stake
+        slash = self.slash_per_fraud()
         mechanism, fn = self.verifier.mechanism, self.verifier.fn
         return Protocol(price=price, cost=self.hop_ms / self.hops * ver.compute_price, slash=slash / led.unit,
                         sla_penalty=led.sla_penalty * price, detection=mechanism.detection(ver, fn),
                         warmup_detection=1.0 - fn if mechanism.warmup else mechanism.detection(ver, fn),
-                        warmup=float(ver.warmup),
+                        warmup=float(ver.warmup) if mechanism.warmup else 0.0,
                         horizon=float(self.verifier.served[honest].mean()), exits=ver.exit_on_slash)
 
     def deterrence(self) -> dict[str, Any]:
@@ -254,7 +260,8 @@ class SecurityPhase:
         profit per peer of the peers with a dishonest behaviour (cheaters, lazy verifiers, ...) and of
         their matched honest peers."""
         ver, proto = self.config.verification, self.protocol()
-        block: dict[str, Any] = {"deterrence_threshold": None, "deterrence_threshold_at_q": None}
+        block: dict[str, Any] = {"deterrence_threshold": None, "deterrence_threshold_at_q": None,
+                                 "deterrence_inputs": None}
         if proto is not None and self.verifier.mechanism.sampling:
             at = lambda p: proto._replace(detection=self.verifier.mechanism.detection(replace(ver, probability=p),
                                                                                      self.verifier.fn))

@@ -414,7 +414,7 @@ def _watchers_detect(config: VerificationConfig, fn: float) -> float:
 mechanisms.register("none", Mechanism(check=no_check, detection=lambda config, fn: 0.0, checks=False,
                                       doc="no verification"))
 mechanisms.register("spot_check", Mechanism(check=spot_check, detection=lambda config, fn: config.probability * (1 - fn),
-                                            sampling=True, warmup=True, doc="Proof of Sampling: re-execute a request with probability p"))
+                                            sampling=True, warmup=True, audits=True, doc="Proof of Sampling: re-execute a request with probability p"))
 mechanisms.register("redundancy", Mechanism(check=redundancy, detection=lambda config, fn: 1 - fn,
                                             doc="k replicas per hop; a disagreement goes to the referee"))
 mechanisms.register("optimistic", Mechanism(check=optimistic, detection=_watchers_detect, sampling=True,

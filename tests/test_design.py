@@ -55,9 +55,15 @@ def test_the_optimum_meets_the_constraints_and_beats_a_brute_force_grid(margin):
     assert met.any() and found.cost <= costs[met].min() * 1.01
 
 
-def test_the_default_spot_check_leaves_the_verifiers_dilemma_open():
-    default = Design(0.1, 16.0, 64.0, 1.0, 0.5, 0.0, 0.0)  # no forced errors
-    assert float(constraints(default, MARKET, 0.0)[1]) > 0
+def test_the_verifiers_dilemma_closes_at_the_forced_error_threshold():
+    """Skipping a check saves its m hops' compute; a skipped forced error costs the slash and the
+    jackpot forgone: closed at phi (J + f sigma) = (1 + m_d) m c."""
+    margin, jackpot, stake, fraction = 0.5, 2.0, 64.0, 1.0
+    threshold = (1 + margin) * MARKET.check_hops * MARKET.cost / (jackpot + fraction * stake)
+    for phi, closed in ((threshold * 0.99, False), (threshold * 1.01, True)):
+        design = Design(0.1, 0.0, stake, fraction, 0.0, phi, jackpot)
+        assert (float(constraints(design, MARKET, margin)[1]) <= 0) == closed
+    assert float(constraints(Design(0.1, 16.0, 64.0, 1.0, 0.5, 0.0, 0.0), MARKET, 0.0)[1]) > 0  # the default: open
 
 
 @pytest.mark.slow

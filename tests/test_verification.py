@@ -277,3 +277,14 @@ def test_adversaries_need_the_ledger():
         load_config("paper_28", overrides=["adversary.fraction=0.1"])
     with pytest.raises(ConfigError, match="adversary.mix"):
         load_config("paper_28", overrides=["ledger.enabled=true", "adversary.fraction=0.1", "adversary.behaviour=mix"])
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (["verification=redundancy", "verification.forced_error_rate=0.1"], "verification.forced_error_rate"),
+    (["verification=spot_check", "verification.jackpot=1.0"], "verification.jackpot"),
+    (["verification=optimistic", "adversary.behaviour=lazy_verifier"], "adversary.behaviour"),
+])
+def test_remedies_and_lazy_verifiers_need_a_mechanism_that_draws_validators(overrides, field):
+    with pytest.raises(ConfigError) as error:
+        load_config("paper_table1", overrides=["ledger.enabled=true", "adversary.fraction=0.2", *overrides])
+    assert error.value.field == field
