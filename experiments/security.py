@@ -87,7 +87,8 @@ def grid(cfg: DictConfig) -> list[tuple[str, dict, list[str], int]]:
         params = {"forced_error_rate": rate, "seed": seed}
         runs.append(("v", params, [*base, "verification=spot_check", "adversary.behaviour=lazy_verifier",
                                    "adversary.fraction=0.2",
-                                   f"verification.forced_error_rate={rate}", f"verification.jackpot={cfg.dilemma.jackpot}",
+                                   f"verification.forced_error_rate={rate}",
+                                   f"verification.jackpot={cfg.dilemma.jackpot if rate > 0 else 0.0}",
                                    f"seed={seed}"], cfg.steps))
     for fingerprint, referee, seed in itertools.product(("exact", "topk"), (True, False), cfg.seeds):
         params = {"fingerprint": fingerprint, "referee": referee, "seed": seed}
