@@ -161,6 +161,26 @@ def plot_frontier(front: pd.DataFrame, designed: dict, default: dict, default_ma
     return path
 
 
+def check_settings(cfg: DictConfig) -> None:
+    """Refuse a bad setting in one line naming it, its value and what is allowed."""
+    def require(ok: bool, name: str, allowed: str) -> None:
+        if not ok:
+            raise SystemExit(f"{name} = {cfg.get(name)!r} is invalid: allowed {allowed}")
+
+    def number(name: str) -> float:
+        value = cfg.get(name)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
+
+    require(isinstance(cfg.steps, int) and cfg.steps >= 1, "steps", "an integer >= 1")
+    require(np.isfinite(number("cost_of_capital")) and number("cost_of_capital") >= 0, "cost_of_capital",
+            "a number >= 0 (per step, on the bond)")
+    require(np.isfinite(number("margin")) and number("margin") >= 0, "margin", "a number >= 0")
+    require(np.isfinite(number("adversary_share")) and 0 < number("adversary_share") < 1, "adversary_share",
+            "a share in (0, 1)")
+    require(isinstance(cfg.starts, int) and cfg.starts >= 1, "starts", "an integer >= 1")
+    require(len(cfg.seeds) >= 1 and len(cfg.behaviours) >= 1, "seeds", "at least one seed and one behaviour")
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m experiments.mechanism_design [--out DIR] [key=value ...]``."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -170,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("--out needs a directory: python -m experiments.mechanism_design --out DIR")
         args[k:k + 2] = [f"out_dir={args[k + 1]}"]
     cfg, out = load_settings("mechanism_design", args)
+    check_settings(cfg)
     quiet_library_logs()
     defaults = load_config("paper_table1")
     market = market_of(cfg, defaults)

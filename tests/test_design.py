@@ -2,6 +2,7 @@
 margin against the last-hop closed form, the optimiser against brute force, and the experiment."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -78,3 +79,14 @@ def test_the_experiment_writes_the_design_and_its_checks(tmp_path):
     assert record["designed"]["model_constraints"]["verifier_dilemma"] <= 1e-6
     for name in ("checks.parquet", "frontier.parquet", "frontier.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize("setting, message", [("cost_of_capital=-1", "cost_of_capital = -1 is invalid"),
+                                              ("margin=abc", "margin = 'abc' is invalid"),
+                                              ("adversary_share=1.5", "adversary_share = 1.5 is invalid"),
+                                              ("steps=0", "steps = 0 is invalid")])
+def test_the_experiment_refuses_bad_settings_in_one_line(tmp_path, setting, message):
+    from experiments.mechanism_design import main
+
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        main(["--out", str(tmp_path), setting])
