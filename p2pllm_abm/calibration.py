@@ -429,11 +429,13 @@ def calibrate(table: str, fit: Sequence[str], fixed: dict[str, float] | None = N
     base = _with(base, {"allocation.reading": reading, **readings[reading]["values"]})
     per_seed = []
     for k, seed in enumerate(tqdm(seeds, desc="calibrate", unit="seed", disable=not progress)):
-        cfg = dataclasses.replace(base, seed=seed)
+        # each seed on its own: its own allocation fields (fitted on its node rows), then its price fit
+        own = {name: readings[reading]["per_seed"][name][k] for name in allocation_names}
+        cfg = _with(dataclasses.replace(base, seed=seed), own)
         schedule = allocation_schedule(cfg, paper.steps[-1])
         values, loss = (fit_seed(cfg, schedule, paper, market_names) if market_names else
                         ({}, price_loss(replay_table(cfg, schedule, paper.steps).prices, paper.prices)))
-        values.update({name: readings[reading]["per_seed"][name][k] for name in allocation_names})
+        values.update(own)
         per_seed.append({"seed": seed, "values": values, "loss": loss})
     parameters = {}
     for name in names:

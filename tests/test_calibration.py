@@ -160,3 +160,21 @@ def test_calibrating_to_a_table_file_equals_calibrating_to_the_same_table_by_nam
     assert by_file["parameters"] == by_name["parameters"] and by_file["table"] == by_name["table"]
     with pytest.raises(ValueError, match="--experiment is missing"):
         calibrate(str(path), ["allocation.move_fraction"], seeds=[0])
+
+
+def test_each_seed_is_fitted_on_its_own(monkeypatch):
+    """A seed's fit (its move fraction from its node rows, then its price fields) is the same alone
+    and within a larger seed set: seeds share only the allocation reading, given here."""
+    overrides = [*SMALL, "run.steps=500", "report.table_steps=[0,100,500]"]
+    cfg = load_config("paper_table1", overrides=[*overrides, "allocation.reading=head_count",
+                                                 "allocation.move_fraction=0.05", "market.temperature=2.0"])
+    steps = [0, 100, 200, 500]
+    table = replay_table(cfg, allocation_schedule(cfg, 500), steps)
+    monkeypatch.setitem(__import__("p2pllm_abm.paper", fromlist=["REFERENCES"]).REFERENCES, "synthetic_seeds",
+                        {s: (table.nodes[k].tolist(), table.prices[k].tolist()) for k, s in enumerate(steps)})
+    fit = ["market.temperature", "allocation.move_fraction"]
+    alone, together = (calibrate("synthetic_seeds", fit, seeds=seeds, experiment="paper_table1", overrides=overrides,
+                                 reading="head_count") for seeds in ([1], [0, 1, 2]))
+    assert together["per_seed"][1] == alone["per_seed"][0]
+    moves = together["readings"]["head_count"]["per_seed"]["allocation.move_fraction"]
+    assert len(set(moves)) > 1  # the seeds' own move fractions differ, so sharing one would show
