@@ -82,8 +82,8 @@ def codes_where(trait: str) -> np.ndarray:
 def cheated_outputs(code: np.ndarray, u: np.ndarray, q: float | np.ndarray, seasoned: np.ndarray | None = None) -> np.ndarray:
     """Whether each hop (of a peer with behaviour ``code``) returns a wrong output on purpose, from
     one uniform draw per hop ``u`` and the cheat probability ``q`` (one, or one per hop; each behaviour's
-    ``cheats``); a
-    patient behaviour cheats only on hops whose peer is ``seasoned`` (past its warm-up; None: all are)."""
+    ``cheats``); a patient behaviour cheats only on hops whose peer is ``seasoned`` (past its warm-up;
+    None: all are)."""
     cheated = np.zeros(code.shape, dtype=bool)
     for c, entry in enumerate(behaviours.values()):
         if entry.cheats is not None:

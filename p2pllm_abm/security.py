@@ -115,8 +115,8 @@ class SecurityPhase:
     def _audit(self, client: np.ndarray, verdict) -> np.ndarray:
         """The validators' side of the step's spot checks (when drawn): the compute each re-executed,
         the checks each skipped, jackpots (paid by the request's client, a tax on tasks) to those that
-        found a forced error;
-        returns the validators exposed by one (they reported "ok" on a planted wrong output)."""
+        found a forced error. Returns the validators exposed by one (they reported "ok" on a planted
+        wrong output)."""
         audit = verdict.audit
         if audit is None:
             return np.zeros(0, dtype=np.int64)
@@ -181,18 +181,20 @@ class SecurityPhase:
         return int(registry.accounts[self.rng.choice(honest)]) if len(honest) else None
 
     # -- outputs --------------------------------------------------------------------------------
-    def wealth_and_compute(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per peer, in price units: what it gained since genesis (balance, bonded and unbonding stake,
-        escrowed earnings; slashes and SLA penalties included) and the compute it spent."""
-        cfg, columns = self.config.ledger, self.ledger.peer_columns()
-        held = columns["balance"] + columns["stake"] + self.ledger.registry.unbonding_stake() + columns["escrowed"]
+    def wealth_and_compute(self, balance: np.ndarray, stake: np.ndarray, escrowed: np.ndarray
+                           ) -> tuple[np.ndarray, np.ndarray]:
+        """Per peer, in price units: what it gained since genesis (``balance``, bonded ``stake`` and
+        unbonding stake, ``escrowed`` earnings: the ledger's peer columns; slashes and SLA penalties
+        included) and the compute it spent."""
+        cfg = self.config.ledger
+        held = balance + stake + self.ledger.registry.unbonding_stake() + escrowed
         spent = self.compute_ms + self.validator_ms
         return (held - cfg.peer_endowment) / cfg.unit, spent * self.config.verification.compute_price
 
     def behaviour_rows(self, step: int, peers: PeerTable) -> pd.DataFrame:
         """One ``scope = "behaviour"`` row per behaviour present (cumulative figures; money in price
-        units)."""
-        wealth, compute = self.wealth_and_compute()
+        units), from the ledger columns the model last put on ``peers``."""
+        wealth, compute = self.wealth_and_compute(peers.balance, peers.stake, peers.escrowed)
         names = self.behaviours.names()
         rows = []
         for name in behaviour_registry.names():
@@ -214,6 +216,16 @@ class SecurityPhase:
         ver = self.config.verification
         return ver.slash_amount if ver.slash_amount is not None else ver.slash_fraction * self.config.ledger.initial_stake
 
+    def protocol_at(self, price, cost, detection, warmup_detection, warmup, horizon) -> Protocol:
+        """A :class:`~p2pllm_abm.deterrence.Protocol` at these market figures (price, compute cost per
+        hop in price units, detection, warm-up, horizon; scalars or arrays over peers), with the
+        configured slash, SLA penalty and exit."""
+        ver, led = self.config.verification, self.config.ledger
+        like = np.ones_like(np.asarray(price, dtype=float))
+        return Protocol(price=price, cost=cost, slash=like * self.slash_per_fraud() / led.unit,
+                        sla_penalty=led.sla_penalty * price, detection=detection, warmup_detection=warmup_detection,
+                        warmup=warmup, horizon=horizon, exits=(like > 0) & ver.exit_on_slash)
+
     def adaptive_rates(self, step: int, peers: PeerTable) -> np.ndarray:
         """Each adaptive peer's cheat rate for ``step`` (NaN for the others): its best response
         (:func:`~p2pllm_abm.deterrence.best_response_rates`) to what it has seen. Its detection
@@ -221,18 +233,15 @@ class SecurityPhase:
         ((1 + checks) / (2 + hops)), times 1 - FN (the published fingerprint miss rate); the hops it
         still expects to serve are its hops per step so far (one hop per step as a prior) times the
         steps left; price and cost are its posted price and true compute cost."""
-        ver, led, verifier = self.config.verification, self.config.ledger, self.verifier
+        verifier = self.verifier
         verifier.grow(len(self.behaviours.peer))
         peer = np.flatnonzero(self.adaptive)
         detection = (1 + verifier.seen_checks[peer]) / (2 + verifier.seen_hops[peer]) * (1 - verifier.fn)
         remaining = (verifier.served[peer] + 1) / step * max(self.config.run.steps - step + 1, 0)
-        price = peers.price[peer]
-        slash = self.slash_per_fraud()
         rates = np.full(len(self.behaviours.peer), np.nan)
-        rates[peer], _ = best_response_rates(Protocol(
-            price=price, cost=peers.cost[peer] * ver.compute_price, slash=np.full(len(peer), slash / led.unit),
-            sla_penalty=led.sla_penalty * price, detection=detection, warmup_detection=detection,
-            warmup=np.zeros(len(peer)), horizon=remaining, exits=np.full(len(peer), ver.exit_on_slash)))
+        rates[peer], _ = best_response_rates(self.protocol_at(
+            peers.price[peer], peers.cost[peer] * self.config.verification.compute_price, detection, detection,
+            np.zeros(len(peer)), remaining))
         return rates
 
     def protocol(self) -> Protocol | None:
@@ -240,18 +249,17 @@ class SecurityPhase:
         mean posted price and true compute cost of the paid hops, the hops an honest peer served, the
         slash (``slash_amount`` or ``slash_fraction`` x ``ledger.initial_stake``), the SLA penalty,
         the warm-up and the detection at ``verification.probability``. None before any paid hop."""
-        ver, led = self.config.verification, self.config.ledger
+        ver = self.config.verification
         honest = self.behaviours.peer == CODE["honest"]
         if not self.hops or not honest.any():
             return None
-        price = self.hop_price / self.hops
-        slash = self.slash_per_fraud()
         mechanism, fn = self.verifier.mechanism, self.verifier.fn
-        return Protocol(price=price, cost=self.hop_ms / self.hops * ver.compute_price, slash=slash / led.unit,
-                        sla_penalty=led.sla_penalty * price, detection=mechanism.detection(ver, fn),
-                        warmup_detection=1.0 - fn if mechanism.warmup else mechanism.detection(ver, fn),
-                        warmup=float(ver.warmup) if mechanism.warmup else 0.0,
-                        horizon=float(self.verifier.served[honest].mean()), exits=ver.exit_on_slash)
+        detection = mechanism.detection(ver, fn)
+        protocol = self.protocol_at(self.hop_price / self.hops, self.hop_ms / self.hops * ver.compute_price, detection,
+                                    1.0 - fn if mechanism.warmup else detection,
+                                    float(ver.warmup) if mechanism.warmup else 0.0,
+                                    float(self.verifier.served[honest].mean()))
+        return protocol._replace(slash=float(protocol.slash), exits=bool(protocol.exits))
 
     def deterrence(self) -> dict[str, Any]:
         """The deterrence fields of the ``security`` block: the thresholds in ``verification.probability``
@@ -276,7 +284,7 @@ class SecurityPhase:
         honest = np.flatnonzero((self.behaviours.peer == CODE["honest"]) & ~cheaters)
         block["cheater_profit_per_peer"] = block["honest_profit_per_peer"] = None
         if cheaters.any() and len(honest):
-            wealth, compute = self.wealth_and_compute()
+            wealth, compute = self.wealth_and_compute(**self.ledger.peer_columns())
             profit = wealth - compute
             matched = np.array([self.matched_honest_peer(peer, honest) for peer in np.flatnonzero(cheaters)])
             block["cheater_profit_per_peer"] = float(profit[cheaters].mean())

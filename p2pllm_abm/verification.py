@@ -273,6 +273,8 @@ class Verifier:
         k, rng = self.config.replicas, self.rng
         coordinating = np.isin(behaviour, codes_where("coordinates"))
         withdrawn = np.zeros(len(hops.peer), dtype=bool)
+        if coordinating.any():
+            cheated = cheated.copy()  # coordinated cheats may be called off below
         caught = np.zeros(len(hops.peer), dtype=bool)
         flagged = np.zeros(len(hops.peer), dtype=bool)
         passed = np.zeros(len(hops.peer), dtype=bool)
@@ -290,7 +292,6 @@ class Verifier:
                 in_step = coordinating[replicas]
                 joint = coordinating[hops.peer[rows]] & in_step.all(axis=1)
                 withdrawn[rows] = cheated[rows] & coordinating[hops.peer[rows]] & ~joint
-                cheated = cheated.copy()
                 cheated[rows] &= ~withdrawn[rows]
                 replica_cheats = np.where(in_step, (cheated[rows] & joint)[:, None], replica_cheats)
             replica_colludes = replica_cheats & (owner[replicas] == COLLUDERS)
