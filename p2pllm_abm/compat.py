@@ -9,13 +9,12 @@ New code reads the parts (``model.engine.environment``, ``model.recorder.stage_s
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
-import pandas as pd
-
-from .dynamics import Environment
 from .engine import FusedCall
+
+
+def delegated(part: str, name: str, doc: str) -> property:
+    """A read-only attribute answered by the model's ``part`` (its attribute ``name``)."""
+    return property(lambda model: getattr(getattr(model, part), name), doc=doc)
 
 
 class DelegatedNames:
@@ -42,65 +41,31 @@ class DelegatedNames:
         """Whether :meth:`record_if_due` would record now."""
         return self.recorder.due(last)
 
-    @property
-    def dynamic(self) -> bool:
-        """Whether peers join, leave or fail (then every step runs the membership phase)."""
-        return self.membership.dynamic
-
-    @property
-    def reloading(self) -> np.ndarray:
-        """Peers reloading after a move (down, but counted by Petals' block selection as joining)."""
-        return self.membership.reloading
-
-    @property
-    def failing(self) -> np.ndarray | None:
-        """Peers failing mid-request this step (None: failures off)."""
-        return self.membership.failing
-
-    @property
-    def switch_fees(self) -> np.ndarray:
-        """Cumulative ``allocation.switch_fee`` paid per row."""
-        return self.membership.switch_fees
-
-    @property
-    def churn_counts(self) -> dict[str, int]:
-        """Joins, leaves, failures, recoveries, moves and refused joins so far, by kind."""
-        return self.membership.counts
-
-    @property
-    def moves(self) -> int:
-        """Peers moved by reallocation so far."""
-        return self.reallocation.moves
-
-    @property
-    def certificate(self):
-        """The last record's Nash-gap certificate (:class:`~p2pllm_abm.equilibrium.NashGap`)."""
-        return self.recorder.certificate
-
-    @property
-    def welfare(self):
-        """The last record's per-stage welfare (:mod:`p2pllm_abm.welfare`; None at alpha = 0)."""
-        return self.recorder.welfare
-
-    @property
-    def outcomes(self) -> np.ndarray:
-        """Cumulative requests per outcome (:data:`p2pllm_abm.load.OUTCOMES`) as of the last record."""
-        return self.recorder.outcomes
-
-    @property
-    def reported(self) -> dict[str, Any]:
-        """What the DataCollector's model reporters read (the last record's columns)."""
-        return self.recorder.reported
-
-    @property
-    def fusable(self) -> bool:
-        """Whether :meth:`run` compiles everything between two records into one call (:attr:`Engine.fusable`)."""
-        return self.engine.fusable
-
-    @property
-    def environment(self) -> Environment:
-        """What the jitted ticks read (:attr:`Engine.environment`)."""
-        return self.engine.environment
+    dynamic = delegated("membership", "dynamic",
+                        "Whether peers join, leave or fail (then every step runs the membership phase).")
+    reloading = delegated("membership", "reloading",
+                          "Peers reloading after a move (down, but counted by Petals' block selection as joining).")
+    failing = delegated("membership", "failing", "Peers failing mid-request this step (None: failures off).")
+    switch_fees = delegated("membership", "switch_fees", "Cumulative ``allocation.switch_fee`` paid per row.")
+    churn_counts = delegated("membership", "counts",
+                             "Joins, leaves, failures, recoveries, moves and refused joins so far, by kind.")
+    moves = delegated("reallocation", "moves", "Peers moved by reallocation so far.")
+    certificate = delegated("recorder", "certificate",
+                            "The last record's Nash-gap certificate (:class:`~p2pllm_abm.equilibrium.NashGap`).")
+    welfare = delegated("recorder", "welfare",
+                        "The last record's per-stage welfare (:mod:`p2pllm_abm.welfare`; None at alpha = 0).")
+    outcomes = delegated("recorder", "outcomes",
+                         "Cumulative requests per outcome (:data:`p2pllm_abm.load.OUTCOMES`) as of the last record.")
+    reported = delegated("recorder", "reported",
+                         "What the DataCollector's model reporters read (the last record's columns).")
+    fusable = delegated("engine", "fusable",
+                        "Whether :meth:`run` compiles everything between two records into one call "
+                        "(:attr:`Engine.fusable`).")
+    environment = delegated("engine", "environment", "What the jitted ticks read (:attr:`Engine.environment`).")
+    stage_stats = delegated("recorder", "stage_stats",
+                            "The last record's per-stage statistics (:attr:`Recorder.stage_stats`).")
+    class_stats = delegated("recorder", "class_stats",
+                            "The last record's per-request-class statistics (:attr:`Recorder.class_stats`).")
 
     def widen_blocks(self, width: int) -> None:
         """Lay the stage blocks out at least ``width`` wide from now on (:meth:`Engine.widen_blocks`)."""
@@ -117,13 +82,3 @@ class DelegatedNames:
     def finish_fused_call(self, call: FusedCall, state, done, after, finite=None) -> int:
         """Take a compiled call's results (:meth:`Engine.finish_fused_call`); the steps done."""
         return self.engine.finish_fused_call(call, state, done, after, finite)
-
-    @property
-    def stage_stats(self) -> pd.DataFrame:
-        """The last record's per-stage statistics (:attr:`Recorder.stage_stats`)."""
-        return self.recorder.stage_stats
-
-    @property
-    def class_stats(self) -> pd.DataFrame:
-        """The last record's per-request-class statistics (:attr:`Recorder.class_stats`)."""
-        return self.recorder.class_stats
